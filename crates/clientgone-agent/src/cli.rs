@@ -1,0 +1,126 @@
+//! Command-line flags, exactly as CONTRACT.md fixes them.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use clientgone::ConnectionOptions;
+
+/// Catch, classify and count HTTP clients that break their connection before the
+/// response is done.
+#[derive(Debug, Parser)]
+#[command(name = "clientgone", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the instrumented sample server: /hello, /stream, /upload, /items/{id}.
+    Demo(DemoArgs),
+}
+
+/// Flags of `clientgone demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of the demo HTTP server (HTTP/1.1 and h2c on one port).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    /// Address of the metrics listener (GET /metrics, GET /healthz).
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
+    pub metrics_listen: String,
+    /// Connection options.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
+/// Connection options shared by every server command. Durations read like
+/// `10s`, `500ms`, `2m`.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// Idle time before TCP keepalive probes start (0s turns keepalive off).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub tcp_keepalive_idle: Duration,
+    /// Time between TCP keepalive probes.
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub tcp_keepalive_interval: Duration,
+    /// Unanswered keepalive probes before the connection is declared dead.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=127), value_name = "N")]
+    pub tcp_keepalive_retries: u32,
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged (0s: kernel default).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub tcp_user_timeout: Duration,
+    /// Time a client gets to send a complete request head (0s: unbounded).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_read_timeout: Duration,
+}
+
+impl ConnectionArgs {
+    /// The options these flags describe.
+    pub fn options(&self) -> ConnectionOptions {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        ConnectionOptions::default()
+            .tcp_keepalive_idle(nonzero(self.tcp_keepalive_idle))
+            .tcp_keepalive_interval(self.tcp_keepalive_interval)
+            .tcp_keepalive_retries(self.tcp_keepalive_retries)
+            .tcp_user_timeout(nonzero(self.tcp_user_timeout))
+            .header_read_timeout(nonzero(self.header_read_timeout))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 10s, 500ms, 2m)"))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".to_owned()),
+        d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["clientgone", "demo"]).unwrap();
+        let Command::Demo(args) = cli.command;
+        assert_eq!(args.listen, "127.0.0.1:8080");
+        assert_eq!(args.metrics_listen, "127.0.0.1:9464");
+        assert_eq!(args.connection.options(), ConnectionOptions::default());
+    }
+
+    #[test]
+    fn durations_parse_and_bad_ones_are_rejected() {
+        let cli = Cli::try_parse_from([
+            "clientgone",
+            "demo",
+            "--tcp-keepalive-idle",
+            "500ms",
+            "--tcp-user-timeout",
+            "2m",
+            "--header-read-timeout",
+            "0s",
+        ])
+        .unwrap();
+        let Command::Demo(args) = cli.command;
+        let options = args.connection.options();
+        assert_eq!(options.tcp_keepalive_idle, Some(Duration::from_millis(500)));
+        assert_eq!(options.tcp_user_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(options.header_read_timeout, None);
+
+        for bad in [
+            ["--tcp-keepalive-idle", "ten"],
+            ["--tcp-keepalive-interval", "0s"],
+            ["--tcp-keepalive-retries", "0"],
+            ["--tcp-keepalive-retries", "-1"],
+        ] {
+            let args = ["clientgone", "demo", bad[0], bad[1]];
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The `clientgone` binary's commands, as a library so tests can run them in-process.
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod demo;

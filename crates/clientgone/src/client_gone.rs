@@ -1,0 +1,82 @@
+//! [`ClientGone`]: an extractor that tells a handler when its client broke off.
+
+use axum::extract::FromRequestParts;
+use axum::response::{IntoResponse, Response};
+use http::request::Parts;
+use http::StatusCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::layer::RequestHandle;
+
+/// A cancellation signal for the current request: cancelled when this request's
+/// client breaks the connection — so work the handler spawned can stop too.
+///
+/// This is the Rust answer to Go's `r.Context().Done()`. The handler's own
+/// future is simply dropped on a break; the token reaches what it spawned.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use clientgone::{ClientGone, DisconnectLayer, Metrics};
+///
+/// async fn report(gone: ClientGone) -> &'static str {
+///     let token = gone.token();
+///     tokio::spawn(async move {
+///         tokio::select! {
+///             _ = token.cancelled() => { /* the client left: stop the query */ }
+///             _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
+///         }
+///     });
+///     "started"
+/// }
+///
+/// let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+/// let app: Router = Router::new()
+///     .route("/report", get(report))
+///     .layer(DisconnectLayer::new(metrics));
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientGone(CancellationToken);
+
+impl ClientGone {
+    /// The token, to move into spawned work.
+    pub fn token(&self) -> CancellationToken {
+        self.0.clone()
+    }
+
+    /// Resolves when the client is gone.
+    pub async fn cancelled(&self) {
+        self.0.cancelled().await
+    }
+
+    /// Whether the client is already gone.
+    pub fn is_gone(&self) -> bool {
+        self.0.is_cancelled()
+    }
+}
+
+/// Rejection of [`ClientGone`] when the router lacks the layer.
+#[derive(Debug)]
+pub struct MissingDisconnectLayer;
+
+impl IntoResponse for MissingDisconnectLayer {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ClientGone needs clientgone::DisconnectLayer on the router \
+             (add it with Router::layer as the last layer)",
+        )
+            .into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientGone {
+    type Rejection = MissingDisconnectLayer;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<RequestHandle>()
+            .map(|handle| ClientGone(handle.0.token()))
+            .ok_or(MissingDisconnectLayer)
+    }
+}

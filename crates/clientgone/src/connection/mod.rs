@@ -1,0 +1,11 @@
+//! The socket side: accept, set options, record what the socket says.
+
+mod listener;
+mod options;
+mod state;
+mod stream;
+
+pub use listener::TrackedListener;
+pub use options::ConnectionOptions;
+pub use state::ConnectionState;
+pub use stream::{TrackedConnection, TrackedStream};

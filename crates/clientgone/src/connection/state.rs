@@ -1,0 +1,165 @@
+//! [`ConnectionState`]: the one place where the socket side and the request side meet.
+//!
+//! The [`TrackedStream`](super::TrackedStream) writes it as hyper reads and writes
+//! through it; the request guard reads it when a request ends. hyper learns of a
+//! FIN or RST only by reading through the stream, so the state is always written
+//! *before* hyper drops the request's future — that ordering is what makes the
+//! classification deterministic.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::time::Instant;
+
+use crate::classify::{close_reason, Cause, ClientEvent, CloseFacts, CloseReason, PeerSignal};
+
+const NO_CAUSE: u8 = u8::MAX;
+
+/// Per-connection facts, shared between the stream and the requests on it.
+///
+/// All fields are atomics: the stream and the guards live on the same task for
+/// HTTP/1 but not for HTTP/2, and nothing here needs more than "first writer wins".
+#[derive(Debug)]
+pub struct ConnectionState {
+    opened: Instant,
+    in_flight: AtomicU32,
+    requests: AtomicU64,
+    /// Bytes of a request head arrived while nothing was in flight and no request
+    /// has started since.
+    partial_head: AtomicBool,
+    eof: AtomicBool,
+    /// The first client event's cause (EOF is `Closed`), `NO_CAUSE` until then.
+    first_event: AtomicU8,
+    /// The first error's cause, `NO_CAUSE` until then (EOF is not an error).
+    first_error: AtomicU8,
+    event_in_flight: AtomicBool,
+    event_partial_head: AtomicBool,
+    header_timeout: AtomicBool,
+    server_closing: AtomicBool,
+    bytes_written: AtomicU64,
+}
+
+impl ConnectionState {
+    pub(crate) fn new() -> Self {
+        ConnectionState {
+            opened: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            partial_head: AtomicBool::new(false),
+            eof: AtomicBool::new(false),
+            first_event: AtomicU8::new(NO_CAUSE),
+            first_error: AtomicU8::new(NO_CAUSE),
+            event_in_flight: AtomicBool::new(false),
+            event_partial_head: AtomicBool::new(false),
+            header_timeout: AtomicBool::new(false),
+            server_closing: AtomicBool::new(false),
+            bytes_written: AtomicU64::new(0),
+        }
+    }
+
+    /// When the connection was accepted.
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    /// Requests currently in flight on this connection.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Requests started on this connection so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the server wrote to the socket so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// What the client side has shown so far.
+    pub fn peer_signal(&self) -> PeerSignal {
+        PeerSignal {
+            error: Cause::from_index(self.first_error.load(Ordering::Acquire)),
+            eof: self.eof.load(Ordering::Acquire),
+        }
+    }
+
+    /// The server is closing this connection on purpose (shutdown); requests
+    /// dropped from now on are not client disconnects.
+    pub fn is_server_closing(&self) -> bool {
+        self.server_closing.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn request_started(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.partial_head.store(false, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn request_ended(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn on_read(&self) {
+        // Bytes that arrive while nothing is in flight are the start of the next
+        // request head; `request_started` clears the mark once the head is parsed.
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            self.partial_head.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn on_written(&self, n: usize) {
+        self.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn on_eof(&self) {
+        self.eof.store(true, Ordering::Release);
+        self.on_client_event(Cause::Closed);
+    }
+
+    pub(crate) fn on_error(&self, cause: Cause) {
+        let _ = self.first_error.compare_exchange(
+            NO_CAUSE,
+            cause as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.on_client_event(cause);
+    }
+
+    fn on_client_event(&self, cause: Cause) {
+        if self
+            .first_event
+            .compare_exchange(NO_CAUSE, cause as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.event_in_flight
+                .store(self.in_flight() > 0, Ordering::Release);
+            self.event_partial_head
+                .store(self.partial_head.load(Ordering::Relaxed), Ordering::Release);
+        }
+    }
+
+    pub(crate) fn mark_header_timeout(&self) {
+        self.header_timeout.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn mark_server_closing(&self) {
+        self.server_closing.store(true, Ordering::Release);
+    }
+
+    /// The one reason this connection closes with, from everything it saw.
+    pub fn close_reason(&self) -> CloseReason {
+        let client_event =
+            Cause::from_index(self.first_event.load(Ordering::Acquire)).map(|cause| ClientEvent {
+                cause,
+                in_flight: self.event_in_flight.load(Ordering::Acquire),
+                partial_head: self.event_partial_head.load(Ordering::Acquire),
+            });
+        close_reason(CloseFacts {
+            client_event,
+            header_timeout: self.header_timeout.load(Ordering::Acquire),
+            partial_head: self.partial_head.load(Ordering::Relaxed),
+            served_any: self.requests() > 0,
+        })
+    }
+}

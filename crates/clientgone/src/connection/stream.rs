@@ -1,0 +1,166 @@
+//! [`TrackedStream`]: a `TcpStream` that records what the socket said.
+//!
+//! It only *records* — the first EOF, the first meaningful error, bytes written —
+//! and knows nothing of HTTP (the pattern of linkerd2-proxy's `SensorIo`). When it
+//! is dropped the connection is over, and it reports the close exactly once.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::state::ConnectionState;
+use crate::classify::{Cause, Direction};
+use crate::metrics::Metrics;
+
+/// An accepted TCP connection whose reads and writes feed a [`ConnectionState`].
+#[derive(Debug)]
+pub struct TrackedStream {
+    inner: TcpStream,
+    connection: TrackedConnection,
+    metrics: Option<Metrics>,
+}
+
+/// What a request gets to know about its connection: the peer's address and the
+/// shared [`ConnectionState`]. Cheap to clone.
+///
+/// With `axum::serve`, pass it as connect info so the layer finds it:
+/// `app.into_make_service_with_connect_info::<TrackedConnection>()`.
+#[derive(Clone, Debug)]
+pub struct TrackedConnection {
+    remote_addr: SocketAddr,
+    state: Arc<ConnectionState>,
+}
+
+impl TrackedConnection {
+    /// The client's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote_addr
+    }
+
+    /// The connection's shared state.
+    pub fn state(&self) -> &Arc<ConnectionState> {
+        &self.state
+    }
+}
+
+impl TrackedStream {
+    pub(crate) fn new(inner: TcpStream, remote_addr: SocketAddr, metrics: Option<Metrics>) -> Self {
+        if let Some(m) = &metrics {
+            m.connection_opened();
+        }
+        TrackedStream {
+            inner,
+            connection: TrackedConnection {
+                remote_addr,
+                state: Arc::new(ConnectionState::new()),
+            },
+            metrics,
+        }
+    }
+
+    /// The connection this stream belongs to.
+    pub fn connection(&self) -> &TrackedConnection {
+        &self.connection
+    }
+
+    /// The underlying socket.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.inner
+    }
+
+    fn record_error(&self, error: &io::Error, direction: Direction) {
+        if let Some(cause) = Cause::from_io_error(error, direction) {
+            self.connection.state.on_error(cause);
+        }
+    }
+}
+
+impl Drop for TrackedStream {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            let state = &self.connection.state;
+            m.connection_closed(state.close_reason(), state.opened().elapsed());
+        }
+    }
+}
+
+impl AsyncRead for TrackedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let wanted = buf.remaining() > 0;
+        let result = ready!(Pin::new(&mut this.inner).poll_read(cx, buf));
+        match &result {
+            Ok(()) if buf.filled().len() > before => this.connection.state.on_read(),
+            // A zero-byte read into a buffer with room is the peer's FIN.
+            Ok(()) if wanted => this.connection.state.on_eof(),
+            Ok(()) => {}
+            Err(e) => this.record_error(e, Direction::Read),
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl AsyncWrite for TrackedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = ready!(Pin::new(&mut this.inner).poll_write(cx, buf));
+        this.after_write(&result);
+        Poll::Ready(result)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs));
+        this.after_write(&result);
+        Poll::Ready(result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = ready!(Pin::new(&mut this.inner).poll_flush(cx));
+        if let Err(e) = &result {
+            this.record_error(e, Direction::Write);
+        }
+        Poll::Ready(result)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let result = ready!(Pin::new(&mut this.inner).poll_shutdown(cx));
+        if let Err(e) = &result {
+            this.record_error(e, Direction::Write);
+        }
+        Poll::Ready(result)
+    }
+}
+
+impl TrackedStream {
+    fn after_write(&self, result: &io::Result<usize>) {
+        match result {
+            Ok(n) => self.connection.state.on_written(*n),
+            Err(e) => self.record_error(e, Direction::Write),
+        }
+    }
+}

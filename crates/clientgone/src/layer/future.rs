@@ -1,0 +1,77 @@
+//! [`ResponseFuture`]: the inner service's future, carrying the request guard
+//! until the response head exists.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::{Response, StatusCode};
+use http_body::Body;
+use pin_project_lite::pin_project;
+
+use super::body::ResponseBody;
+use super::guard::RequestGuard;
+
+pin_project! {
+    /// Response future of [`DisconnectService`](super::DisconnectService).
+    /// Dropping it before it resolves records a `handler` (or `request_body`) break.
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<RequestGuard>,
+        head_request: bool,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, guard: RequestGuard, head_request: bool) -> Self {
+        ResponseFuture {
+            inner,
+            guard: Some(guard),
+            head_request,
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let Some(mut guard) = this.guard.take() else {
+            // Polled after completion; the inner future decides what that means.
+            return Poll::Ready(result.map(|res| res.map(|b| ResponseBody::new(b, None))));
+        };
+        match result {
+            Ok(res) => {
+                let status = res.status();
+                guard.head_sent(status.as_u16());
+                // hyper never polls a body that HEAD, 1xx, 204 and 304 cannot have.
+                let bodiless = *this.head_request
+                    || status.is_informational()
+                    || status == StatusCode::NO_CONTENT
+                    || status == StatusCode::NOT_MODIFIED
+                    || res.body().is_end_stream();
+                let guard = if bodiless {
+                    guard.complete();
+                    None
+                } else {
+                    Some(guard)
+                };
+                Poll::Ready(Ok(res.map(|b| ResponseBody::new(b, guard))))
+            }
+            Err(e) => {
+                // The service failed; hyper will answer 500 or close. Not the client.
+                guard.head_sent(500);
+                guard.complete();
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! [`RequestGuard`]: the one place where "a request ends exactly once" is enforced.
+//!
+//! The guard is created when a request enters the layer, travels from the
+//! response future into the response body, and ends either by
+//! [`complete`](RequestGuard::complete) (the body reached its end) or by being
+//! dropped early (the future or the body was dropped: the client is gone). It
+//! decides `Phase` from the request's progress and `Cause` from the connection
+//! state at that moment, builds the [`Record`] and hands it to the sinks.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::classify::{break_cause, break_phase, recorded_status, BodyProgress, Cause, Phase};
+use crate::connection::TrackedConnection;
+use crate::metrics::RouteMetrics;
+use crate::record::{End, Record};
+
+/// State of one request shared by the guard, the request body wrapper and the
+/// [`ClientGone`](crate::ClientGone) extractor.
+#[derive(Debug)]
+pub(crate) struct RequestShared {
+    body: AtomicU8,
+    token: OnceLock<CancellationToken>,
+    connection: Option<TrackedConnection>,
+}
+
+impl RequestShared {
+    pub(crate) fn new(connection: Option<TrackedConnection>, body_empty: bool) -> Self {
+        let body = if body_empty {
+            BodyProgress::Done
+        } else {
+            BodyProgress::Untouched
+        };
+        RequestShared {
+            body: AtomicU8::new(body as u8),
+            token: OnceLock::new(),
+            connection,
+        }
+    }
+
+    pub(crate) fn body_progress(&self) -> BodyProgress {
+        BodyProgress::from_u8(self.body.load(Ordering::Acquire))
+    }
+
+    /// Marks the body as being read, unless it already ended.
+    pub(crate) fn body_polled(&self) {
+        let _ = self.body.compare_exchange(
+            BodyProgress::Untouched as u8,
+            BodyProgress::Reading as u8,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
+    pub(crate) fn body_ended(&self, progress: BodyProgress) {
+        // Failed is final: a body that failed never "ends" afterwards.
+        let _ = self
+            .body
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur != BodyProgress::Failed as u8).then_some(progress as u8)
+            });
+    }
+
+    /// The token handed to handlers; created only if a handler asks for it.
+    pub(crate) fn token(&self) -> CancellationToken {
+        self.token.get_or_init(CancellationToken::new).clone()
+    }
+
+    fn cancel(&self) {
+        if let Some(token) = self.token.get() {
+            token.cancel();
+        }
+    }
+}
+
+/// Ends one request exactly once; see the module docs.
+#[derive(Debug)]
+pub(crate) struct RequestGuard {
+    route: Arc<RouteMetrics>,
+    method: usize,
+    method_label: &'static str,
+    start: Instant,
+    http2: bool,
+    shared: Arc<RequestShared>,
+    status: Option<u16>,
+    body_bytes_sent: u64,
+    ended: bool,
+}
+
+impl RequestGuard {
+    pub(crate) fn new(
+        route: Arc<RouteMetrics>,
+        method: usize,
+        method_label: &'static str,
+        start: Instant,
+        http2: bool,
+        shared: Arc<RequestShared>,
+    ) -> Self {
+        route.request_started(method);
+        if let Some(conn) = &shared.connection {
+            conn.state().request_started();
+        }
+        RequestGuard {
+            route,
+            method,
+            method_label,
+            start,
+            http2,
+            shared,
+            status: None,
+            body_bytes_sent: 0,
+            ended: false,
+        }
+    }
+
+    /// The response head was produced with this status.
+    pub(crate) fn head_sent(&mut self, status: u16) {
+        self.status = Some(status);
+    }
+
+    pub(crate) fn body_bytes(&mut self, n: usize) {
+        self.body_bytes_sent += n as u64;
+    }
+
+    /// The response is done (its body reached its end, or it has none).
+    ///
+    /// A request whose body failed is still a break: the handler answered, but
+    /// the client was gone before it could read the answer.
+    pub(crate) fn complete(&mut self) {
+        if self.ended {
+            return;
+        }
+        if self.shared.body_progress() == BodyProgress::Failed {
+            let cause = self.cause();
+            // A body error with no sign of the client leaving (on HTTP/1) is a
+            // malformed body — bad input, answered by the handler, not a break.
+            if cause != Cause::Unknown {
+                return self.end_broken(Phase::RequestBody, cause);
+            }
+        }
+        self.end(End::Completed);
+    }
+
+    fn cause(&self) -> Cause {
+        let signal = self
+            .shared
+            .connection
+            .as_ref()
+            .map(|c| c.state().peer_signal());
+        break_cause(signal, self.http2)
+    }
+
+    fn end_broken(&mut self, phase: Phase, cause: Cause) {
+        self.shared.cancel();
+        self.end(End::Disconnect { phase, cause });
+    }
+
+    fn end(&mut self, end: End) {
+        self.ended = true;
+        let phase = match end {
+            End::Completed => None,
+            End::Disconnect { phase, .. } => Some(phase),
+        };
+        let record = Record {
+            method: self.method_label,
+            route: self.route.route(),
+            status: recorded_status(phase, self.status),
+            end,
+            elapsed: self.start.elapsed(),
+            body_bytes_sent: self.body_bytes_sent,
+        };
+        self.route.record(self.method, &record);
+        if let Some(conn) = &self.shared.connection {
+            conn.state().request_ended();
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let server_closing = self
+            .shared
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.state().is_server_closing());
+        if server_closing {
+            // The server gave up on this request (shutdown past its grace
+            // period): never a client disconnect.
+            self.status.get_or_insert(503);
+            return self.end(End::Completed);
+        }
+        let phase = break_phase(self.shared.body_progress(), self.status.is_some());
+        let cause = self.cause();
+        self.end_broken(phase, cause);
+    }
+}

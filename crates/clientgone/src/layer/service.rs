@@ -1,0 +1,76 @@
+//! [`DisconnectService`]: starts the request guard for each request.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body as AxumBody;
+use axum::extract::{ConnectInfo, MatchedPath};
+use bytes::Bytes;
+use http::{Method, Request, Response, Version};
+use http_body::Body;
+use tower::Service;
+
+use super::future::ResponseFuture;
+use super::guard::{RequestGuard, RequestShared};
+use super::request_body::RequestBody;
+use crate::classify::{method_index, METHODS};
+use crate::connection::TrackedConnection;
+use crate::metrics::{Metrics, UNMATCHED_ROUTE};
+use crate::BoxError;
+
+/// The service made by [`DisconnectLayer`](super::DisconnectLayer).
+#[derive(Clone, Debug)]
+pub struct DisconnectService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S> DisconnectService<S> {
+    pub(crate) fn new(inner: S, metrics: Metrics) -> Self {
+        DisconnectService { inner, metrics }
+    }
+}
+
+/// Handed to handlers through request extensions; read by
+/// [`ClientGone`](crate::ClientGone).
+#[derive(Clone, Debug)]
+pub(crate) struct RequestHandle(pub(crate) Arc<RequestShared>);
+
+impl<S, B, ResBody> Service<Request<B>> for DisconnectService<S>
+where
+    S: Service<Request<AxumBody>, Response = Response<ResBody>>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Body,
+{
+    type Response = Response<super::ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let method = method_index(req.method());
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+        let route = self.metrics.route(route);
+        let connection = req
+            .extensions()
+            .get::<ConnectInfo<TrackedConnection>>()
+            .map(|info| info.0.clone());
+        let http2 = req.version() == Version::HTTP_2;
+        let head_request = req.method() == Method::HEAD;
+        let shared = Arc::new(RequestShared::new(connection, req.body().is_end_stream()));
+        let guard = RequestGuard::new(route, method, METHODS[method], start, http2, shared.clone());
+
+        req.extensions_mut().insert(RequestHandle(shared.clone()));
+        let req = req.map(|body| AxumBody::new(RequestBody::new(body, shared)));
+        ResponseFuture::new(self.inner.call(req), guard, head_request)
+    }
+}

@@ -1,0 +1,62 @@
+//! Catch, classify and count HTTP clients that break their connection before the
+//! response is done.
+//!
+//! A plain axum service sees a dropped future when its client leaves, and records
+//! nothing — so its latency metrics silently lose exactly the requests that were
+//! too slow for their clients. `clientgone` wraps the accepted sockets
+//! ([`TrackedListener`]) and the router ([`DisconnectLayer`]), and counts every
+//! premature disconnect per route template, by [`Phase`] and [`Cause`], into a
+//! Prometheus registry you own.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use clientgone::{ClientGone, DisconnectLayer, Metrics, TrackedListener};
+//!
+//! async fn slow(gone: ClientGone) -> &'static str {
+//!     tokio::select! {
+//!         _ = gone.cancelled() => "never sent: the client left",
+//!         _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => "Hello, World!",
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let registry = prometheus::Registry::new();
+//!     let metrics = Metrics::new(&registry).expect("fresh registry");
+//!     let app = Router::new()
+//!         .route("/hello", get(slow))
+//!         .layer(DisconnectLayer::new(metrics.clone())); // last = outermost
+//!     let listener = TrackedListener::bind("127.0.0.1:8080", &metrics).await?;
+//!     clientgone::serve(listener, app).await
+//! }
+//! ```
+//!
+//! Data flows one way: socket → [`TrackedStream`] → [`ConnectionState`] →
+//! request guard → [`Record`] → [`Metrics`].
+
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod classify;
+mod client_gone;
+mod connection;
+mod layer;
+mod metrics;
+mod record;
+mod serve;
+
+pub use classify::{
+    break_cause, break_phase, close_reason, method_label, recorded_status, BodyProgress, Cause,
+    ClientEvent, CloseFacts, CloseReason, Direction, Outcome, PeerSignal, Phase,
+};
+pub use client_gone::{ClientGone, MissingDisconnectLayer};
+pub use connection::{
+    ConnectionOptions, ConnectionState, TrackedConnection, TrackedListener, TrackedStream,
+};
+pub use layer::{DisconnectLayer, DisconnectService, RequestBody, ResponseBody, ResponseFuture};
+pub use metrics::{Metrics, UNMATCHED_ROUTE};
+pub use record::{End, Record};
+pub use serve::{serve, Serve};
+
+/// The boxed error type bodies are converted into.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,293 @@
+//! [`Metrics`]: the Prometheus instruments of the contract, registered once in a
+//! registry the user owns, with per-(route, method) children cached so the hot
+//! path neither formats nor allocates label strings.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::classify::{CloseReason, Outcome, METHODS};
+use crate::record::{End, Record};
+
+/// The route label of requests that matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Request-duration buckets (seconds): fine at the fast end, and long enough at
+/// the slow end to sit beside time-to-abandon.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
+
+/// Time-to-abandon buckets (seconds): reach past 300 s, as the contract asks,
+/// with marks at the usual client and load-balancer timeouts (30 s, 60 s, 120 s).
+const ABANDON_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+const CONNECTION_BUCKETS: &[f64] = &[
+    0.01, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// The request and connection metrics of the contract.
+///
+/// Create it once per registry and clone it freely (it is a handle).
+///
+/// ```
+/// let registry = prometheus::Registry::new();
+/// let metrics = clientgone::Metrics::new(&registry).unwrap();
+/// // Registering twice in one registry is an error, not a panic:
+/// assert!(clientgone::Metrics::new(&registry).is_err());
+/// # drop(metrics);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    vecs: Vecs,
+    open_connections: IntGauge,
+    connection_closes: [IntCounter; 6],
+    connection_duration: Histogram,
+    routes: RwLock<HashMap<Box<str>, Arc<RouteMetrics>>>,
+}
+
+#[derive(Clone, Debug)]
+struct Vecs {
+    request_duration: HistogramVec,
+    active_requests: IntGaugeVec,
+    disconnects: IntCounterVec,
+    disconnect_elapsed: HistogramVec,
+}
+
+impl Metrics {
+    /// Creates the instruments and registers them in `registry`.
+    ///
+    /// Fails if any of the names is already registered there.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests, completed or broken off by the client.",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+            &[
+                "http_request_method",
+                "http_route",
+                "http_response_status_code",
+                "outcome",
+            ],
+        )?;
+        let active_requests = IntGaugeVec::new(
+            Opts::new(
+                "http_server_active_requests",
+                "HTTP server requests in flight.",
+            ),
+            &["http_request_method", "http_route"],
+        )?;
+        let disconnects = IntCounterVec::new(
+            Opts::new(
+                "http_server_client_disconnects_total",
+                "Requests whose client broke the connection before the response was done.",
+            ),
+            &["http_request_method", "http_route", "phase", "cause"],
+        )?;
+        let disconnect_elapsed = HistogramVec::new(
+            HistogramOpts::new(
+                "http_server_client_disconnect_elapsed_seconds",
+                "Time from a request's arrival until its client's break was noticed.",
+            )
+            .buckets(ABANDON_BUCKETS.to_vec()),
+            &["http_request_method", "http_route", "phase"],
+        )?;
+        let open_connections =
+            IntGauge::new("http_server_open_connections", "Open client connections.")?;
+        let closes = IntCounterVec::new(
+            Opts::new(
+                "http_server_connection_closes_total",
+                "Closed client connections, by why they closed.",
+            ),
+            &["reason"],
+        )?;
+        let connection_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "http_server_connection_duration_seconds",
+                "Lifetime of client connections.",
+            )
+            .buckets(CONNECTION_BUCKETS.to_vec()),
+        )?;
+
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(active_requests.clone()))?;
+        registry.register(Box::new(disconnects.clone()))?;
+        registry.register(Box::new(disconnect_elapsed.clone()))?;
+        registry.register(Box::new(open_connections.clone()))?;
+        registry.register(Box::new(closes.clone()))?;
+        registry.register(Box::new(connection_duration.clone()))?;
+
+        // Every close reason exists from the start, so a rate() over it is never empty.
+        let connection_closes = CloseReason::ALL.map(|r| closes.with_label_values(&[r.as_str()]));
+
+        Ok(Metrics {
+            inner: Arc::new(Inner {
+                vecs: Vecs {
+                    request_duration,
+                    active_requests,
+                    disconnects,
+                    disconnect_elapsed,
+                },
+                open_connections,
+                connection_closes,
+                connection_duration,
+                routes: RwLock::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The cached children of one route; created on first use.
+    pub(crate) fn route(&self, route: &str) -> Arc<RouteMetrics> {
+        if let Some(found) = self.read_routes().get(route) {
+            return Arc::clone(found);
+        }
+        let mut routes = self
+            .inner
+            .routes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(routes.entry(route.into()).or_insert_with(|| {
+            Arc::new(RouteMetrics {
+                route: route.into(),
+                vecs: self.inner.vecs.clone(),
+                methods: Default::default(),
+            })
+        }))
+    }
+
+    fn read_routes(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Arc<RouteMetrics>>> {
+        // A panic while holding the lock cannot leave the map half-written in a
+        // way that matters (insert is the only write), so poisoning is ignored.
+        self.inner
+            .routes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.inner.open_connections.inc();
+    }
+
+    pub(crate) fn connection_closed(&self, reason: CloseReason, lifetime: Duration) {
+        self.inner.open_connections.dec();
+        self.inner.connection_closes[reason.index()].inc();
+        self.inner
+            .connection_duration
+            .observe(lifetime.as_secs_f64());
+    }
+}
+
+/// The children of one route template, per method, created on first use.
+#[derive(Debug)]
+pub(crate) struct RouteMetrics {
+    route: Box<str>,
+    vecs: Vecs,
+    methods: [OnceLock<MethodMetrics>; METHODS.len()],
+}
+
+#[derive(Debug)]
+struct MethodMetrics {
+    active: IntGauge,
+    /// A handful of (status, outcome) pairs per route and method: a short list
+    /// scanned under a read lock beats hashing.
+    durations: RwLock<Vec<(u16, Outcome, Histogram)>>,
+    disconnects: [[OnceLock<IntCounter>; 6]; 3],
+    elapsed: [OnceLock<Histogram>; 3],
+}
+
+impl RouteMetrics {
+    pub(crate) fn route(&self) -> &str {
+        &self.route
+    }
+
+    fn method(&self, method: usize) -> &MethodMetrics {
+        self.methods[method].get_or_init(|| MethodMetrics {
+            active: self
+                .vecs
+                .active_requests
+                .with_label_values(&[METHODS[method], &self.route]),
+            durations: RwLock::new(Vec::new()),
+            disconnects: Default::default(),
+            elapsed: Default::default(),
+        })
+    }
+
+    pub(crate) fn request_started(&self, method: usize) {
+        self.method(method).active.inc();
+    }
+
+    /// Hands one finished request to the instruments.
+    pub(crate) fn record(&self, method: usize, record: &Record<'_>) {
+        let m = self.method(method);
+        m.active.dec();
+        let outcome = record.end.outcome();
+        let seconds = record.elapsed.as_secs_f64();
+        self.duration(m, method, record.status, outcome)
+            .observe(seconds);
+        if let End::Disconnect { phase, cause } = record.end {
+            m.disconnects[phase.index()][cause.index()]
+                .get_or_init(|| {
+                    self.vecs.disconnects.with_label_values(&[
+                        METHODS[method],
+                        &self.route,
+                        phase.as_str(),
+                        cause.as_str(),
+                    ])
+                })
+                .inc();
+            m.elapsed[phase.index()]
+                .get_or_init(|| {
+                    self.vecs.disconnect_elapsed.with_label_values(&[
+                        METHODS[method],
+                        &self.route,
+                        phase.as_str(),
+                    ])
+                })
+                .observe(seconds);
+        }
+    }
+
+    fn duration(
+        &self,
+        m: &MethodMetrics,
+        method: usize,
+        status: u16,
+        outcome: Outcome,
+    ) -> Histogram {
+        let find = |list: &Vec<(u16, Outcome, Histogram)>| {
+            list.iter()
+                .find(|(s, o, _)| *s == status && *o == outcome)
+                .map(|(_, _, h)| h.clone())
+        };
+        if let Some(h) = find(&m.durations.read().unwrap_or_else(|p| p.into_inner())) {
+            return h;
+        }
+        let mut list = m.durations.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = find(&list) {
+            return h;
+        }
+        let h = self.vecs.request_duration.with_label_values(&[
+            METHODS[method],
+            &self.route,
+            &status.to_string(),
+            outcome.as_str(),
+        ]);
+        list.push((status, outcome, h.clone()));
+        h
+    }
+}

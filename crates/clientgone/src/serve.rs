@@ -1,0 +1,180 @@
+//! [`serve`]: an accept loop like `axum::serve`, which also enforces the
+//! header-read timeout, hands each request its connection, and shuts down
+//! gracefully without counting the server's own goodbyes as client breaks.
+
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::Service;
+
+use crate::connection::{TrackedListener, TrackedStream};
+
+type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves `router` on `listener`: HTTP/1.1 and HTTP/2 (prior knowledge, h2c)
+/// on the same port.
+///
+/// ```no_run
+/// use axum::{routing::get, Router};
+/// use clientgone::{DisconnectLayer, Metrics, TrackedListener};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let registry = prometheus::Registry::new();
+/// let metrics = Metrics::new(&registry).expect("fresh registry");
+/// let app = Router::new()
+///     .route("/hello", get(|| async { "Hello, World!" }))
+///     .layer(DisconnectLayer::new(metrics.clone()));
+/// let listener = TrackedListener::bind("127.0.0.1:8080", &metrics).await?;
+/// clientgone::serve(listener, app)
+///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); })
+///     .await
+/// # }
+/// ```
+pub fn serve(listener: TrackedListener, router: Router) -> Serve {
+    Serve {
+        listener,
+        router,
+        shutdown: None,
+        grace_period: Duration::from_secs(30),
+    }
+}
+
+/// The future of [`serve`]; await it to run the server.
+#[must_use = "a server does nothing until awaited"]
+pub struct Serve {
+    listener: TrackedListener,
+    router: Router,
+    shutdown: Option<Signal>,
+    grace_period: Duration,
+}
+
+impl std::fmt::Debug for Serve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serve")
+            .field("listener", &self.listener)
+            .field("grace_period", &self.grace_period)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Serve {
+    /// Stops accepting when `signal` resolves, lets requests in flight finish,
+    /// closes idle connections, and returns.
+    pub fn with_graceful_shutdown(
+        mut self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        self.shutdown = Some(Box::pin(signal));
+        self
+    }
+
+    /// How long in-flight requests get after the shutdown signal (default 30 s).
+    /// Requests still running then are dropped — and recorded as the server's
+    /// doing, never as client disconnects.
+    pub fn grace_period(mut self, grace_period: Duration) -> Self {
+        self.grace_period = grace_period;
+        self
+    }
+
+    async fn run(self) -> io::Result<()> {
+        let Serve {
+            listener,
+            router,
+            shutdown,
+            grace_period,
+        } = self;
+        let builder = Arc::new(builder(&listener));
+        let graceful = GracefulShutdown::new();
+        let force_close = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
+
+        loop {
+            let (stream, _addr) = tokio::select! {
+                accepted = listener.accept_retrying() => accepted,
+                () = &mut shutdown => break,
+            };
+            tracker.spawn(serve_connection(
+                stream,
+                router.clone(),
+                builder.clone(),
+                graceful.watcher(),
+                force_close.clone(),
+            ));
+        }
+        drop(listener);
+        tracker.close();
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(grace_period) => force_close.cancel(),
+        }
+        tracker.wait().await;
+        Ok(())
+    }
+}
+
+impl IntoFuture for Serve {
+    type Output = io::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+fn builder(listener: &TrackedListener) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(listener.options().header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+async fn serve_connection(
+    stream: TrackedStream,
+    router: Router,
+    builder: Arc<Builder<TokioExecutor>>,
+    graceful: hyper_util::server::graceful::Watcher,
+    force_close: CancellationToken,
+) {
+    let connection = stream.connection().clone();
+    let info = ConnectInfo(connection.clone());
+    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(info.clone());
+        router.clone().call(req)
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = graceful.watch(conn);
+    tokio::select! {
+        result = conn => {
+            if let Err(e) = result {
+                if is_header_timeout(&*e) {
+                    connection.state().mark_header_timeout();
+                }
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        () = force_close.cancelled() => {
+            // Mark before the connection (and its requests) are dropped.
+            connection.state().mark_server_closing();
+        }
+    }
+}
+
+fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout)
+}
