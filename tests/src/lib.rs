@@ -1,1 +1,81 @@
+//! Support for the cross-crate tests: start a server on port 0, real clients that
+//! really break off (FIN, RST via `SO_LINGER 0`, half-sent bodies, HTTP/2
+//! `RST_STREAM`), a strict parser for the Prometheus text format, and
+//! `wait_until` with a deadline — never a bare sleep.
 
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod prom;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use clientgone::ConnectionOptions;
+use clientgone_agent::demo::{self, DemoConfig, RunningDemo};
+
+pub use prom::{Labels, Scrape, scrape};
+
+/// How long any condition may take to become true before a test fails.
+/// Generous, because CI is a loaded 2-core machine; tests pass as soon as the
+/// condition holds, so it costs nothing when things work.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Starts the demo on loopback, port 0, with default connection options.
+pub async fn start_demo() -> RunningDemo {
+    start_demo_with(ConnectionOptions::default()).await
+}
+
+/// Starts the demo on loopback, port 0, with these connection options.
+pub async fn start_demo_with(options: ConnectionOptions) -> RunningDemo {
+    demo::start(DemoConfig {
+        listen: "127.0.0.1:0".into(),
+        metrics_listen: "127.0.0.1:0".into(),
+        options,
+    })
+    .await
+    .expect("demo starts on loopback")
+}
+
+/// Polls `condition` every 5 ms until it holds; panics naming `what` after [`DEADLINE`].
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until the metric `name{labels}` (summed over other labels) equals
+/// `expected`; on timeout the panic shows the last scrape's value.
+pub async fn wait_for_value(
+    metrics_addr: std::net::SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    expected: f64,
+) -> Scrape {
+    let start = Instant::now();
+    loop {
+        let scrape = scrape(metrics_addr).await;
+        let value = scrape.value(name, labels);
+        if value == expected {
+            return scrape;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?}: {name}{labels:?} is {value}, expected {expected}\n{}",
+            scrape.text
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

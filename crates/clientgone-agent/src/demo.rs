@@ -1,17 +1,16 @@
 //! `clientgone demo`: the instrumented sample server, ready to try.
 
 use std::convert::Infallible;
-use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use clientgone::{ConnectionOptions, DisconnectLayer, Metrics, TrackedListener};
 use futures_util::stream::{self, StreamExt};
 use prometheus::Registry;

@@ -2,8 +2,16 @@
 
 use std::process::ExitCode;
 
-use clap::error::ErrorKind;
+/// `eprintln!` without its panic: a closed stderr must not stop the server.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 use clap::Parser;
+use clap::error::ErrorKind;
 use clientgone_agent::cli::{Cli, Command};
 use clientgone_agent::demo::{self, DemoConfig};
 
@@ -18,7 +26,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("clientgone: {} (see 'clientgone --help')", first_line(&e));
+            say!("clientgone: {} (see 'clientgone --help')", first_line(&e));
             return ExitCode::from(USAGE);
         }
     };
@@ -31,7 +39,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("clientgone: cannot start the runtime: {e}");
+            say!("clientgone: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -49,24 +57,25 @@ async fn run(cli: Cli) -> ExitCode {
             let running = match demo::start(config).await {
                 Ok(running) => running,
                 Err(e) => {
-                    eprintln!("clientgone: {e}");
+                    say!("clientgone: {e}");
                     return ExitCode::from(USAGE);
                 }
             };
-            eprintln!(
+            say!(
                 "clientgone demo: serving http://{0}/hello, metrics on http://{1}/metrics",
-                running.addr, running.metrics_addr
+                running.addr,
+                running.metrics_addr
             );
             let token = running.shutdown_token();
             tokio::spawn(async move {
                 shutdown_signal().await;
-                eprintln!("clientgone demo: shutting down, letting requests in flight finish");
+                say!("clientgone demo: shutting down, letting requests in flight finish");
                 token.cancel();
             });
             match running.wait().await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("clientgone: {e}");
+                    say!("clientgone: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -7,4 +7,4 @@
 
 mod metrics_endpoint;
 
-pub use metrics_endpoint::{metrics_router, serve_metrics, PROMETHEUS_CONTENT_TYPE};
+pub use metrics_endpoint::{PROMETHEUS_CONTENT_TYPE, metrics_router, serve_metrics};

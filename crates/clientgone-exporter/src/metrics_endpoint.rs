@@ -3,10 +3,10 @@
 use std::future::Future;
 use std::io;
 
-use axum::http::{header, StatusCode};
+use axum::Router;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 

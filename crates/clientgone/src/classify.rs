@@ -100,7 +100,7 @@ impl Cause {
         use io::ErrorKind::*;
         match error.raw_os_error() {
             Some(libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH) => {
-                return Some(Cause::Timeout)
+                return Some(Cause::Timeout);
             }
             Some(libc::ECONNRESET | libc::ECONNABORTED) => return Some(Cause::Reset),
             Some(libc::EPIPE) => return Some(Cause::WriteError),

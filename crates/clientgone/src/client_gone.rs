@@ -2,8 +2,8 @@
 
 use axum::extract::FromRequestParts;
 use axum::response::{IntoResponse, Response};
-use http::request::Parts;
 use http::StatusCode;
+use http::request::Parts;
 use tokio_util::sync::CancellationToken;
 
 use crate::layer::RequestHandle;

@@ -46,8 +46,8 @@ mod record;
 mod serve;
 
 pub use classify::{
-    break_cause, break_phase, close_reason, method_label, recorded_status, BodyProgress, Cause,
-    ClientEvent, CloseFacts, CloseReason, Direction, Outcome, PeerSignal, Phase,
+    BodyProgress, Cause, ClientEvent, CloseFacts, CloseReason, Direction, Outcome, PeerSignal,
+    Phase, break_cause, break_phase, close_reason, method_label, recorded_status,
 };
 pub use client_gone::{ClientGone, MissingDisconnectLayer};
 pub use connection::{
@@ -56,7 +56,7 @@ pub use connection::{
 pub use layer::{DisconnectLayer, DisconnectService, RequestBody, ResponseBody, ResponseFuture};
 pub use metrics::{Metrics, UNMATCHED_ROUTE};
 pub use record::{End, Record};
-pub use serve::{serve, Serve};
+pub use serve::{Serve, serve};
 
 /// The boxed error type bodies are converted into.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

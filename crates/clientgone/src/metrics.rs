@@ -11,7 +11,7 @@ use prometheus::{
     Registry,
 };
 
-use crate::classify::{CloseReason, Outcome, METHODS};
+use crate::classify::{CloseReason, METHODS, Outcome};
 use crate::record::{End, Record};
 
 /// The route label of requests that matched no route.

@@ -6,10 +6,10 @@
 //! *before* hyper drops the request's future — that ordering is what makes the
 //! classification deterministic.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::classify::{close_reason, Cause, ClientEvent, CloseFacts, CloseReason, PeerSignal};
+use crate::classify::{Cause, ClientEvent, CloseFacts, CloseReason, PeerSignal, close_reason};
 
 const NO_CAUSE: u8 = u8::MAX;
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::classify::{break_cause, break_phase, recorded_status, BodyProgress, Cause, Phase};
+use crate::classify::{BodyProgress, Cause, Phase, break_cause, break_phase, recorded_status};
 use crate::connection::TrackedConnection;
 use crate::metrics::RouteMetrics;
 use crate::record::{End, Record};

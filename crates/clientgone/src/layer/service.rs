@@ -14,10 +14,10 @@ use tower::Service;
 use super::future::ResponseFuture;
 use super::guard::{RequestGuard, RequestShared};
 use super::request_body::RequestBody;
-use crate::classify::{method_index, METHODS};
+use crate::BoxError;
+use crate::classify::{METHODS, method_index};
 use crate::connection::TrackedConnection;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
-use crate::BoxError;
 
 /// The service made by [`DisconnectLayer`](super::DisconnectLayer).
 #[derive(Clone, Debug)]

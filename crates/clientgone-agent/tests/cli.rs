@@ -1,0 +1,161 @@
+//! The real `clientgone` binary, driven as a user would.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use clientgone_tests::client::{close_fin, send_raw};
+use clientgone_tests::{DEADLINE, wait_for_value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_clientgone");
+
+fn run_to_end(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run clientgone");
+    (
+        out.status.code().expect("exited, not killed"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flags_are_one_line_and_exit_2() {
+    for args in [
+        &["demo", "--no-such-flag"][..],
+        &["demo", "--tcp-keepalive-idle", "soon"],
+        &["demo", "--tcp-keepalive-retries", "0"],
+        &["demo", "--listen", "not an address"],
+        &["frobnicate"],
+        &[],
+    ] {
+        let (code, stderr) = run_to_end(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("clientgone: "), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn an_address_in_use_is_one_line_and_exit_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for flag in ["--listen", "--metrics-listen"] {
+        let (code, stderr) = run_to_end(&["demo", flag, &addr]);
+        assert_eq!(code, 2, "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(&addr) && stderr.contains(flag), "{stderr}");
+        assert!(stderr.contains("in use"), "{stderr}");
+    }
+}
+
+#[test]
+fn help_lists_the_connection_flags() {
+    let out = Command::new(BIN).args(["demo", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--metrics-listen",
+        "--tcp-keepalive-idle",
+        "--tcp-keepalive-interval",
+        "--tcp-keepalive-retries",
+        "--tcp-user-timeout",
+        "--header-read-timeout",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+}
+
+/// The demo binary on ports of its own choosing; killed if the test fails.
+struct Demo {
+    child: Child,
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+}
+
+impl Demo {
+    fn start() -> Demo {
+        let mut child = Command::new(BIN)
+            .args([
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn clientgone demo");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("start-up line");
+        // Keep reading, so the demo never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        // "clientgone demo: serving http://A/hello, metrics on http://B/metrics"
+        let addrs: Vec<SocketAddr> = line
+            .split("http://")
+            .skip(1)
+            .map(|s| s.split('/').next().unwrap().parse().expect("address"))
+            .collect();
+        assert_eq!(addrs.len(), 2, "unexpected start-up line: {line}");
+        Demo {
+            child,
+            addr: addrs[0],
+            metrics_addr: addrs[1],
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_demo_binary_counts_a_curl_style_break_and_stops_on_sigterm() {
+    let mut demo = Demo::start();
+    // Like `curl --max-time 1 localhost:8080/hello`: ask, wait, give up with a FIN.
+    let stream = send_raw(demo.addr, b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    wait_for_value(demo.metrics_addr, "http_server_active_requests", &[], 1.0).await;
+    close_fin(stream);
+    let labels = [
+        ("http_request_method", "GET"),
+        ("http_route", "/hello"),
+        ("phase", "handler"),
+        ("cause", "closed"),
+    ];
+    wait_for_value(
+        demo.metrics_addr,
+        "http_server_client_disconnects_total",
+        &labels,
+        1.0,
+    )
+    .await;
+
+    let pid = demo.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < DEADLINE, "demo did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
+}

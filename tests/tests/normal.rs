@@ -1,0 +1,210 @@
+//! What is *not* a break: clean keep-alive traffic, a server-side timeout inside
+//! the layer, a graceful shutdown.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use clientgone::{DisconnectLayer, Metrics, TrackedListener};
+use clientgone_tests::client::Http1Connection;
+use clientgone_tests::{Scrape, scrape, start_demo, wait_for_value};
+use http::StatusCode;
+use tower_http::timeout::TimeoutLayer;
+
+#[tokio::test]
+async fn keep_alive_requests_closed_cleanly_are_never_breaks() {
+    let demo = start_demo().await;
+    let mut tasks = Vec::new();
+    for c in 0..5 {
+        let addr = demo.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Http1Connection::open(addr).await;
+            for r in 0..10 {
+                let (status, body) = conn.request("GET", &format!("/items/{c}-{r}")).await;
+                assert_eq!(status, 200);
+                assert_eq!(body, format!("item {c}-{r}\n"));
+            }
+            conn.close().await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let m = demo.metrics_addr;
+    let s = wait_for_value(
+        m,
+        "http_server_connection_closes_total",
+        &[("reason", "idle")],
+        5.0,
+    )
+    .await;
+    assert_eq!(
+        s.value("http_server_connection_closes_total", &[]),
+        5.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(s.value("http_server_client_disconnects_total", &[]), 0.0);
+    let completed = [
+        ("http_request_method", "GET"),
+        ("http_route", "/items/{id}"),
+        ("http_response_status_code", "200"),
+        ("outcome", "completed"),
+    ];
+    assert_eq!(
+        s.value("http_server_request_duration_seconds_count", &completed),
+        50.0
+    );
+    assert_eq!(
+        s.value("http_server_request_duration_seconds_count", &[]),
+        50.0
+    );
+    assert_eq!(s.value("http_server_open_connections", &[]), 0.0);
+    assert_eq!(
+        s.value("http_server_connection_duration_seconds_count", &[]),
+        5.0
+    );
+    assert_eq!(s.value("http_server_active_requests", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn a_timeout_inside_the_layer_is_the_server_answering_not_a_client_leaving() {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry).unwrap();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "too late"
+            }),
+        )
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(50),
+        ))
+        .layer(DisconnectLayer::new(metrics.clone()));
+    let listener = TrackedListener::bind("127.0.0.1:0", &metrics)
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(clientgone::serve(listener, app).into_future());
+
+    let mut conn = Http1Connection::open(addr).await;
+    let (status, _) = conn.request("GET", "/slow").await;
+    assert_eq!(status, 408);
+    conn.close().await;
+
+    let s = registry_scrape(&registry);
+    let timed_out = [
+        ("http_route", "/slow"),
+        ("http_response_status_code", "408"),
+        ("outcome", "completed"),
+    ];
+    assert_eq!(
+        s.value("http_server_request_duration_seconds_count", &timed_out),
+        1.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        s.value("http_server_client_disconnects_total", &[]),
+        0.0,
+        "{}",
+        s.text
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_requests_finish_and_counts_no_break() {
+    let demo = start_demo().await;
+    let addr = demo.addr;
+    let request = tokio::spawn(async move {
+        let mut conn = Http1Connection::open(addr).await;
+        conn.request("GET", "/hello?delay_ms=300").await
+    });
+    wait_for_value(demo.metrics_addr, "http_server_active_requests", &[], 1.0).await;
+    let registry = demo.registry.clone();
+    demo.shutdown().await.expect("clean shutdown");
+
+    let (status, body) = request.await.unwrap();
+    assert_eq!((status, &body[..]), (200, &b"Hello, World!"[..]));
+    let s = registry_scrape(&registry);
+    let done = [
+        ("http_route", "/hello"),
+        ("outcome", "completed"),
+        ("http_response_status_code", "200"),
+    ];
+    assert_eq!(
+        s.value("http_server_request_duration_seconds_count", &done),
+        1.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        s.value("http_server_client_disconnects_total", &[]),
+        0.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        s.value("http_server_open_connections", &[]),
+        0.0,
+        "{}",
+        s.text
+    );
+}
+
+#[tokio::test]
+async fn metrics_endpoint_serves_healthz_and_the_contract_families() {
+    let demo = start_demo().await;
+    let (head, body) = clientgone_tests::prom::get(demo.metrics_addr, "/healthz").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "ok\n");
+    let mut conn = Http1Connection::open(demo.addr).await;
+    conn.request("GET", "/items/1").await;
+    conn.close().await;
+    let s = scrape(demo.metrics_addr).await;
+    for (family, kind) in [
+        ("http_server_request_duration_seconds", "histogram"),
+        ("http_server_active_requests", "gauge"),
+        ("http_server_open_connections", "gauge"),
+        ("http_server_connection_closes_total", "counter"),
+        ("http_server_connection_duration_seconds", "histogram"),
+    ] {
+        assert_eq!(
+            s.types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+    }
+    // Time-to-abandon buckets reach at least 300 s (checked once a break exists).
+    let stream = clientgone_tests::client::send_raw(
+        demo.addr,
+        b"GET /hello?delay_ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
+    wait_for_value(demo.metrics_addr, "http_server_active_requests", &[], 1.0).await;
+    clientgone_tests::client::close_fin(stream);
+    let s = wait_for_value(
+        demo.metrics_addr,
+        "http_server_client_disconnects_total",
+        &[],
+        1.0,
+    )
+    .await;
+    let top = s
+        .matching("http_server_client_disconnect_elapsed_seconds_bucket", &[])
+        .filter_map(|(l, _)| l["le"].parse::<f64>().ok())
+        .filter(|le| le.is_finite())
+        .fold(0.0, f64::max);
+    assert!(top >= 300.0, "largest finite bucket {top}");
+}
+
+fn registry_scrape(registry: &prometheus::Registry) -> Scrape {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    Scrape::parse(&text).unwrap()
+}
