@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod netns;
 pub mod prom;
 
 use std::future::Future;
@@ -56,17 +57,48 @@ where
     }
 }
 
-/// Waits until the metric `name{labels}` (summed over other labels) equals
-/// `expected`; on timeout the panic shows the last scrape's value.
+/// Waits until the metric `name{labels}` (summed over other labels) on the
+/// `/metrics` endpoint at `metrics_addr` equals `expected`.
 pub async fn wait_for_value(
     metrics_addr: std::net::SocketAddr,
     name: &str,
     labels: &[(&str, &str)],
     expected: f64,
 ) -> Scrape {
+    wait_for(|| scrape(metrics_addr), name, labels, expected).await
+}
+
+/// Like [`wait_for_value`], reading an in-process registry.
+pub async fn wait_for_registry_value(
+    registry: &prometheus::Registry,
+    name: &str,
+    labels: &[(&str, &str)],
+    expected: f64,
+) -> Scrape {
+    wait_for(
+        || async { Scrape::from_registry(registry) },
+        name,
+        labels,
+        expected,
+    )
+    .await
+}
+
+/// Polls `scrape` until `name{labels}` equals `expected`; on timeout the panic
+/// shows the last value and the whole scrape.
+pub async fn wait_for<F, Fut>(
+    mut scrape: F,
+    name: &str,
+    labels: &[(&str, &str)],
+    expected: f64,
+) -> Scrape
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Scrape>,
+{
     let start = Instant::now();
     loop {
-        let scrape = scrape(metrics_addr).await;
+        let scrape = scrape().await;
         let value = scrape.value(name, labels);
         if value == expected {
             return scrape;

@@ -71,6 +71,14 @@ impl Scrape {
         })
     }
 
+    /// Renders and parses an in-process registry.
+    pub fn from_registry(registry: &prometheus::Registry) -> Scrape {
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("registry encodes");
+        Scrape::parse(&text).expect("registry text parses")
+    }
+
     /// The sum of every sample named `name` whose labels include `labels`
     /// (0 when there is none — a counter that was never touched).
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::routing::get;
 use clientgone::{ClientGone, DisconnectLayer, Metrics, TrackedListener};
 use clientgone_tests::client::{Http1Connection, close_fin, send_raw};
-use clientgone_tests::{DEADLINE, wait_until};
+use clientgone_tests::{DEADLINE, wait_for_registry_value};
 use tokio::sync::mpsc;
 
 async fn wait_for_client(
@@ -40,8 +40,7 @@ async fn the_token_fires_within_100ms_of_a_fin() {
     tokio::spawn(clientgone::serve(listener, app).into_future());
 
     let stream = send_raw(addr, b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    let active = metrics_value(&registry, "http_server_active_requests");
-    wait_until("the handler runs", || async { active() == 1.0 }).await;
+    wait_for_registry_value(&registry, "http_server_active_requests", &[], 1.0).await;
     let closed_at = Instant::now();
     close_fin(stream);
     let fired_at = tokio::time::timeout(DEADLINE, rx.recv())
@@ -85,16 +84,4 @@ async fn without_the_layer_the_extractor_says_what_to_do() {
     let (status, body) = conn.request("GET", "/x").await;
     assert_eq!(status, 500);
     assert!(String::from_utf8_lossy(&body).contains("DisconnectLayer"));
-}
-
-fn metrics_value(registry: &prometheus::Registry, name: &'static str) -> impl Fn() -> f64 {
-    let registry = registry.clone();
-    move || {
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&registry.gather())
-            .unwrap();
-        clientgone_tests::Scrape::parse(&text)
-            .unwrap()
-            .value(name, &[])
-    }
 }

@@ -96,7 +96,7 @@ async fn a_timeout_inside_the_layer_is_the_server_answering_not_a_client_leaving
     assert_eq!(status, 408);
     conn.close().await;
 
-    let s = registry_scrape(&registry);
+    let s = Scrape::from_registry(&registry);
     let timed_out = [
         ("http_route", "/slow"),
         ("http_response_status_code", "408"),
@@ -130,7 +130,7 @@ async fn graceful_shutdown_lets_requests_finish_and_counts_no_break() {
 
     let (status, body) = request.await.unwrap();
     assert_eq!((status, &body[..]), (200, &b"Hello, World!"[..]));
-    let s = registry_scrape(&registry);
+    let s = Scrape::from_registry(&registry);
     let done = [
         ("http_route", "/hello"),
         ("outcome", "completed"),
@@ -200,11 +200,4 @@ async fn metrics_endpoint_serves_healthz_and_the_contract_families() {
         .filter(|le| le.is_finite())
         .fold(0.0, f64::max);
     assert!(top >= 300.0, "largest finite bucket {top}");
-}
-
-fn registry_scrape(registry: &prometheus::Registry) -> Scrape {
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .unwrap();
-    Scrape::parse(&text).unwrap()
 }

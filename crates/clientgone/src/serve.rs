@@ -157,9 +157,11 @@ async fn serve_connection(
         router.clone().call(req)
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let conn = graceful.watch(conn);
+    // Pinned here, not moved into `select!`, so the connection (and with it the
+    // stream, whose drop records the close) outlives the marking below.
+    let mut conn = std::pin::pin!(graceful.watch(conn));
     tokio::select! {
-        result = conn => {
+        result = &mut conn => {
             if let Err(e) = result {
                 if is_header_timeout(&*e) {
                     connection.state().mark_header_timeout();
