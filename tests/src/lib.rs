@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod netns;
+pub mod otlp;
 pub mod prom;
 
 use std::future::Future;
@@ -33,6 +34,7 @@ pub async fn start_demo_with(options: ConnectionOptions) -> RunningDemo {
         listen: "127.0.0.1:0".into(),
         metrics_listen: "127.0.0.1:0".into(),
         options,
+        registry: prometheus::Registry::new(),
     })
     .await
     .expect("demo starts on loopback")

@@ -19,8 +19,21 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the instrumented sample server: /hello, /stream, /upload, /items/{id}.
+    #[command(after_help = OTEL_HELP)]
     Demo(DemoArgs),
 }
+
+/// The trace-export part of `--help`.
+const OTEL_HELP: &str = "\
+Traces (OTLP) are exported when OTEL_EXPORTER_OTLP_ENDPOINT or
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set. Every broken request's span is kept;
+others at OTEL_TRACES_SAMPLER_ARG (default 1.0). Honoured variables:
+  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+  OTEL_EXPORTER_OTLP_PROTOCOL / _TRACES_PROTOCOL (grpc | http/protobuf),
+  OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_SERVICE_NAME,
+  OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER_ARG, OTEL_BSP_MAX_QUEUE_SIZE,
+  OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_SDK_DISABLED,
+  OTEL_TRACES_EXPORTER (otlp | none)";
 
 /// Flags of `clientgone demo`.
 #[derive(Debug, Args)]

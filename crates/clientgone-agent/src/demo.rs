@@ -33,6 +33,8 @@ pub struct DemoConfig {
     pub metrics_listen: String,
     /// Connection options of the demo server.
     pub options: ConnectionOptions,
+    /// The registry the demo's metrics go into (and `/metrics` serves).
+    pub registry: Registry,
 }
 
 /// Why the demo could not start.
@@ -95,7 +97,7 @@ pub fn app(metrics: Metrics) -> Router {
 /// Binds both listeners and starts serving. Fails with a one-line message when
 /// an address is bad or in use.
 pub async fn start(config: DemoConfig) -> Result<RunningDemo, StartError> {
-    let registry = Registry::new();
+    let registry = config.registry;
     let metrics = Metrics::new(&registry).map_err(|e| StartError(e.to_string()))?;
     let listener = bind(&config.listen, "--listen").await?;
     let metrics_listener = bind(&config.metrics_listen, "--metrics-listen").await?;

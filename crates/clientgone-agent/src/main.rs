@@ -1,6 +1,17 @@
-//! `clientgone`: demo server (and, later, traffic generator and proxy).
+//! `clientgone`: the demo server (and, later, traffic generator and proxy).
 
 use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use clientgone_agent::cli::{Cli, Command};
+use clientgone_agent::demo::{self, DemoConfig};
+use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline};
+use prometheus::Registry;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// `eprintln!` without its panic: a closed stderr must not stop the server.
 macro_rules! say {
@@ -10,13 +21,11 @@ macro_rules! say {
     }};
 }
 
-use clap::Parser;
-use clap::error::ErrorKind;
-use clientgone_agent::cli::{Cli, Command};
-use clientgone_agent::demo::{self, DemoConfig};
-
-/// Exit code for bad flags and start-up failures.
+/// Exit code for bad flags, bad environment and start-up failures.
 const USAGE: u8 = 2;
+
+/// How long queued spans get to reach the collector at shutdown.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -30,12 +39,13 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let otlp = match OtlpConfig::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            say!("clientgone: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -43,16 +53,46 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli))
+    let registry = Registry::new();
+    // The exporter spawns onto the runtime, so it is built inside it.
+    let pipeline = match otlp.map(|c| runtime.block_on(async { OtlpPipeline::start(c, &registry) }))
+    {
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            say!("clientgone: {e}");
+            return ExitCode::from(USAGE);
+        }
+        None => None,
+    };
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(log_filter),
+        )
+        .with(pipeline.as_ref().map(|p| p.layer()))
+        .init();
+
+    let code = runtime.block_on(run(cli, registry));
+    if let Some(pipeline) = pipeline {
+        // On this thread, not the runtime's: the flush waits for exports that
+        // run on the runtime.
+        if let Err(e) = pipeline.shutdown(FLUSH_TIMEOUT) {
+            say!("clientgone: traces not flushed: {e}");
+        }
+    }
+    code
 }
 
-async fn run(cli: Cli) -> ExitCode {
+async fn run(cli: Cli, registry: Registry) -> ExitCode {
     match cli.command {
         Command::Demo(args) => {
             let config = DemoConfig {
                 listen: args.listen,
                 metrics_listen: args.metrics_listen,
                 options: args.connection.options(),
+                registry,
             };
             let running = match demo::start(config).await {
                 Ok(running) => running,

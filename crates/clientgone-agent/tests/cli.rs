@@ -66,6 +66,8 @@ fn help_lists_the_connection_flags() {
         "--tcp-keepalive-retries",
         "--tcp-user-timeout",
         "--header-read-timeout",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_TRACES_SAMPLER_ARG",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
@@ -80,6 +82,10 @@ struct Demo {
 
 impl Demo {
     fn start() -> Demo {
+        Demo::start_with_env(&[])
+    }
+
+    fn start_with_env(env: &[(&str, &str)]) -> Demo {
         let mut child = Command::new(BIN)
             .args([
                 "demo",
@@ -88,6 +94,7 @@ impl Demo {
                 "--metrics-listen",
                 "127.0.0.1:0",
             ])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -118,6 +125,82 @@ impl Drop for Demo {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends SIGTERM and waits (with the deadline) for a clean exit.
+fn terminate(demo: &mut Demo) {
+    let pid = demo.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = demo.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < DEADLINE, "demo did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_the_demo_flushes_queued_spans_to_the_collector() {
+    let (endpoint, mut received) = clientgone_tests::otlp::grpc_receiver().await;
+    let mut demo = Demo::start_with_env(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "demo-under-test"),
+        // Nothing is exported on a schedule: only the shutdown flush sends it.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+    ]);
+    let stream = send_raw(demo.addr, b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    wait_for_value(demo.metrics_addr, "http_server_active_requests", &[], 1.0).await;
+    close_fin(stream);
+    wait_for_value(
+        demo.metrics_addr,
+        "http_server_client_disconnects_total",
+        &[],
+        1.0,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    terminate(&mut demo);
+    let mut seen = Vec::new();
+    let span = received
+        .wait_for(DEADLINE, &mut seen, |s| s.span.name == "GET /hello")
+        .await
+        .expect("the broken request's span was flushed at shutdown");
+    assert_eq!(span.service_name.as_deref(), Some("demo-under-test"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "flush took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_bad_otel_variable_is_one_line_and_exit_2() {
+    let out = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{stderr}");
 }
 
 #[tokio::test]

@@ -35,7 +35,7 @@
 //! request guard → [`Record`] → [`Metrics`].
 
 #![warn(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod classify;
 mod client_gone;
@@ -53,7 +53,9 @@ pub use client_gone::{ClientGone, MissingDisconnectLayer};
 pub use connection::{
     ConnectionOptions, ConnectionState, TrackedConnection, TrackedListener, TrackedStream,
 };
-pub use layer::{DisconnectLayer, DisconnectService, RequestBody, ResponseBody, ResponseFuture};
+pub use layer::{
+    DISCONNECT_EVENT, DisconnectLayer, DisconnectService, RequestBody, ResponseBody, ResponseFuture,
+};
 pub use metrics::{Metrics, UNMATCHED_ROUTE};
 pub use record::{End, Record};
 pub use serve::{Serve, serve};

@@ -166,6 +166,7 @@ impl Metrics {
                 route: route.into(),
                 vecs: self.inner.vecs.clone(),
                 methods: Default::default(),
+                span_names: Default::default(),
             })
         }))
     }
@@ -198,6 +199,8 @@ pub(crate) struct RouteMetrics {
     route: Box<str>,
     vecs: Vecs,
     methods: [OnceLock<MethodMetrics>; METHODS.len()],
+    /// `{method} {route}`, the OTel span name, made once per method.
+    span_names: [OnceLock<Box<str>>; METHODS.len()],
 }
 
 #[derive(Debug)]
@@ -213,6 +216,10 @@ struct MethodMetrics {
 impl RouteMetrics {
     pub(crate) fn route(&self) -> &str {
         &self.route
+    }
+
+    pub(crate) fn span_name(&self, method: usize) -> &str {
+        self.span_names[method].get_or_init(|| format!("{} {}", METHODS[method], self.route).into())
     }
 
     fn method(&self, method: usize) -> &MethodMetrics {

@@ -2,6 +2,7 @@
 
 mod listener;
 mod options;
+mod send_queue;
 mod state;
 mod stream;
 

@@ -35,6 +35,8 @@ pub struct ConnectionState {
     header_timeout: AtomicBool,
     server_closing: AtomicBool,
     bytes_written: AtomicU64,
+    /// The send queue's size when the first client event was seen (`u64::MAX`: unknown).
+    unacked_at_event: AtomicU64,
 }
 
 impl ConnectionState {
@@ -52,6 +54,7 @@ impl ConnectionState {
             header_timeout: AtomicBool::new(false),
             server_closing: AtomicBool::new(false),
             bytes_written: AtomicU64::new(0),
+            unacked_at_event: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -73,6 +76,15 @@ impl ConnectionState {
     /// Bytes the server wrote to the socket so far.
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Bytes the kernel still held unacknowledged when the client's first
+    /// EOF or error was seen: `Some(0)` means the client had everything.
+    pub fn unacked_at_break(&self) -> Option<u64> {
+        match self.unacked_at_event.load(Ordering::Acquire) {
+            u64::MAX => None,
+            n => Some(n),
+        }
     }
 
     /// What the client side has shown so far.
@@ -111,32 +123,39 @@ impl ConnectionState {
         self.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    pub(crate) fn on_eof(&self) {
+    /// Records a read EOF; returns whether it was the connection's first client event.
+    pub(crate) fn on_eof(&self) -> bool {
         self.eof.store(true, Ordering::Release);
-        self.on_client_event(Cause::Closed);
+        self.on_client_event(Cause::Closed)
     }
 
-    pub(crate) fn on_error(&self, cause: Cause) {
+    /// Records an error; returns whether it was the connection's first client event.
+    pub(crate) fn on_error(&self, cause: Cause) -> bool {
         let _ = self.first_error.compare_exchange(
             NO_CAUSE,
             cause as u8,
             Ordering::AcqRel,
             Ordering::Acquire,
         );
-        self.on_client_event(cause);
+        self.on_client_event(cause)
     }
 
-    fn on_client_event(&self, cause: Cause) {
-        if self
+    pub(crate) fn set_unacked_at_event(&self, bytes: u64) {
+        self.unacked_at_event.store(bytes, Ordering::Release);
+    }
+
+    fn on_client_event(&self, cause: Cause) -> bool {
+        let first = self
             .first_event
             .compare_exchange(NO_CAUSE, cause as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+            .is_ok();
+        if first {
             self.event_in_flight
                 .store(self.in_flight() > 0, Ordering::Release);
             self.event_partial_head
                 .store(self.partial_head.load(Ordering::Relaxed), Ordering::Release);
         }
+        first
     }
 
     pub(crate) fn mark_header_timeout(&self) {

@@ -13,6 +13,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::send_queue::unacked_bytes;
 use super::state::ConnectionState;
 use crate::classify::{Cause, Direction};
 use crate::metrics::Metrics;
@@ -75,7 +76,21 @@ impl TrackedStream {
 
     fn record_error(&self, error: &io::Error, direction: Direction) {
         if let Some(cause) = Cause::from_io_error(error, direction) {
-            self.connection.state.on_error(cause);
+            let first = self.connection.state.on_error(cause);
+            self.after_client_event(first);
+        }
+    }
+
+    fn record_eof(&self) {
+        let first = self.connection.state.on_eof();
+        self.after_client_event(first);
+    }
+
+    /// On the first sign of the client leaving, note what it never acknowledged:
+    /// read now, because a reset empties the queue soon after.
+    fn after_client_event(&self, first: bool) {
+        if first && let Some(bytes) = unacked_bytes(&self.inner) {
+            self.connection.state.set_unacked_at_event(bytes);
         }
     }
 }
@@ -102,7 +117,7 @@ impl AsyncRead for TrackedStream {
         match &result {
             Ok(()) if buf.filled().len() > before => this.connection.state.on_read(),
             // A zero-byte read into a buffer with room is the peer's FIN.
-            Ok(()) if wanted => this.connection.state.on_eof(),
+            Ok(()) if wanted => this.record_eof(),
             Ok(()) => {}
             Err(e) => this.record_error(e, Direction::Read),
         }

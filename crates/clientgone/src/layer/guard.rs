@@ -12,11 +12,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
+use tracing::Span;
 
 use crate::classify::{BodyProgress, Cause, Phase, break_cause, break_phase, recorded_status};
 use crate::connection::TrackedConnection;
 use crate::metrics::RouteMetrics;
 use crate::record::{End, Record};
+
+use super::span;
 
 /// State of one request shared by the guard, the request body wrapper and the
 /// [`ClientGone`](crate::ClientGone) extractor.
@@ -88,6 +91,7 @@ pub(crate) struct RequestGuard {
     status: Option<u16>,
     body_bytes_sent: u64,
     ended: bool,
+    span: Span,
 }
 
 impl RequestGuard {
@@ -98,6 +102,7 @@ impl RequestGuard {
         start: Instant,
         http2: bool,
         shared: Arc<RequestShared>,
+        span: Span,
     ) -> Self {
         route.request_started(method);
         if let Some(conn) = &shared.connection {
@@ -113,6 +118,7 @@ impl RequestGuard {
             status: None,
             body_bytes_sent: 0,
             ended: false,
+            span,
         }
     }
 
@@ -173,8 +179,19 @@ impl RequestGuard {
             body_bytes_sent: self.body_bytes_sent,
         };
         self.route.record(self.method, &record);
-        if let Some(conn) = &self.shared.connection {
-            conn.state().request_ended();
+        let connection = self.shared.connection.as_ref().map(|c| c.state());
+        let unacked = match end {
+            // The connection is alive after a stream reset: nothing died with it.
+            End::Disconnect { cause, .. } if cause != Cause::StreamReset => {
+                connection.and_then(|state| state.unacked_at_break())
+            }
+            _ => None,
+        };
+        span::finish(&self.span, &record, unacked);
+        // Closing the span now ends the OTel span with the request.
+        self.span = Span::none();
+        if let Some(state) = connection {
+            state.request_ended();
         }
     }
 }

@@ -8,6 +8,7 @@ mod guard;
 mod layer;
 mod request_body;
 mod service;
+mod span;
 
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
@@ -15,3 +16,4 @@ pub use layer::DisconnectLayer;
 pub use request_body::RequestBody;
 pub use service::DisconnectService;
 pub(crate) use service::RequestHandle;
+pub use span::DISCONNECT_EVENT;

@@ -10,10 +10,12 @@ use bytes::Bytes;
 use http::{Method, Request, Response, Version};
 use http_body::Body;
 use tower::Service;
+use tracing::Instrument;
 
 use super::future::ResponseFuture;
 use super::guard::{RequestGuard, RequestShared};
 use super::request_body::RequestBody;
+use super::span::request_span;
 use crate::BoxError;
 use crate::classify::{METHODS, method_index};
 use crate::connection::TrackedConnection;
@@ -46,7 +48,7 @@ where
 {
     type Response = Response<super::ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<tracing::instrument::Instrumented<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -66,11 +68,29 @@ where
             .map(|info| info.0.clone());
         let http2 = req.version() == Version::HTTP_2;
         let head_request = req.method() == Method::HEAD;
+        let span = request_span(
+            &req,
+            route.span_name(method),
+            METHODS[method],
+            route.route(),
+            connection.as_ref().map(TrackedConnection::remote_addr),
+        );
         let shared = Arc::new(RequestShared::new(connection, req.body().is_end_stream()));
-        let guard = RequestGuard::new(route, method, METHODS[method], start, http2, shared.clone());
+        let guard = RequestGuard::new(
+            route,
+            method,
+            METHODS[method],
+            start,
+            http2,
+            shared.clone(),
+            span.clone(),
+        );
 
         req.extensions_mut().insert(RequestHandle(shared.clone()));
         let req = req.map(|body| AxumBody::new(RequestBody::new(body, shared)));
-        ResponseFuture::new(self.inner.call(req), guard, head_request)
+        // Entering starts the OTel span here, at the request's arrival; the
+        // handler's own spans become its children.
+        let inner = span.in_scope(|| self.inner.call(req));
+        ResponseFuture::new(inner.instrument(span), guard, head_request)
     }
 }

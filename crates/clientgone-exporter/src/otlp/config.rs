@@ -1,0 +1,257 @@
+//! [`OtlpConfig`]: what the standard `OTEL_*` environment variables ask for.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (`grpc`, the default; port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (`http/protobuf`; port 4318, path `/v1/traces`).
+    HttpProtobuf,
+}
+
+/// How traces are exported. Build it from the environment with
+/// [`OtlpConfig::from_env`], or by hand (tests, embedding).
+///
+/// ```
+/// use clientgone_exporter::otlp::{OtlpConfig, OtlpProtocol};
+///
+/// let config = OtlpConfig::new(OtlpProtocol::Grpc)
+///     .endpoint("http://127.0.0.1:4317")
+///     .sample_ratio(0.1);
+/// assert_eq!(config.max_queue_size, 2048);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct OtlpConfig {
+    /// The transport.
+    pub protocol: OtlpProtocol,
+    /// The endpoint, used as given (for HTTP include `/v1/traces`); `None`
+    /// leaves it to `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`.
+    pub endpoint: Option<String>,
+    /// Share of ordinary (unbroken, non-error) traces to export, 0.0–1.0.
+    /// Broken and failed requests are always exported.
+    pub sample_ratio: f64,
+    /// Spans waiting for export at most; more are dropped and counted.
+    pub max_queue_size: usize,
+    /// Time allowed for one export (retries included); `None`: the SDK's
+    /// default or `OTEL_EXPORTER_OTLP_TIMEOUT`.
+    pub export_timeout: Option<Duration>,
+    /// `service.name`; `None`: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+    /// or `clientgone`.
+    pub service_name: Option<String>,
+}
+
+/// The variables [`OtlpConfig::from_env`] honours, for `--help` texts.
+pub const HONOURED_VARIABLES: &[&str] = &[
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_BSP_MAX_QUEUE_SIZE",
+    "OTEL_BSP_SCHEDULE_DELAY",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+];
+
+/// A variable with a value we cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    variable: &'static str,
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl OtlpConfig {
+    /// A configuration with the defaults: every trace kept, a queue of 2048.
+    pub fn new(protocol: OtlpProtocol) -> Self {
+        OtlpConfig {
+            protocol,
+            endpoint: None,
+            sample_ratio: 1.0,
+            max_queue_size: 2048,
+            export_timeout: None,
+            service_name: None,
+        }
+    }
+
+    /// Sets the endpoint (used as given).
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Sets the share of ordinary traces to export (clamped to 0.0–1.0).
+    pub fn sample_ratio(mut self, ratio: f64) -> Self {
+        self.sample_ratio = ratio.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Sets the queue bound.
+    pub fn max_queue_size(mut self, size: usize) -> Self {
+        self.max_queue_size = size.max(1);
+        self
+    }
+
+    /// Sets the time allowed for one export.
+    pub fn export_timeout(mut self, timeout: Duration) -> Self {
+        self.export_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets `service.name`.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = Some(name.into());
+        self
+    }
+
+    /// Reads the standard environment. `Ok(None)` means "do not export": the SDK
+    /// is disabled (`OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none`) or no
+    /// endpoint is set — so a demo without a collector stays quiet.
+    pub fn from_env() -> Result<Option<Self>, ConfigError> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// [`from_env`](Self::from_env) over any lookup (tests use a map).
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let get = |key: &str| {
+            lookup(key)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        match get("OTEL_TRACES_EXPORTER").as_deref() {
+            None | Some("otlp") => {}
+            Some("none") => return Ok(None),
+            Some(other) => {
+                return Err(ConfigError {
+                    variable: "OTEL_TRACES_EXPORTER",
+                    message: format!("'{other}' is not supported; use otlp or none"),
+                });
+            }
+        }
+        if get("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+            && get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none()
+        {
+            return Ok(None);
+        }
+        let (variable, protocol) = match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
+            Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(p)),
+            None => (
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                get("OTEL_EXPORTER_OTLP_PROTOCOL"),
+            ),
+        };
+        let protocol = match protocol.as_deref() {
+            None | Some("grpc") => OtlpProtocol::Grpc,
+            Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            Some(other) => {
+                return Err(ConfigError {
+                    variable,
+                    message: format!("'{other}' is not supported; use grpc or http/protobuf"),
+                });
+            }
+        };
+        let mut config = OtlpConfig::new(protocol);
+        if let Some(arg) = get("OTEL_TRACES_SAMPLER_ARG") {
+            let ratio: f64 = arg.parse().map_err(|_| ConfigError {
+                variable: "OTEL_TRACES_SAMPLER_ARG",
+                message: format!("'{arg}' is not a number between 0 and 1"),
+            })?;
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(ConfigError {
+                    variable: "OTEL_TRACES_SAMPLER_ARG",
+                    message: format!("{ratio} is outside 0..=1"),
+                });
+            }
+            config.sample_ratio = ratio;
+        }
+        if let Some(size) = get("OTEL_BSP_MAX_QUEUE_SIZE") {
+            config.max_queue_size =
+                size.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ConfigError {
+                        variable: "OTEL_BSP_MAX_QUEUE_SIZE",
+                        message: format!("'{size}' is not a positive integer"),
+                    })?;
+        }
+        Ok(Some(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Option<OtlpConfig>, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        OtlpConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn no_endpoint_or_disabled_means_no_export() {
+        assert_eq!(from(&[]), Ok(None));
+        let ep = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317");
+        assert_eq!(from(&[ep, ("OTEL_SDK_DISABLED", "true")]), Ok(None));
+        assert_eq!(from(&[ep, ("OTEL_TRACES_EXPORTER", "none")]), Ok(None));
+    }
+
+    #[test]
+    fn reads_protocol_ratio_and_queue() {
+        let c = from(&[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://c:4318/v1/traces",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.sample_ratio, 0.25);
+        assert_eq!(c.max_queue_size, 64);
+        assert_eq!(c.endpoint, None, "the exporter reads the endpoint itself");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let ep = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317");
+        for (var, value) in [
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_TRACES_SAMPLER_ARG", "half"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ] {
+            let err = from(&[ep, (var, value)]).unwrap_err();
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+}

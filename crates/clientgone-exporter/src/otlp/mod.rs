@@ -1,0 +1,201 @@
+//! OTLP trace export: the SDK pipeline from the standard `OTEL_*` environment,
+//! in-process "keep the breaks" sampling, a bounded queue whose drops are counted
+//! on `/metrics`.
+//!
+//! ```no_run
+//! use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline};
+//! use tracing_subscriber::layer::SubscriberExt;
+//! use tracing_subscriber::util::SubscriberInitExt;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let registry = prometheus::Registry::new();
+//! if let Some(config) = OtlpConfig::from_env()? {
+//!     let pipeline = OtlpPipeline::start(config, &registry)?;
+//!     tracing_subscriber::registry().with(pipeline.layer()).init();
+//!     // … serve …
+//!     tokio::task::spawn_blocking(move || pipeline.shutdown(std::time::Duration::from_secs(5)))
+//!         .await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod exporter;
+mod sampler;
+mod stats;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
+};
+use prometheus::Registry;
+use tracing::Subscriber;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::registry::LookupSpan;
+
+pub use config::{ConfigError, HONOURED_VARIABLES, OtlpConfig, OtlpProtocol};
+pub use stats::OtlpStats;
+
+use exporter::RuntimeExporter;
+use sampler::KeepBreaks;
+
+/// Why the pipeline could not start.
+#[derive(Debug)]
+pub struct StartError(String);
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running trace pipeline: provider, sampler, batch queue, exporter.
+#[derive(Debug)]
+pub struct OtlpPipeline {
+    provider: SdkTracerProvider,
+    stats: Arc<OtlpStats>,
+}
+
+impl OtlpPipeline {
+    /// Builds the pipeline and registers its counters in `registry`.
+    ///
+    /// Call it inside the tokio runtime that will run the exports. It also
+    /// installs the W3C trace-context propagator globally, so incoming
+    /// `traceparent` headers are honoured.
+    pub fn start(config: OtlpConfig, registry: &Registry) -> Result<Self, StartError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StartError("OTLP export needs a tokio runtime".into()))?;
+        let exporter = build_exporter(&config)
+            .map_err(|e| StartError(format!("cannot build the OTLP exporter: {e}")))?;
+        let stats = Arc::new(
+            OtlpStats::new(registry)
+                .map_err(|e| StartError(format!("cannot register OTLP counters: {e}")))?,
+        );
+        let batch = BatchSpanProcessor::builder(RuntimeExporter {
+            inner: Arc::new(exporter),
+            runtime,
+            stats: stats.clone(),
+        })
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(config.max_queue_size)
+                .build(),
+        )
+        .build();
+        let provider = SdkTracerProvider::builder()
+            // Record every span; KeepBreaks decides at its end.
+            .with_sampler(Sampler::AlwaysOn)
+            .with_resource(resource(&config))
+            .with_span_processor(KeepBreaks {
+                inner: batch,
+                ratio: config.sample_ratio,
+                queue_cap: config.max_queue_size,
+                stats: stats.clone(),
+            })
+            .build();
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        Ok(OtlpPipeline { provider, stats })
+    }
+
+    /// The tracer spans are recorded with.
+    pub fn tracer(&self) -> SdkTracer {
+        self.provider.tracer("clientgone")
+    }
+
+    /// The `tracing` layer that turns clientgone's request spans into OTel spans.
+    ///
+    /// It listens to clientgone's own targets only: the HTTP and gRPC clients
+    /// that carry the exports must never be traced into the exports themselves.
+    pub fn layer<S>(&self) -> impl Layer<S> + use<S>
+    where
+        S: Subscriber + for<'span> LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer()
+            .with_tracer(self.tracer())
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(Targets::new().with_target("clientgone", tracing::Level::DEBUG))
+    }
+
+    /// The span counters.
+    pub fn stats(&self) -> &Arc<OtlpStats> {
+        &self.stats
+    }
+
+    /// Exports what is queued. Blocks: call it off the runtime's threads (for
+    /// example in `spawn_blocking`).
+    pub fn force_flush(&self) -> Result<(), String> {
+        self.provider.force_flush().map_err(|e| e.to_string())
+    }
+
+    /// Flushes and stops within `timeout`. Blocks, like [`force_flush`](Self::force_flush).
+    pub fn shutdown(self, timeout: Duration) -> Result<(), String> {
+        self.provider
+            .shutdown_with_timeout(timeout)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn build_exporter(
+    config: &OtlpConfig,
+) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    match config.protocol {
+        OtlpProtocol::Grpc => {
+            let mut b = builder.with_tonic();
+            if let Some(endpoint) = &config.endpoint {
+                b = b.with_endpoint(endpoint);
+            }
+            if let Some(timeout) = config.export_timeout {
+                b = b.with_timeout(timeout);
+            }
+            b.build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut b = builder.with_http().with_protocol(Protocol::HttpBinary);
+            if let Some(endpoint) = &config.endpoint {
+                b = b.with_endpoint(endpoint);
+            }
+            if let Some(timeout) = config.export_timeout {
+                b = b.with_timeout(timeout);
+            }
+            b.build()
+        }
+    }
+}
+
+/// `service.name`: the configuration, else `OTEL_SERVICE_NAME`, else
+/// `OTEL_RESOURCE_ATTRIBUTES`, else `clientgone` (the spec's order, which the
+/// SDK's resource builder does not follow by itself).
+fn resource(config: &OtlpConfig) -> Resource {
+    let name = config.service_name.clone().or_else(|| {
+        std::env::var("OTEL_SERVICE_NAME")
+            .ok()
+            .filter(|n| !n.trim().is_empty())
+    });
+    match name {
+        Some(name) => Resource::builder().with_service_name(name).build(),
+        None => {
+            let detected = Resource::builder().build();
+            let named = detected
+                .get(&opentelemetry::Key::from_static_str("service.name"))
+                .is_some_and(|v| !v.as_str().starts_with("unknown_service"));
+            if named {
+                detected
+            } else {
+                Resource::builder().with_service_name("clientgone").build()
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! In-process OTLP receivers built on the official `opentelemetry-proto` types:
+//! a tonic `TraceService` for gRPC and an axum route decoding
+//! `ExportTraceServiceRequest` for http/protobuf. Both hand every span they get
+//! to the test through a channel.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::sync::mpsc;
+
+pub use opentelemetry_proto::tonic::trace::v1;
+
+/// One received span with its resource's `service.name`.
+#[derive(Clone, Debug)]
+pub struct ReceivedSpan {
+    /// `service.name` of the resource the span came with.
+    pub service_name: Option<String>,
+    /// The span as it came off the wire.
+    pub span: Span,
+}
+
+/// What a receiver got; also counts export calls.
+pub struct Received(mpsc::UnboundedReceiver<ExportTraceServiceRequest>);
+
+impl Received {
+    /// Waits (up to `within`) for a span satisfying `pred`, collecting all spans seen.
+    pub async fn wait_for(
+        &mut self,
+        within: Duration,
+        seen: &mut Vec<ReceivedSpan>,
+        pred: impl Fn(&ReceivedSpan) -> bool,
+    ) -> Option<ReceivedSpan> {
+        if let Some(s) = seen.iter().find(|s| pred(s)) {
+            return Some(s.clone());
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let request = tokio::time::timeout_at(deadline, self.0.recv())
+                .await
+                .ok()??;
+            let before = seen.len();
+            seen.extend(flatten(request));
+            if let Some(s) = seen[before..].iter().find(|s| pred(s)) {
+                return Some(s.clone());
+            }
+        }
+    }
+
+    /// Every span received so far, without waiting.
+    pub fn drain(&mut self) -> Vec<ReceivedSpan> {
+        let mut all = Vec::new();
+        while let Ok(request) = self.0.try_recv() {
+            all.extend(flatten(request));
+        }
+        all
+    }
+}
+
+fn flatten(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
+    let mut spans = Vec::new();
+    for rs in request.resource_spans {
+        let service_name = rs
+            .resource
+            .as_ref()
+            .and_then(|r| string_attr(&r.attributes, "service.name"));
+        for ss in rs.scope_spans {
+            for span in ss.spans {
+                spans.push(ReceivedSpan {
+                    service_name: service_name.clone(),
+                    span,
+                });
+            }
+        }
+    }
+    spans
+}
+
+/// The value of attribute `key`.
+pub fn attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v: &AnyValue| v.value.as_ref())
+}
+
+/// The string value of attribute `key`.
+pub fn string_attr(attributes: &[KeyValue], key: &str) -> Option<String> {
+    match attr(attributes, key) {
+        Some(Value::StringValue(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The integer value of attribute `key`.
+pub fn int_attr(attributes: &[KeyValue], key: &str) -> Option<i64> {
+    match attr(attributes, key) {
+        Some(Value::IntValue(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+/// The float value of attribute `key`.
+pub fn double_attr(attributes: &[KeyValue], key: &str) -> Option<f64> {
+    match attr(attributes, key) {
+        Some(Value::DoubleValue(d)) => Some(*d),
+        _ => None,
+    }
+}
+
+struct Sink(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// An OTLP/gRPC receiver on loopback; returns its endpoint (`http://127.0.0.1:P`).
+pub async fn grpc_receiver() -> (String, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Sink(tx)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (endpoint, Received(rx))
+}
+
+/// An OTLP/HTTP (protobuf) receiver on loopback; returns its full traces URL.
+pub async fn http_receiver() -> (String, Received) {
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use prost::Message as _;
+
+    async fn export(
+        State(tx): State<mpsc::UnboundedSender<ExportTraceServiceRequest>>,
+        body: axum::body::Bytes,
+    ) -> (StatusCode, Vec<u8>) {
+        match ExportTraceServiceRequest::decode(body) {
+            Ok(request) => {
+                let _ = tx.send(request);
+                (
+                    StatusCode::OK,
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
+            }
+            Err(_) => (StatusCode::BAD_REQUEST, Vec::new()),
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new()
+        .route("/v1/traces", axum::routing::post(export))
+        .with_state(tx);
+    tokio::spawn(axum::serve(listener, app).into_future());
+    (format!("http://{addr}/v1/traces"), Received(rx))
+}
+
+/// A "collector" that accepts connections and never answers.
+pub async fn black_hole() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    endpoint
+}
+
+/// An endpoint on a port nothing listens on.
+pub fn closed_port_endpoint() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    endpoint
+}

@@ -1,0 +1,288 @@
+//! OTLP traces of broken requests, delivered to real in-process receivers.
+//!
+//! Each test installs the OTel layer with `set_default` (thread-local), so the
+//! tests run on tokio's current-thread runtime and flush from `spawn_blocking`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clientgone_agent::demo::{self, DemoConfig, RunningDemo};
+use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline, OtlpProtocol};
+use clientgone_tests::client::{Http1Connection, close_fin, send_raw};
+use clientgone_tests::otlp::{
+    ReceivedSpan, black_hole, closed_port_endpoint, double_attr, grpc_receiver, http_receiver,
+    int_attr, string_attr, v1,
+};
+use clientgone_tests::{DEADLINE, Scrape, wait_for_value};
+use tracing_subscriber::layer::SubscriberExt;
+
+struct Traced {
+    demo: RunningDemo,
+    pipeline: Arc<OtlpPipeline>,
+    _subscriber: tracing::subscriber::DefaultGuard,
+}
+
+async fn start_traced(config: OtlpConfig) -> Traced {
+    let registry = prometheus::Registry::new();
+    let pipeline = Arc::new(OtlpPipeline::start(config, &registry).expect("pipeline"));
+    let subscriber = tracing_subscriber::registry().with(pipeline.layer());
+    let guard = tracing::subscriber::set_default(subscriber);
+    let demo = demo::start(DemoConfig {
+        listen: "127.0.0.1:0".into(),
+        metrics_listen: "127.0.0.1:0".into(),
+        options: Default::default(),
+        registry,
+    })
+    .await
+    .expect("demo starts");
+    Traced {
+        demo,
+        pipeline,
+        _subscriber: guard,
+    }
+}
+
+impl Traced {
+    async fn flush(&self) -> Result<(), String> {
+        let pipeline = self.pipeline.clone();
+        tokio::task::spawn_blocking(move || pipeline.force_flush())
+            .await
+            .unwrap()
+    }
+
+    /// A `/hello` that the client leaves with a FIN while the handler waits.
+    async fn fin_broken_hello(&self, extra_header: &str) {
+        let request =
+            format!("GET /hello?delay_ms=60000 HTTP/1.1\r\nHost: t\r\n{extra_header}\r\n");
+        let stream = send_raw(self.demo.addr, request.as_bytes()).await;
+        wait_for_value(
+            self.demo.metrics_addr,
+            "http_server_active_requests",
+            &[],
+            1.0,
+        )
+        .await;
+        close_fin(stream);
+        wait_for_value(
+            self.demo.metrics_addr,
+            "http_server_client_disconnects_total",
+            &[],
+            1.0,
+        )
+        .await;
+    }
+}
+
+fn is_broken_hello(s: &ReceivedSpan) -> bool {
+    s.span.name == "GET /hello"
+}
+
+fn assert_broken_hello_span(s: &ReceivedSpan) {
+    let span = &s.span;
+    assert_eq!(span.kind, v1::span::SpanKind::Server as i32);
+    let status = span.status.as_ref().expect("status");
+    assert_eq!(
+        status.code,
+        v1::status::StatusCode::Error as i32,
+        "{span:?}"
+    );
+    let a = &span.attributes;
+    assert_eq!(
+        string_attr(a, "http.request.method").as_deref(),
+        Some("GET")
+    );
+    assert_eq!(string_attr(a, "http.route").as_deref(), Some("/hello"));
+    assert_eq!(string_attr(a, "url.path").as_deref(), Some("/hello"));
+    assert_eq!(string_attr(a, "url.scheme").as_deref(), Some("http"));
+    assert_eq!(
+        string_attr(a, "network.protocol.version").as_deref(),
+        Some("1.1")
+    );
+    assert_eq!(
+        string_attr(a, "client.address").as_deref(),
+        Some("127.0.0.1")
+    );
+    assert_eq!(int_attr(a, "http.response.status_code"), Some(499));
+    assert_eq!(
+        string_attr(a, "error.type").as_deref(),
+        Some("client_disconnect")
+    );
+    let events: Vec<_> = span
+        .events
+        .iter()
+        .filter(|e| e.name == "client.disconnect")
+        .collect();
+    assert_eq!(events.len(), 1, "{:?}", span.events);
+    let e = &events[0].attributes;
+    assert_eq!(
+        string_attr(e, "disconnect.phase").as_deref(),
+        Some("handler")
+    );
+    assert_eq!(
+        string_attr(e, "disconnect.cause").as_deref(),
+        Some("closed")
+    );
+    assert!(double_attr(e, "disconnect.elapsed_s").is_some_and(|s| s > 0.0 && s < 60.0));
+    assert_eq!(int_attr(e, "http.response.body.bytes_sent"), Some(0));
+    assert_eq!(
+        int_attr(e, "disconnect.unacked_bytes"),
+        Some(0),
+        "nothing was sent"
+    );
+}
+
+#[tokio::test]
+async fn a_fin_broken_request_arrives_over_grpc_exactly_as_the_contract_says() {
+    let (endpoint, mut received) = grpc_receiver().await;
+    let traced = start_traced(
+        OtlpConfig::new(OtlpProtocol::Grpc)
+            .endpoint(endpoint)
+            .service_name("clientgone-test"),
+    )
+    .await;
+    traced.fin_broken_hello("").await;
+    traced.flush().await.expect("flush");
+    let mut seen = Vec::new();
+    let span = received
+        .wait_for(DEADLINE, &mut seen, is_broken_hello)
+        .await
+        .expect("the broken request's span arrives");
+    assert_broken_hello_span(&span);
+    assert_eq!(span.service_name.as_deref(), Some("clientgone-test"));
+}
+
+#[tokio::test]
+async fn at_ratio_zero_only_breaks_are_exported_over_http_and_traceparent_is_kept() {
+    let (endpoint, mut received) = http_receiver().await;
+    let traced = start_traced(
+        OtlpConfig::new(OtlpProtocol::HttpProtobuf)
+            .endpoint(endpoint)
+            .sample_ratio(0.0),
+    )
+    .await;
+    let mut conn = Http1Connection::open(traced.demo.addr).await;
+    for i in 0..5 {
+        assert_eq!(conn.request("GET", &format!("/items/{i}")).await.0, 200);
+    }
+    conn.close().await;
+    // The caller's trace, with the "not sampled" flag: a break is kept anyway.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    traced
+        .fin_broken_hello(&format!("traceparent: 00-{trace_id}-{parent_id}-00\r\n"))
+        .await;
+    traced.flush().await.expect("flush");
+
+    let mut seen = Vec::new();
+    let span = received
+        .wait_for(DEADLINE, &mut seen, is_broken_hello)
+        .await
+        .expect("the broken request's span arrives");
+    assert_broken_hello_span(&span);
+    assert_eq!(
+        hex(&span.span.trace_id),
+        trace_id,
+        "joined the caller's trace"
+    );
+    assert_eq!(hex(&span.span.parent_span_id), parent_id);
+    seen.extend(received.drain());
+    let names: Vec<_> = seen.iter().map(|s| s.span.name.as_str()).collect();
+    assert_eq!(names, ["GET /hello"], "completed requests were sampled out");
+    assert_eq!(traced.pipeline.stats().sampled_out(), 5);
+}
+
+#[tokio::test]
+async fn with_the_collector_down_requests_are_not_slowed_and_drops_are_counted() {
+    let traced = start_traced(
+        OtlpConfig::new(OtlpProtocol::Grpc)
+            .endpoint(closed_port_endpoint())
+            .export_timeout(Duration::from_secs(1))
+            .max_queue_size(64),
+    )
+    .await;
+    let rss_before = rss_kib();
+    let slowest = serve_many(&traced, 1000).await;
+    // No request waited for an export (each export may take up to its timeout).
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest request {slowest:?}"
+    );
+    let _ = traced.flush().await;
+    let s = wait_for_dropped(&traced).await;
+    assert_eq!(s.value("clientgone_otlp_spans_exported_total", &[]), 0.0);
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "RSS grew {grown} KiB over 1000 requests");
+}
+
+#[tokio::test]
+async fn a_collector_that_never_answers_does_not_stop_the_server() {
+    let traced = start_traced(
+        OtlpConfig::new(OtlpProtocol::Grpc)
+            .endpoint(black_hole().await)
+            .export_timeout(Duration::from_secs(30))
+            .max_queue_size(16),
+    )
+    .await;
+    let slowest = serve_many(&traced, 600).await;
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest request {slowest:?}"
+    );
+    let s = wait_for_dropped(&traced).await;
+    assert!(
+        s.value(
+            "clientgone_otlp_spans_dropped_total",
+            &[("reason", "queue_full")]
+        ) > 0.0
+    );
+}
+
+/// Serves `n` requests over 4 keep-alive connections; returns the slowest.
+async fn serve_many(traced: &Traced, n: usize) -> Duration {
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(Http1Connection::open(traced.demo.addr).await);
+    }
+    let mut slowest = Duration::ZERO;
+    for i in 0..n {
+        let started = Instant::now();
+        let (status, _) = conns[i % 4].request("GET", &format!("/items/{i}")).await;
+        assert_eq!(status, 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    for conn in conns {
+        conn.close().await;
+    }
+    slowest
+}
+
+async fn wait_for_dropped(traced: &Traced) -> Scrape {
+    let start = Instant::now();
+    loop {
+        let s = clientgone_tests::scrape(traced.demo.metrics_addr).await;
+        if s.value("clientgone_otlp_spans_dropped_total", &[]) > 0.0 {
+            return s;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no dropped spans counted:\n{}",
+            s.text
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
