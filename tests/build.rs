@@ -1,13 +1,15 @@
-//! Decides whether the network-namespace tests can run on this machine.
+//! Decides whether the network-namespace and Prometheus tests can run here.
 //!
-//! They need root, `ip netns` (iproute2) and iptables inside a namespace. Where
-//! any is missing the tests are compiled as `#[ignore]`d with the reason — counted
-//! as skipped, never as passed.
+//! The first need root, `ip netns` (iproute2) and iptables inside a namespace;
+//! the others Debian's `prometheus` package (the server and `promtool`). Where
+//! any is missing those tests are compiled as `#[ignore]`d with the reason —
+//! counted as skipped, never as passed. `.ci/run` installs all of it.
 
 use std::process::{Command, Stdio};
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(netns)");
+    println!("cargo::rustc-check-cfg=cfg(prometheus)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CLIENTGONE_NO_NETNS");
     if std::env::var_os("CLIENTGONE_NO_NETNS").is_none() && netns_usable() {
@@ -17,24 +19,35 @@ fn main() {
             "cargo::warning=network-namespace tests will be skipped: need root, iproute2 and iptables"
         );
     }
+    if ["prometheus", "promtool"]
+        .iter()
+        .all(|tool| runs(&[tool, "--version"]))
+    {
+        println!("cargo::rustc-cfg=prometheus");
+    } else {
+        println!(
+            "cargo::warning=Prometheus tests will be skipped: install Debian's prometheus package"
+        );
+    }
+}
+
+fn runs(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn netns_usable() -> bool {
     let name = format!("cg-probe-{}", std::process::id());
-    let run = |args: &[&str]| {
-        Command::new(args[0])
-            .args(&args[1..])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !run(&["ip", "netns", "add", &name]) {
+    if !runs(&["ip", "netns", "add", &name]) {
         return false;
     }
-    let ok = run(&[
+    let ok = runs(&[
         "ip", "netns", "exec", &name, "iptables", "-A", "OUTPUT", "-j", "DROP",
     ]);
-    run(&["ip", "netns", "del", &name]);
+    runs(&["ip", "netns", "del", &name]);
     ok
 }

@@ -21,6 +21,9 @@ pub enum Command {
     /// Run the instrumented sample server: /hello, /stream, /upload, /items/{id}.
     #[command(after_help = OTEL_HELP)]
     Demo(DemoArgs),
+    /// Send traffic that breaks connections on purpose (to the demo's routes),
+    /// then print what it did, to hold against /metrics.
+    Traffic(TrafficArgs),
 }
 
 /// The trace-export part of `--help`.
@@ -44,9 +47,103 @@ pub struct DemoArgs {
     /// Address of the metrics listener (GET /metrics, GET /healthz).
     #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
     pub metrics_listen: String,
+    /// Also run the break-traffic generator against the demo itself.
+    #[arg(long)]
+    pub traffic: bool,
+    /// Requests per second of `--traffic`.
+    #[arg(long, default_value_t = 20.0, value_parser = parse_rate, value_name = "N")]
+    pub traffic_rate: f64,
     /// Connection options.
     #[command(flatten)]
     pub connection: ConnectionArgs,
+}
+
+/// Flags of `clientgone traffic`.
+#[derive(Debug, Args)]
+pub struct TrafficArgs {
+    /// The server, e.g. http://127.0.0.1:8080 (it must serve the demo's routes).
+    #[arg(long, value_name = "URL", value_parser = parse_target)]
+    pub target: Target,
+    /// Requests started per second.
+    #[arg(long, default_value_t = 50.0, value_parser = parse_rate, value_name = "N")]
+    pub rate: f64,
+    /// How long to run (0s: until Ctrl-C).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Duration,
+    /// Stop after this many requests.
+    #[arg(long, value_name = "N")]
+    pub requests: Option<u64>,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
+    pub concurrency: u32,
+    /// Weight of completed requests (GET /items/{id}).
+    #[arg(long, default_value_t = 70, value_name = "W")]
+    pub completed: u32,
+    /// Weight of FIN while the handler waits (GET /hello).
+    #[arg(long, default_value_t = 8, value_name = "W")]
+    pub fin: u32,
+    /// Weight of RST while the handler waits (GET /hello).
+    #[arg(long, default_value_t = 6, value_name = "W")]
+    pub rst: u32,
+    /// Weight of half-sent bodies then FIN (POST /upload).
+    #[arg(long, default_value_t = 5, value_name = "W")]
+    pub half_body: u32,
+    /// Weight of RST mid-stream (GET /stream).
+    #[arg(long, default_value_t = 6, value_name = "W")]
+    pub mid_stream: u32,
+    /// Weight of HTTP/2 RST_STREAM (GET /hello over h2c).
+    #[arg(long, default_value_t = 5, value_name = "W")]
+    pub h2_reset: u32,
+    /// How long a leaving client waits before it leaves.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub patience: Duration,
+    /// Seed of the mix, for a repeatable run.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl TrafficArgs {
+    /// The weights in `Kind::ALL` order.
+    pub fn weights(&self) -> [u32; 6] {
+        [
+            self.completed,
+            self.fin,
+            self.rst,
+            self.half_body,
+            self.mid_stream,
+            self.h2_reset,
+        ]
+    }
+}
+
+/// A `--target` URL, checked but not yet resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// `host:port`, ready for resolution.
+    pub authority: String,
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|e| format!("{e} (write it like http://127.0.0.1:8080)"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => return Err(format!("scheme '{other}' is not supported; use http://")),
+        None => return Err("no scheme; write it like http://127.0.0.1:8080".into()),
+    }
+    let host = uri.host().ok_or("no host in the URL")?;
+    let port = uri.port_u16().unwrap_or(80);
+    Ok(Target {
+        authority: format!("{host}:{port}"),
+    })
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1_000_000.0 => Ok(r),
+        _ => Err("must be a number of requests per second above 0".to_owned()),
+    }
 }
 
 /// Connection options shared by every server command. Durations read like
@@ -101,7 +198,9 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let cli = Cli::try_parse_from(["clientgone", "demo"]).unwrap();
-        let Command::Demo(args) = cli.command;
+        let Command::Demo(args) = cli.command else {
+            panic!("demo")
+        };
         assert_eq!(args.listen, "127.0.0.1:8080");
         assert_eq!(args.metrics_listen, "127.0.0.1:9464");
         assert_eq!(args.connection.options(), ConnectionOptions::default());
@@ -120,7 +219,9 @@ mod tests {
             "0s",
         ])
         .unwrap();
-        let Command::Demo(args) = cli.command;
+        let Command::Demo(args) = cli.command else {
+            panic!("demo")
+        };
         let options = args.connection.options();
         assert_eq!(options.tcp_keepalive_idle, Some(Duration::from_millis(500)));
         assert_eq!(options.tcp_user_timeout, Some(Duration::from_secs(120)));
@@ -134,6 +235,30 @@ mod tests {
         ] {
             let args = ["clientgone", "demo", bad[0], bad[1]];
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn traffic_targets_are_checked() {
+        assert_eq!(
+            parse_target("http://127.0.0.1:8080").unwrap().authority,
+            "127.0.0.1:8080"
+        );
+        assert_eq!(
+            parse_target("http://localhost/").unwrap().authority,
+            "localhost:80"
+        );
+        for bad in [
+            "127.0.0.1:8080",
+            "https://x:1",
+            "ftp://x",
+            "http://",
+            "not a url",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad} accepted");
+        }
+        for bad in ["0", "-1", "nan", "inf", "lots"] {
+            assert!(parse_rate(bad).is_err(), "{bad} accepted");
         }
     }
 }

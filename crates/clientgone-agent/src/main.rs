@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use clientgone_agent::cli::{Cli, Command};
+use clientgone_agent::cli::{Cli, Command, TrafficArgs};
 use clientgone_agent::demo::{self, DemoConfig};
+use clientgone_agent::traffic::{self, TrafficConfig};
 use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline};
 use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -107,6 +109,16 @@ async fn run(cli: Cli, registry: Registry) -> ExitCode {
                 running.metrics_addr
             );
             let token = running.shutdown_token();
+            if args.traffic {
+                let mut config = TrafficConfig::new(running.addr);
+                config.rate = args.traffic_rate;
+                config.duration = None;
+                say!(
+                    "clientgone demo: sending break traffic to itself at {}/s",
+                    args.traffic_rate
+                );
+                tokio::spawn(traffic::run(config, token.clone()));
+            }
             tokio::spawn(async move {
                 shutdown_signal().await;
                 say!("clientgone demo: shutting down, letting requests in flight finish");
@@ -120,6 +132,58 @@ async fn run(cli: Cli, registry: Registry) -> ExitCode {
                 }
             }
         }
+        Command::Traffic(args) => run_traffic(args).await,
+    }
+}
+
+async fn run_traffic(args: TrafficArgs) -> ExitCode {
+    let target = match tokio::net::lookup_host(&args.target.authority).await {
+        Ok(mut addrs) => match addrs.next() {
+            Some(addr) => addr,
+            None => {
+                say!(
+                    "clientgone: --target {} resolves to no address",
+                    args.target.authority
+                );
+                return ExitCode::from(USAGE);
+            }
+        },
+        Err(e) => {
+            say!(
+                "clientgone: cannot resolve --target {}: {e}",
+                args.target.authority
+            );
+            return ExitCode::from(USAGE);
+        }
+    };
+    let weights = args.weights();
+    if weights.iter().all(|w| *w == 0) {
+        say!("clientgone: every kind has weight 0; give at least one a weight");
+        return ExitCode::from(USAGE);
+    }
+    let config = TrafficConfig {
+        rate: args.rate,
+        duration: (!args.duration.is_zero()).then_some(args.duration),
+        requests: args.requests,
+        concurrency: args.concurrency as usize,
+        weights,
+        patience: args.patience,
+        seed: args.seed,
+        progress: true,
+        ..TrafficConfig::new(target)
+    };
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        on_signal.cancel();
+    });
+    let summary = traffic::run(config, stop).await;
+    println!("{summary}");
+    if summary.failed_total() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -33,6 +33,8 @@ pub struct ConnectionState {
     event_in_flight: AtomicBool,
     event_partial_head: AtomicBool,
     header_timeout: AtomicBool,
+    /// An HTTP/2 request was seen: bytes between requests are frames, not heads.
+    http2: AtomicBool,
     server_closing: AtomicBool,
     bytes_written: AtomicU64,
     /// The send queue's size when the first client event was seen (`u64::MAX`: unknown).
@@ -52,6 +54,7 @@ impl ConnectionState {
             event_in_flight: AtomicBool::new(false),
             event_partial_head: AtomicBool::new(false),
             header_timeout: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
             server_closing: AtomicBool::new(false),
             bytes_written: AtomicU64::new(0),
             unacked_at_event: AtomicU64::new(u64::MAX),
@@ -101,7 +104,10 @@ impl ConnectionState {
         self.server_closing.load(Ordering::Acquire)
     }
 
-    pub(crate) fn request_started(&self) {
+    pub(crate) fn request_started(&self, http2: bool) {
+        if http2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.partial_head.store(false, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -168,16 +174,19 @@ impl ConnectionState {
 
     /// The one reason this connection closes with, from everything it saw.
     pub fn close_reason(&self) -> CloseReason {
+        // On HTTP/2, bytes between requests are frames (PING, SETTINGS,
+        // GOAWAY), never a half-received head.
+        let heads = !self.http2.load(Ordering::Relaxed);
         let client_event =
             Cause::from_index(self.first_event.load(Ordering::Acquire)).map(|cause| ClientEvent {
                 cause,
                 in_flight: self.event_in_flight.load(Ordering::Acquire),
-                partial_head: self.event_partial_head.load(Ordering::Acquire),
+                partial_head: heads && self.event_partial_head.load(Ordering::Acquire),
             });
         close_reason(CloseFacts {
             client_event,
             header_timeout: self.header_timeout.load(Ordering::Acquire),
-            partial_head: self.partial_head.load(Ordering::Relaxed),
+            partial_head: heads && self.partial_head.load(Ordering::Relaxed),
             served_any: self.requests() > 0,
         })
     }

@@ -106,7 +106,7 @@ impl RequestGuard {
     ) -> Self {
         route.request_started(method);
         if let Some(conn) = &shared.connection {
-            conn.state().request_started();
+            conn.state().request_started(http2);
         }
         RequestGuard {
             route,

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Offline checks of the observability artifacts; no container is started.
+# Needs promtool (Debian: apt-get install prometheus), docker-compose or
+# `docker compose`, and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== promtool check config"
+# rule_files in prometheus.yml are resolved relative to the config file.
+promtool check config deploy/prometheus/prometheus.yml
+
+echo "== promtool check rules"
+promtool check rules deploy/prometheus/rules.yml
+
+echo "== promtool test rules"
+promtool test rules deploy/prometheus/rules_test.yml
+
+echo "== compose config"
+if command -v docker-compose >/dev/null 2>&1; then
+    docker-compose -f docker-compose.yml config -q
+elif docker compose version >/dev/null 2>&1; then
+    docker compose -f docker-compose.yml config -q
+else
+    echo "validate: neither docker-compose nor 'docker compose' is installed" >&2
+    exit 1
+fi
+echo "docker-compose.yml is valid"
+
+echo "== dashboard JSON"
+python3 -m json.tool dashboards/clientgone.json >/dev/null
+echo "dashboards/clientgone.json is valid JSON"
+
+echo "== dashboard PromQL"
+# Every panel query, with the dashboard variables substituted, must parse
+# (checked by promtool as recording rules) and filter on $job and $instance
+# (and on $route where the metric has http_route).
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+python3 - dashboards/clientgone.json "$tmp/dashboard_rules.yml" <<'PY'
+import json, re, sys
+
+dash = json.load(open(sys.argv[1]))
+exprs = []
+def walk(node, title=""):
+    if isinstance(node, dict):
+        title = node.get("title", title)
+        if isinstance(node.get("expr"), str):
+            exprs.append((title, node["expr"]))
+        for v in node.values():
+            walk(v, title)
+    elif isinstance(node, list):
+        for v in node:
+            walk(v, title)
+walk(dash.get("panels", []))
+if not exprs:
+    sys.exit("validate: the dashboard has no queries")
+
+subst = {"job": ".*", "instance": ".*", "route": ".*", "__rate_interval": "1m",
+         "__interval": "1m", "__range": "1h"}
+def substitute(expr):
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: subst[m.group(1)], expr)
+
+bad = []
+lines = ["groups:", "  - name: dashboard", "    rules:"]
+for i, (title, expr) in enumerate(exprs):
+    for name in re.findall(r"\b((?:http_server_|route:)[\w:]*)(?!\w|:|\{)", expr):
+        bad.append(f"{title}: {name} has no label filter")
+    selectors = re.findall(r"[\w:]+\{[^}]*\}", expr)
+    for sel in selectors:
+        if 'job=~"$job"' not in sel or 'instance=~"$instance"' not in sel:
+            bad.append(f"{title}: {sel} does not filter on $job and $instance")
+        if not sel.startswith(("http_server_open_connections", "http_server_connection_")) \
+                and 'http_route=~"$route"' not in sel:
+            bad.append(f"{title}: {sel} does not filter on $route")
+    if not selectors:
+        bad.append(f"{title}: {expr} has no label filter")
+    lines.append(f"      - record: dashboard:query_{i}")
+    lines.append(f"        expr: {json.dumps(substitute(expr))}")
+if bad:
+    sys.exit("validate:\n  " + "\n  ".join(bad))
+open(sys.argv[2], "w").write("\n".join(lines) + "\n")
+print(f"{len(exprs)} dashboard queries filter on $job, $instance and $route")
+PY
+promtool check rules "$tmp/dashboard_rules.yml"
+
+echo "validate: all checks passed"
