@@ -24,6 +24,38 @@ pub enum Command {
     /// Send traffic that breaks connections on purpose (to the demo's routes),
     /// then print what it did, to hold against /metrics.
     Traffic(TrafficArgs),
+    /// Put an HTTP service in any language under the same watch, as a reverse
+    /// proxy in front of it; the upstream's work is dropped when the client is gone.
+    #[command(after_help = OTEL_HELP)]
+    Proxy(ProxyArgs),
+}
+
+/// Flags of `clientgone proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// The service to proxy: http://host:port[/prefix], or h2c://… for HTTP/2
+    /// with prior knowledge.
+    #[arg(long, value_name = "URL")]
+    pub upstream: String,
+    /// Address of the proxy (HTTP/1.1 and h2c on one port).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    /// Address of the metrics listener (GET /metrics, GET /healthz).
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
+    pub metrics_listen: String,
+    /// A route template to count under, like /users/{id} or /files/{*path}
+    /// (repeatable). Other paths are forwarded too, counted as `unmatched`.
+    #[arg(long = "route", value_name = "TEMPLATE")]
+    pub routes: Vec<String>,
+    /// Read route templates from an OpenAPI 3 document's `paths` (YAML or JSON).
+    #[arg(long, value_name = "FILE")]
+    pub openapi: Option<std::path::PathBuf>,
+    /// How long the upstream may take to send its response head (then 504).
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    pub upstream_timeout: Duration,
+    /// Connection options.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 }
 
 /// The trace-export part of `--help`.
@@ -202,6 +234,13 @@ mod tests {
             panic!("demo")
         };
         assert_eq!(args.listen, "127.0.0.1:8080");
+        let cli = Cli::try_parse_from(["clientgone", "proxy", "--upstream", "http://x:1"]).unwrap();
+        let Command::Proxy(proxy) = cli.command else {
+            panic!("proxy")
+        };
+        assert_eq!(proxy.listen, "127.0.0.1:8080");
+        assert_eq!(proxy.metrics_listen, "127.0.0.1:9464");
+        assert_eq!(proxy.upstream_timeout, Duration::from_secs(60));
         assert_eq!(args.metrics_listen, "127.0.0.1:9464");
         assert_eq!(args.connection.options(), ConnectionOptions::default());
     }

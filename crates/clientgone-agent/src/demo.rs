@@ -1,8 +1,6 @@
 //! `clientgone demo`: the instrumented sample server, ready to try.
 
 use std::convert::Infallible;
-use std::io;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -11,13 +9,11 @@ use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use clientgone::{ConnectionOptions, DisconnectLayer, Metrics, TrackedListener};
+use clientgone::{DisconnectLayer, Metrics};
 use futures_util::stream::{self, StreamExt};
-use prometheus::Registry;
 use serde::Deserialize;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+
+use crate::server::{self, RunningServer, ServerConfig, StartError};
 
 /// Longest `delay_ms` the demo accepts (one hour).
 pub const MAX_DELAY_MS: u64 = 3_600_000;
@@ -25,64 +21,10 @@ pub const MAX_DELAY_MS: u64 = 3_600_000;
 pub const MAX_CHUNKS: u64 = 100_000;
 
 /// Where and how the demo serves.
-#[derive(Clone, Debug)]
-pub struct DemoConfig {
-    /// Address of the demo server.
-    pub listen: String,
-    /// Address of the metrics listener.
-    pub metrics_listen: String,
-    /// Connection options of the demo server.
-    pub options: ConnectionOptions,
-    /// The registry the demo's metrics go into (and `/metrics` serves).
-    pub registry: Registry,
-}
+pub type DemoConfig = ServerConfig;
 
-/// Why the demo could not start.
-#[derive(Debug)]
-pub struct StartError(String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
-
-/// A running demo: its addresses, its registry, and how to stop it.
-#[derive(Debug)]
-pub struct RunningDemo {
-    /// The demo server's address.
-    pub addr: SocketAddr,
-    /// The metrics listener's address.
-    pub metrics_addr: SocketAddr,
-    /// The registry the demo's metrics live in.
-    pub registry: Registry,
-    shutdown: CancellationToken,
-    server: JoinHandle<io::Result<()>>,
-    metrics_server: JoinHandle<io::Result<()>>,
-}
-
-impl RunningDemo {
-    /// The token that stops both servers gracefully when cancelled.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
-    /// Stops accepting, lets requests in flight finish, and waits for both servers.
-    pub async fn shutdown(self) -> io::Result<()> {
-        self.shutdown.cancel();
-        self.wait().await
-    }
-
-    /// Waits until both servers have stopped.
-    pub async fn wait(self) -> io::Result<()> {
-        for task in [self.server, self.metrics_server] {
-            task.await.map_err(io::Error::other)??;
-        }
-        Ok(())
-    }
-}
+/// The running demo.
+pub type RunningDemo = RunningServer;
 
 /// The demo's routes, instrumented by `metrics`.
 pub fn app(metrics: Metrics) -> Router {
@@ -97,43 +39,7 @@ pub fn app(metrics: Metrics) -> Router {
 /// Binds both listeners and starts serving. Fails with a one-line message when
 /// an address is bad or in use.
 pub async fn start(config: DemoConfig) -> Result<RunningDemo, StartError> {
-    let registry = config.registry;
-    let metrics = Metrics::new(&registry).map_err(|e| StartError(e.to_string()))?;
-    let listener = bind(&config.listen, "--listen").await?;
-    let metrics_listener = bind(&config.metrics_listen, "--metrics-listen").await?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError(e.to_string()))?;
-    let metrics_addr = metrics_listener
-        .local_addr()
-        .map_err(|e| StartError(e.to_string()))?;
-
-    let shutdown = CancellationToken::new();
-    let listener = TrackedListener::from_tcp(listener, &metrics).with_options(config.options);
-    let server = tokio::spawn(
-        clientgone::serve(listener, app(metrics))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
-    let metrics_server = tokio::spawn(clientgone_exporter::serve_metrics(
-        metrics_listener,
-        registry.clone(),
-        shutdown.clone().cancelled_owned(),
-    ));
-    Ok(RunningDemo {
-        addr,
-        metrics_addr,
-        registry,
-        shutdown,
-        server,
-        metrics_server,
-    })
-}
-
-async fn bind(addr: &str, flag: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| StartError(format!("cannot listen on {addr} ({flag}): {e}")))
+    server::start(config, app).await
 }
 
 #[derive(Debug, Deserialize)]

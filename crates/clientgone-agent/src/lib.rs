@@ -5,4 +5,6 @@
 
 pub mod cli;
 pub mod demo;
+pub mod proxy;
+pub mod server;
 pub mod traffic;

@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use clientgone_agent::cli::{Cli, Command, TrafficArgs};
+use clientgone_agent::cli::{Cli, Command, ProxyArgs, TrafficArgs};
 use clientgone_agent::demo::{self, DemoConfig};
+use clientgone_agent::proxy::{self, ProxyConfig, RouteTable, Upstream};
+use clientgone_agent::server::{RunningServer, ServerConfig};
 use clientgone_agent::traffic::{self, TrafficConfig};
 use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline};
 use prometheus::Registry;
@@ -108,7 +110,6 @@ async fn run(cli: Cli, registry: Registry) -> ExitCode {
                 running.addr,
                 running.metrics_addr
             );
-            let token = running.shutdown_token();
             if args.traffic {
                 let mut config = TrafficConfig::new(running.addr);
                 config.rate = args.traffic_rate;
@@ -117,23 +118,77 @@ async fn run(cli: Cli, registry: Registry) -> ExitCode {
                     "clientgone demo: sending break traffic to itself at {}/s",
                     args.traffic_rate
                 );
-                tokio::spawn(traffic::run(config, token.clone()));
+                tokio::spawn(traffic::run(config, running.shutdown_token()));
             }
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                say!("clientgone demo: shutting down, letting requests in flight finish");
-                token.cancel();
-            });
-            match running.wait().await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    say!("clientgone: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            serve_until_signal(running, "demo").await
         }
+        Command::Proxy(args) => run_proxy(args, registry).await,
         Command::Traffic(args) => run_traffic(args).await,
     }
+}
+
+/// Runs until SIGINT/SIGTERM, then stops gracefully.
+async fn serve_until_signal(running: RunningServer, what: &'static str) -> ExitCode {
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        say!("clientgone {what}: shutting down, letting requests in flight finish");
+        token.cancel();
+    });
+    match running.wait().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            say!("clientgone: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_proxy(args: ProxyArgs, registry: prometheus::Registry) -> ExitCode {
+    let upstream = match Upstream::parse(&args.upstream) {
+        Ok(u) => u,
+        Err(e) => {
+            say!("clientgone: --upstream {}: {e}", args.upstream);
+            return ExitCode::from(USAGE);
+        }
+    };
+    let routes = RouteTable::new(args.routes).and_then(|flags| match &args.openapi {
+        Some(path) => flags.merge(RouteTable::from_openapi(path)?),
+        None => Ok(flags),
+    });
+    let routes = match routes {
+        Ok(routes) => routes,
+        Err(e) => {
+            say!("clientgone: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let count = routes.templates().len();
+    let config = ProxyConfig {
+        server: ServerConfig {
+            listen: args.listen,
+            metrics_listen: args.metrics_listen,
+            options: args.connection.options(),
+            registry,
+        },
+        upstream,
+        routes,
+        upstream_timeout: args.upstream_timeout,
+    };
+    let running = match proxy::start(config).await {
+        Ok(running) => running,
+        Err(e) => {
+            say!("clientgone: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    say!(
+        "clientgone proxy: http://{} -> {} ({count} route templates), metrics on http://{}/metrics",
+        running.addr,
+        args.upstream,
+        running.metrics_addr
+    );
+    serve_until_signal(running, "proxy").await
 }
 
 async fn run_traffic(args: TrafficArgs) -> ExitCode {

@@ -31,6 +31,40 @@ fn bad_flags_are_one_line_and_exit_2() {
         &["demo", "--listen", "not an address"],
         &["frobnicate"],
         &[],
+        &["proxy"],
+        &["proxy", "--upstream", "ftp://x"],
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--route",
+            "users/{id}",
+        ],
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--route",
+            "/a/{x}",
+            "--route",
+            "/a/{y}",
+        ],
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--openapi",
+            "/nonexistent.yaml",
+        ],
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--upstream-timeout",
+            "0s",
+        ],
+        &["traffic", "--target", "https://x"],
+        &["traffic", "--target", "http://127.0.0.1:1", "--rate", "0"],
     ] {
         let (code, stderr) = run_to_end(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

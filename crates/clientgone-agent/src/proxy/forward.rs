@@ -1,0 +1,273 @@
+//! Forwarding one request: clean hop-by-hop headers, add `X-Forwarded-*`, carry
+//! the trace context, stream both bodies, and answer 502/504 for the upstream's
+//! failures — which are never client disconnects.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use clientgone::{TrackedConnection, UNMATCHED_ROUTE, method_label};
+use http_body::{Frame, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use opentelemetry::propagation::Injector;
+use pin_project_lite::pin_project;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::Upstream;
+use super::upstream::{UpstreamBody, UpstreamMetrics, UpstreamOutcome};
+
+/// What the forwarding handler needs; cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Forwarder(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    client: Client<HttpConnector, Body>,
+    upstream: Upstream,
+    timeout: Duration,
+    metrics: UpstreamMetrics,
+}
+
+impl Forwarder {
+    pub(crate) fn new(upstream: Upstream, timeout: Duration, metrics: UpstreamMetrics) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .http2_only(upstream.h2c)
+            .build(connector);
+        Forwarder(Arc::new(Inner {
+            client,
+            upstream,
+            timeout,
+            metrics,
+        }))
+    }
+}
+
+/// Headers that belong to one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&listed) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn plain(status: StatusCode, message: String) -> Response {
+    (status, message + "\n").into_response()
+}
+
+/// The handler behind every route and the fallback.
+pub(crate) async fn forward(
+    State(forwarder): State<Forwarder>,
+    matched: Option<MatchedPath>,
+    req: Request,
+) -> Response {
+    let f = &forwarder.0;
+    let client_ip = req
+        .extensions()
+        .get::<ConnectInfo<TrackedConnection>>()
+        .map(|ConnectInfo(conn)| conn.remote_addr().ip());
+    if req.headers().contains_key(header::UPGRADE) || req.method() == http::Method::CONNECT {
+        return plain(
+            StatusCode::NOT_IMPLEMENTED,
+            "clientgone proxy does not pass Upgrade (WebSocket) or CONNECT requests".into(),
+        );
+    }
+    let route = matched.map_or_else(|| UNMATCHED_ROUTE.to_owned(), |m| m.as_str().to_owned());
+    let method = method_label(req.method());
+    let (mut parts, body) = req.into_parts();
+
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = match Uri::builder()
+        .scheme("http")
+        .authority(f.upstream.authority.as_str())
+        .path_and_query(format!("{}{path_and_query}", f.upstream.base_path))
+        .build()
+    {
+        Ok(uri) => uri,
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("cannot forward this path: {e}"),
+            );
+        }
+    };
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    strip_hop_by_hop(&mut parts.headers);
+    let headers = &mut parts.headers;
+    if let Some(ip) = client_ip {
+        let ip = ip.to_string();
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host);
+    }
+    if let Ok(host) = HeaderValue::from_str(&f.upstream.authority) {
+        headers.insert(header::HOST, host);
+    }
+    inject_trace_context(headers);
+    parts.uri = uri;
+    parts.version = if f.upstream.h2c {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+
+    let client_body_failed = Arc::new(AtomicBool::new(false));
+    let body = Body::new(WatchedBody {
+        inner: body,
+        failed: client_body_failed.clone(),
+    });
+    let mut guard = f.metrics.start(method, route);
+    let result = tokio::time::timeout(
+        f.timeout,
+        f.client.request(http::Request::from_parts(parts, body)),
+    )
+    .await;
+    match result {
+        Err(_) => {
+            guard.end(UpstreamOutcome::Error);
+            plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the upstream did not answer within {:?}", f.timeout),
+            )
+        }
+        Ok(Err(_)) if client_body_failed.load(Ordering::Acquire) => {
+            // The client stopped sending its body: its own break, recorded by
+            // the layer; the upstream request was dropped on its behalf.
+            guard.end(UpstreamOutcome::Cancelled);
+            plain(
+                StatusCode::BAD_REQUEST,
+                "the request body ended early".into(),
+            )
+        }
+        Ok(Err(e)) => {
+            guard.end(UpstreamOutcome::Error);
+            plain(
+                StatusCode::BAD_GATEWAY,
+                format!("the upstream failed: {}", error_chain(&e)),
+            )
+        }
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            guard.head(parts.status);
+            strip_hop_by_hop(&mut parts.headers);
+            if http_body::Body::is_end_stream(&body) {
+                guard.end(UpstreamOutcome::Completed);
+            }
+            Response::from_parts(parts, Body::new(UpstreamBody::new(body, guard)))
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+/// Writes the current span's context as `traceparent`, when OpenTelemetry is on,
+/// so the upstream's spans join the trace; otherwise the client's own
+/// `traceparent`, if any, passes through untouched.
+fn inject_trace_context(headers: &mut HeaderMap) {
+    let context = tracing::Span::current().context();
+    if !opentelemetry::trace::TraceContextExt::has_active_span(&context) {
+        return;
+    }
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderInjector(headers));
+    });
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+pin_project! {
+    /// The client's request body on its way upstream; notes whether it failed,
+    /// so a client that stopped sending is not blamed on the upstream.
+    struct WatchedBody {
+        #[pin]
+        inner: Body,
+        failed: Arc<AtomicBool>,
+    }
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if matches!(frame, Some(Err(_))) {
+            this.failed.store(true, Ordering::Release);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,136 @@
+//! `clientgone proxy`: the same break detection for a service in any language,
+//! as a reverse proxy in front of it — the same listener, layer and metrics as
+//! `demo`, and the upstream request dropped the moment the client is gone.
+
+mod forward;
+mod routes;
+mod upstream;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::any;
+use clientgone::{DisconnectLayer, Metrics};
+
+pub use routes::{RouteError, RouteTable, openapi_paths};
+pub use upstream::{UpstreamMetrics, UpstreamOutcome};
+
+use crate::server::{self, RunningServer, ServerConfig, StartError};
+use forward::{Forwarder, forward};
+
+/// Where the proxied service lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port`.
+    pub authority: String,
+    /// A path prefix put before every forwarded path (`""` for none).
+    pub base_path: String,
+    /// Speak HTTP/2 with prior knowledge (`h2c://` URLs).
+    pub h2c: bool,
+}
+
+impl Upstream {
+    /// Parses `http://host:port[/prefix]` or `h2c://host:port[/prefix]`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("{e} (write it like http://127.0.0.1:8000)"))?;
+        let h2c = match uri.scheme_str() {
+            Some("http") => false,
+            Some("h2c") => true,
+            Some(other) => {
+                return Err(format!(
+                    "scheme '{other}' is not supported; use http:// (or h2c:// for HTTP/2 prior knowledge)"
+                ));
+            }
+            None => return Err("no scheme; write it like http://127.0.0.1:8000".into()),
+        };
+        let authority = uri.authority().ok_or("no host in the URL")?;
+        if uri.query().is_some() {
+            return Err("an upstream URL takes no query".into());
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        Ok(Upstream {
+            authority: format!("{}:{port}", authority.host()),
+            base_path: uri.path().trim_end_matches('/').to_owned(),
+            h2c,
+        })
+    }
+}
+
+/// What `clientgone proxy` serves.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Listeners, options, registry.
+    pub server: ServerConfig,
+    /// The proxied service.
+    pub upstream: Upstream,
+    /// The route templates to count under.
+    pub routes: RouteTable,
+    /// How long the upstream may take to answer (its response head).
+    pub upstream_timeout: Duration,
+}
+
+/// The proxy's router: every template forwards, and so does the fallback (counted
+/// as `unmatched`), all inside the same `DisconnectLayer` as any instrumented app.
+pub fn app(
+    routes: &RouteTable,
+    forwarder_metrics: UpstreamMetrics,
+    upstream: Upstream,
+    timeout: Duration,
+    metrics: Metrics,
+) -> Router {
+    let forwarder = Forwarder::new(upstream, timeout, forwarder_metrics);
+    let mut router = Router::new();
+    for template in routes.templates() {
+        router = router.route(template, any(forward));
+    }
+    router
+        .fallback(forward)
+        .with_state(forwarder)
+        .layer(DisconnectLayer::new(metrics))
+}
+
+/// Starts the proxy. Fails with a one-line message on a bad address.
+pub async fn start(config: ProxyConfig) -> Result<RunningServer, StartError> {
+    let upstream_metrics =
+        UpstreamMetrics::new(&config.server.registry).map_err(|e| StartError(e.to_string()))?;
+    let ProxyConfig {
+        server,
+        upstream,
+        routes,
+        upstream_timeout,
+    } = config;
+    server::start(server, move |metrics| {
+        app(
+            &routes,
+            upstream_metrics,
+            upstream,
+            upstream_timeout,
+            metrics,
+        )
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_urls() {
+        let u = Upstream::parse("http://127.0.0.1:8000").unwrap();
+        assert_eq!(
+            (u.authority.as_str(), u.base_path.as_str(), u.h2c),
+            ("127.0.0.1:8000", "", false)
+        );
+        let u = Upstream::parse("h2c://svc/api/").unwrap();
+        assert_eq!(
+            (u.authority.as_str(), u.base_path.as_str(), u.h2c),
+            ("svc:80", "/api", true)
+        );
+        for bad in ["127.0.0.1:8000", "https://x", "http://x/?q=1", "ftp://x"] {
+            assert!(Upstream::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

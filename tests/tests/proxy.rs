@@ -1,0 +1,482 @@
+//! `clientgone proxy` in front of a service that is not ours and not Rust
+//! (`tests/upstream/upstream.py`): breaks are counted under the route template,
+//! the upstream sees its request cancelled, and the upstream's own failures are
+//! never client disconnects.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clientgone_agent::proxy::{self, ProxyConfig, RouteTable, Upstream};
+use clientgone_agent::server::{RunningServer, ServerConfig};
+use clientgone_tests::client::{
+    H2Connection, Http1Connection, close_fin, close_rst, read_to_close, read_until, send_raw,
+};
+use clientgone_tests::{DEADLINE, scrape, wait_for_value, wait_until};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DISCONNECTS: &str = "http_server_client_disconnects_total";
+const UPSTREAM: &str = "http_client_request_duration_seconds_count";
+
+/// The Python upstream, killed when dropped.
+struct PythonUpstream {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl PythonUpstream {
+    fn start() -> PythonUpstream {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/upstream/upstream.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs the upstream");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .expect("the upstream prints its port");
+        let port: u16 = line.trim().parse().expect("a port");
+        PythonUpstream {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    /// What the upstream saw: connections, requests, cancellations.
+    async fn events(&self) -> Value {
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        stream
+            .write_all(b"GET /__events HTTP/1.0\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).await.unwrap();
+        let (_, body) = raw.split_once("\r\n\r\n").expect("response");
+        serde_json::from_str(body).expect("JSON events")
+    }
+
+    async fn requested(&self, path: &str) -> bool {
+        let events = self.events().await;
+        events["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["path"] == path)
+    }
+}
+
+impl Drop for PythonUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_proxy(upstream: &str, routes: &[&str], timeout: Duration) -> RunningServer {
+    proxy::start(ProxyConfig {
+        server: ServerConfig {
+            listen: "127.0.0.1:0".into(),
+            metrics_listen: "127.0.0.1:0".into(),
+            options: Default::default(),
+            registry: prometheus::Registry::new(),
+        },
+        upstream: Upstream::parse(upstream).unwrap(),
+        routes: RouteTable::new(routes.iter().map(|r| r.to_string())).unwrap(),
+        upstream_timeout: timeout,
+    })
+    .await
+    .expect("proxy starts")
+}
+
+const ROUTES: &[&str] = &["/users/{id}", "/stream", "/echo/{n}", "/upload"];
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Waits until the upstream reports `path` cancelled; returns when it noticed.
+async fn upstream_cancelled_at(upstream: &PythonUpstream, path: &str) -> f64 {
+    let start = std::time::Instant::now();
+    loop {
+        let events = upstream.events().await;
+        if let Some(t) = events["cancelled"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["path"] == path)
+            .and_then(|c| c["t"].as_f64())
+        {
+            return t;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the upstream never saw {path} cancelled: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Break {
+    Fin,
+    Rst,
+    H2Reset,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaks_are_counted_under_the_template_and_the_upstream_sees_its_request_cancelled() {
+    let upstream = PythonUpstream::start();
+    let proxy = start_proxy(&format!("http://{}", upstream.addr), ROUTES, DEADLINE).await;
+    for (n, (kind, cause)) in [
+        (Break::Fin, "closed"),
+        (Break::Rst, "reset"),
+        (Break::H2Reset, "stream_reset"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = format!("/users/{kind:?}?delay_ms=30000");
+        let mut h2 = None;
+        let mut stream = None;
+        match kind {
+            Break::H2Reset => {
+                let mut conn = H2Connection::open(proxy.addr).await;
+                let (response, send) = conn.start_get(&path).await;
+                h2 = Some((conn, response, send));
+            }
+            _ => {
+                let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+                stream = Some(send_raw(proxy.addr, request.as_bytes()).await);
+            }
+        }
+        // The upstream is working on it before the client leaves.
+        wait_until("the upstream got the request", || upstream.requested(&path)).await;
+        let broke_at = now();
+        match (kind, stream, h2) {
+            (Break::Fin, Some(s), _) => close_fin(s),
+            (Break::Rst, Some(s), _) => close_rst(s),
+            (Break::H2Reset, _, Some((_conn, _response, mut send))) => {
+                send.send_reset(h2::Reason::CANCEL);
+                // Keep the connection up while the proxy handles the reset.
+                let labels = [("http_route", "/users/{id}"), ("cause", cause)];
+                wait_for_value(proxy.metrics_addr, DISCONNECTS, &labels, 1.0).await;
+            }
+            _ => unreachable!(),
+        }
+        let labels = [
+            ("http_route", "/users/{id}"),
+            ("phase", "handler"),
+            ("cause", cause),
+        ];
+        let s = wait_for_value(proxy.metrics_addr, DISCONNECTS, &labels, 1.0).await;
+        assert_eq!(s.value(DISCONNECTS, &[]), (n + 1) as f64, "{}", s.text);
+        let noticed = upstream_cancelled_at(&upstream, &path).await - broke_at;
+        assert!(
+            noticed < 0.2,
+            "{kind:?}: the upstream noticed after {noticed:.3} s"
+        );
+        let cancelled = [("http_route", "/users/{id}"), ("outcome", "cancelled")];
+        wait_for_value(proxy.metrics_addr, UPSTREAM, &cancelled, (n + 1) as f64).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_response_broken_midway_is_response_body_with_its_status() {
+    let upstream = PythonUpstream::start();
+    let proxy = start_proxy(&format!("http://{}", upstream.addr), ROUTES, DEADLINE).await;
+    let path = "/stream?chunks=100000&interval_ms=5";
+    let mut stream = send_raw(
+        proxy.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let seen = read_until(&mut stream, b"chunk 2\n").await;
+    assert!(seen.starts_with(b"HTTP/1.1 200"));
+    close_rst(stream);
+    let labels = [("http_route", "/stream"), ("phase", "response_body")];
+    let s = wait_for_value(proxy.metrics_addr, DISCONNECTS, &labels, 1.0).await;
+    let kept = [
+        ("http_route", "/stream"),
+        ("http_response_status_code", "200"),
+        ("outcome", "client_disconnect"),
+    ];
+    assert_eq!(
+        s.value("http_server_request_duration_seconds_count", &kept),
+        1.0,
+        "{}",
+        s.text
+    );
+    upstream_cancelled_at(&upstream, path).await;
+    let cancelled = [
+        ("http_route", "/stream"),
+        ("http_response_status_code", "200"),
+        ("outcome", "cancelled"),
+    ];
+    wait_for_value(proxy.metrics_addr, UPSTREAM, &cancelled, 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_keep_alive_requests_pass_byte_identical_over_reused_connections() {
+    let upstream = PythonUpstream::start();
+    let proxy = start_proxy(&format!("http://{}", upstream.addr), ROUTES, DEADLINE).await;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(Http1Connection::open(proxy.addr).await);
+    }
+    for i in 0..1000u32 {
+        let (status, body) = conns[i as usize % 4]
+            .request("GET", &format!("/echo/{i}"))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body,
+            format!("echo {i}\n").repeat(i as usize % 97 + 1),
+            "body of /echo/{i}"
+        );
+    }
+    for conn in conns {
+        conn.close().await;
+    }
+    let s = wait_for_value(proxy.metrics_addr, "http_server_open_connections", &[], 0.0).await;
+    assert_eq!(s.value(DISCONNECTS, &[]), 0.0, "{}", s.text);
+    let done = [("http_route", "/echo/{n}"), ("outcome", "completed")];
+    assert_eq!(
+        s.value("http_server_request_duration_seconds_count", &done),
+        1000.0
+    );
+    assert_eq!(s.value(UPSTREAM, &done), 1000.0);
+    let connections = upstream.events().await["connections"].as_u64().unwrap();
+    // One per events query too; a handful at most for 1000 proxied requests.
+    assert!(
+        connections <= 8,
+        "the upstream saw {connections} connections: no reuse"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_502_or_504_never_client_disconnects() {
+    let upstream = PythonUpstream::start();
+    let proxy = start_proxy(
+        &format!("http://{}", upstream.addr),
+        &["/reset", "/hang", "/echo/{n}"],
+        Duration::from_millis(500),
+    )
+    .await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let down = start_proxy(
+        &format!("http://{down_addr}"),
+        &["/x"],
+        Duration::from_secs(5),
+    )
+    .await;
+
+    let mut conn = Http1Connection::open(down.addr).await;
+    let (status, body) = conn.request("GET", "/x").await;
+    assert_eq!(status, 502, "{body:?}");
+    conn.close().await;
+    let mut conn = Http1Connection::open(proxy.addr).await;
+    assert_eq!(conn.request("GET", "/reset").await.0, 502);
+    assert_eq!(conn.request("GET", "/hang").await.0, 504);
+    let (status, body) = conn.request("GET", "/echo/1").await;
+    assert_eq!(
+        (status, &body[..]),
+        (200, &b"echo 1\necho 1\n"[..]),
+        "still serving"
+    );
+    conn.close().await;
+
+    for (server, errors) in [(&down, 1.0), (&proxy, 2.0)] {
+        let s = scrape(server.metrics_addr).await;
+        assert_eq!(s.value(DISCONNECTS, &[]), 0.0, "{}", s.text);
+        assert_eq!(
+            s.value(UPSTREAM, &[("outcome", "error")]),
+            errors,
+            "{}",
+            s.text
+        );
+    }
+    let s = scrape(proxy.metrics_addr).await;
+    let timed_out = [
+        ("http_route", "/hang"),
+        ("http_response_status_code", "504"),
+    ];
+    assert_eq!(
+        s.value("http_server_request_duration_seconds_count", &timed_out),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_and_oversized_heads_never_reach_the_upstream() {
+    let upstream = PythonUpstream::start();
+    let proxy = start_proxy(&format!("http://{}", upstream.addr), ROUTES, DEADLINE).await;
+    let huge_header = format!("X-Big: {}\r\n", "a".repeat(1 << 20));
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let rejected = [
+        (
+            "two Content-Lengths",
+            "POST /upload?two-cl HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc".to_owned(),
+        ),
+        ("oversized header", format!("GET /echo/1?big HTTP/1.1\r\nHost: t\r\n{huge_header}\r\n")),
+        ("too many headers", format!("GET /echo/1?many HTTP/1.1\r\nHost: t\r\n{many_headers}\r\n")),
+        (
+            "bad Transfer-Encoding",
+            "POST /upload?te-gzip HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\nabc".to_owned(),
+        ),
+    ];
+    for (name, raw) in &rejected {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let _ = stream.write_all(raw.as_bytes()).await;
+        let answer = read_to_close(&mut stream).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 4") || answer.is_empty(),
+            "{name}: {answer}"
+        );
+    }
+
+    // Content-Length and Transfer-Encoding together: hyper follows RFC 9112
+    // §6.3 — the chunked framing wins, the length is dropped, and the
+    // connection closes after this request. The request is forwarded with one
+    // unambiguous framing; what was smuggled behind it is never read.
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let cl_te = "POST /upload?cl-te HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n";
+    stream.write_all(cl_te.as_bytes()).await.unwrap();
+    let answer = String::from_utf8_lossy(&read_to_close(&mut stream).await).into_owned();
+    assert_eq!(
+        answer.matches("HTTP/1.1").count(),
+        1,
+        "one answer, then close: {answer}"
+    );
+    assert!(
+        answer.ends_with("\r\n\r\n0\n"),
+        "an empty body reached the upstream: {answer}"
+    );
+
+    // Still serving; the upstream saw the one well-framed POST and nothing else.
+    let mut conn = Http1Connection::open(proxy.addr).await;
+    assert_eq!(conn.request("GET", "/echo/2").await.0, 200);
+    conn.close().await;
+    let events = upstream.events().await;
+    let seen: Vec<&str> = events["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["path"].as_str())
+        .collect();
+    assert_eq!(seen, ["/upload?cl-te", "/echo/2"], "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_paths_add_only_unmatched_and_an_openapi_file_gives_its_templates() {
+    let upstream = PythonUpstream::start();
+    let dir = std::env::temp_dir().join(format!("clientgone-openapi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("openapi.yaml");
+    let mut doc = String::from("openapi: 3.0.3\ninfo:\n  title: t\n  version: '1'\npaths:\n");
+    for i in 0..50 {
+        doc.push_str(&format!(
+            "  /r{i}/{{id}}:\n    get:\n      responses: {{}}\n"
+        ));
+    }
+    std::fs::write(&file, doc).unwrap();
+    let routes = RouteTable::from_openapi(&file).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(routes.templates().len(), 50);
+
+    let proxy = proxy::start(ProxyConfig {
+        server: ServerConfig {
+            listen: "127.0.0.1:0".into(),
+            metrics_listen: "127.0.0.1:0".into(),
+            options: Default::default(),
+            registry: prometheus::Registry::new(),
+        },
+        upstream: Upstream::parse(&format!("http://{}", upstream.addr)).unwrap(),
+        routes: routes.clone(),
+        upstream_timeout: DEADLINE,
+    })
+    .await
+    .unwrap();
+    let mut conn = Http1Connection::open(proxy.addr).await;
+    for i in 0..50 {
+        assert_eq!(
+            conn.request("GET", &format!("/r{i}/x")).await.0,
+            404,
+            "the upstream's 404"
+        );
+    }
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..500 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        conn.request("GET", &format!("/random/{rng:x}/{}", rng % 977))
+            .await;
+    }
+    conn.close().await;
+    let s = scrape(proxy.metrics_addr).await;
+    let seen = s.label_values("http_server_request_duration_seconds_count", "http_route");
+    let mut want: std::collections::BTreeSet<String> = routes.templates().iter().cloned().collect();
+    want.insert("unmatched".into());
+    assert_eq!(seen, want);
+    assert_eq!(
+        s.value(
+            "http_server_request_duration_seconds_count",
+            &[("http_route", "unmatched")]
+        ),
+        500.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_h2c_the_upstream_sees_a_stream_reset_when_the_client_leaves() {
+    // The demo speaks h2c, so it can stand upstream and tell what it saw.
+    let upstream = clientgone_tests::start_demo().await;
+    let proxy = start_proxy(
+        &format!("h2c://{}", upstream.addr),
+        &["/hello", "/items/{id}"],
+        DEADLINE,
+    )
+    .await;
+    let mut conn = Http1Connection::open(proxy.addr).await;
+    let (status, body) = conn.request("GET", "/items/1").await;
+    assert_eq!((status, &body[..]), (200, &b"item 1\n"[..]));
+    conn.close().await;
+
+    let stream = send_raw(
+        proxy.addr,
+        b"GET /hello?delay_ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
+    wait_for_value(
+        upstream.metrics_addr,
+        "http_server_active_requests",
+        &[],
+        1.0,
+    )
+    .await;
+    close_fin(stream);
+    let at_proxy = [
+        ("http_route", "/hello"),
+        ("phase", "handler"),
+        ("cause", "closed"),
+    ];
+    wait_for_value(proxy.metrics_addr, DISCONNECTS, &at_proxy, 1.0).await;
+    let upstream_saw = [
+        ("http_route", "/hello"),
+        ("phase", "handler"),
+        ("cause", "stream_reset"),
+    ];
+    wait_for_value(upstream.metrics_addr, DISCONNECTS, &upstream_saw, 1.0).await;
+}

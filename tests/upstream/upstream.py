@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""An upstream service that is not ours and not Rust, for the proxy tests.
+
+Binds 127.0.0.1:0 and prints its port on the first line of stdout. It records
+every connection and request, and notices when a client (the proxy) goes away
+while a request is being worked on. GET /__events returns all of it as JSON.
+
+Routes:
+  GET  /users/{id}?delay_ms=N   answer after N ms, watching the socket meanwhile
+  GET  /stream?chunks=N&interval_ms=M   a chunked body, N lines M ms apart
+  GET  /echo/{n}                "echo {n}\n" repeated n % 97 + 1 times
+  POST /upload                  read the body, answer its length
+  GET  /reset                   close the connection with a RST
+  GET  /hang                    never answer
+  anything else                 404
+"""
+
+import json
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+LOCK = threading.Lock()
+EVENTS = {"connections": 0, "requests": [], "cancelled": []}
+
+
+def record(kind, item):
+    with LOCK:
+        if kind == "connections":
+            EVENTS["connections"] += 1
+        else:
+            EVENTS[kind].append(item)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def setup(self):
+        super().setup()
+        # Headers and body go out in two writes; without TCP_NODELAY, Nagle and
+        # the peer's delayed ACK would add 40 ms to every keep-alive response.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        record("connections", None)
+
+    def finish(self):
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def send_text(self, status, text):
+        body = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def peer_gone(self, timeout):
+        """Waits up to `timeout` s; True as soon as the peer has closed or reset."""
+        ready, _, _ = select.select([self.connection], [], [], timeout)
+        if not ready:
+            return False
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def do_GET(self):
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        if url.path == "/__events":
+            with LOCK:
+                return self.send_text(200, json.dumps(EVENTS))
+        record("requests", {
+            "method": "GET", "path": self.path, "t": time.time(),
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+        })
+        if url.path.startswith("/users/"):
+            deadline = time.time() + int(query.get("delay_ms", ["0"])[0]) / 1000
+            while time.time() < deadline:
+                if self.peer_gone(min(0.005, max(0.0, deadline - time.time()))):
+                    record("cancelled", {"path": self.path, "t": time.time()})
+                    self.close_connection = True
+                    return
+            return self.send_text(200, "user %s\n" % url.path[len("/users/"):])
+        if url.path == "/stream":
+            chunks = int(query.get("chunks", ["10"])[0])
+            interval = int(query.get("interval_ms", ["10"])[0]) / 1000
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for i in range(chunks):
+                    line = ("chunk %d\n" % i).encode()
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                    self.wfile.flush()
+                    if self.peer_gone(interval):
+                        raise ConnectionResetError
+                self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                record("cancelled", {"path": self.path, "t": time.time()})
+                self.close_connection = True
+            return
+        if url.path.startswith("/echo/"):
+            n = url.path[len("/echo/"):]
+            return self.send_text(200, ("echo %s\n" % n) * (int(n) % 97 + 1))
+        if url.path == "/reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        if url.path == "/hang":
+            time.sleep(3600)
+            return
+        return self.send_text(404, "not found\n")
+
+    def do_POST(self):
+        record("requests", {"method": "POST", "path": self.path, "t": time.time(), "headers": {}})
+        length = int(self.headers.get("Content-Length", "0"))
+        data = self.rfile.read(length)
+        return self.send_text(200, "%d\n" % len(data))
+
+
+def main():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
