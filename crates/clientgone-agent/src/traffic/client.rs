@@ -65,15 +65,7 @@ async fn completed(addr: SocketAddr, n: u64) -> Result<(), Failure> {
     .await?;
     let mut buf = Vec::with_capacity(256);
     loop {
-        let mut chunk = [0u8; 1024];
-        let read = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if read == 0 {
-            return Err("the server closed before the response was complete".into());
-        }
-        buf.extend_from_slice(&chunk[..read]);
+        read_more(&mut stream, &mut buf, "the response was complete").await?;
         if let Some(complete) = response_complete(&buf)? {
             if !complete.starts_with("HTTP/1.1 200") {
                 return Err(format!("unexpected answer: {complete}"));
@@ -81,6 +73,20 @@ async fn completed(addr: SocketAddr, n: u64) -> Result<(), Failure> {
             return Ok(());
         }
     }
+}
+
+/// Appends what the next read brings; an EOF is a failure "before `until`".
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, until: &str) -> Result<(), Failure> {
+    let mut chunk = [0u8; 1024];
+    let read = stream
+        .read(&mut chunk)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    if read == 0 {
+        return Err(format!("the server closed before {until}"));
+    }
+    buf.extend_from_slice(&chunk[..read]);
+    Ok(())
 }
 
 /// `Some(status line)` once `buf` holds a whole response with a Content-Length body.
@@ -143,15 +149,7 @@ async fn mid_stream(addr: SocketAddr) -> Result<(), Failure> {
     // Leave only once the body flows, so the head is surely sent.
     let mut seen = Vec::new();
     while !seen.windows(8).any(|w| w == b"chunk 0\n") {
-        let mut chunk = [0u8; 1024];
-        let read = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        if read == 0 {
-            return Err("the server closed before the stream started".into());
-        }
-        seen.extend_from_slice(&chunk[..read]);
+        read_more(&mut stream, &mut seen, "the stream started").await?;
     }
     reset(stream)
 }
