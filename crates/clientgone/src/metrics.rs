@@ -244,8 +244,7 @@ impl RouteMetrics {
         m.active.dec();
         let outcome = record.end.outcome();
         let seconds = record.elapsed.as_secs_f64();
-        self.duration(m, method, record.status, outcome)
-            .observe(seconds);
+        self.observe_duration(m, method, record.status, outcome, seconds);
         if let End::Disconnect { phase, cause } = record.end {
             m.disconnects[phase.index()][cause.index()]
                 .get_or_init(|| {
@@ -269,24 +268,28 @@ impl RouteMetrics {
         }
     }
 
-    fn duration(
+    /// Observes one request in its (status, outcome) child, found in a short
+    /// list under the read lock; created under the write lock the first time.
+    fn observe_duration(
         &self,
         m: &MethodMetrics,
         method: usize,
         status: u16,
         outcome: Outcome,
-    ) -> Histogram {
-        let find = |list: &Vec<(u16, Outcome, Histogram)>| {
+        seconds: f64,
+    ) {
+        let observe = |list: &Vec<(u16, Outcome, Histogram)>| {
             list.iter()
                 .find(|(s, o, _)| *s == status && *o == outcome)
-                .map(|(_, _, h)| h.clone())
+                .map(|(_, _, h)| h.observe(seconds))
+                .is_some()
         };
-        if let Some(h) = find(&m.durations.read().unwrap_or_else(|p| p.into_inner())) {
-            return h;
+        if observe(&m.durations.read().unwrap_or_else(|p| p.into_inner())) {
+            return;
         }
         let mut list = m.durations.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = find(&list) {
-            return h;
+        if observe(&list) {
+            return;
         }
         let h = self.vecs.request_duration.with_label_values(&[
             METHODS[method],
@@ -294,7 +297,7 @@ impl RouteMetrics {
             &status.to_string(),
             outcome.as_str(),
         ]);
-        list.push((status, outcome, h.clone()));
-        h
+        h.observe(seconds);
+        list.push((status, outcome, h));
     }
 }

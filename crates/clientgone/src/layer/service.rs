@@ -17,7 +17,7 @@ use super::guard::{RequestGuard, RequestShared};
 use super::request_body::RequestBody;
 use super::span::request_span;
 use crate::BoxError;
-use crate::classify::{METHODS, method_index};
+use crate::classify::{BodyProgress, METHODS, method_index};
 use crate::connection::TrackedConnection;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 
@@ -87,7 +87,12 @@ where
         );
 
         req.extensions_mut().insert(RequestHandle(shared.clone()));
-        let req = req.map(|body| AxumBody::new(RequestBody::new(body, shared)));
+        let req = if shared.body_progress() == BodyProgress::Done {
+            // Nothing to watch in an empty body; an axum body passes unboxed.
+            req.map(AxumBody::new)
+        } else {
+            req.map(|body| AxumBody::new(RequestBody::new(body, shared)))
+        };
         // Entering starts the OTel span here, at the request's arrival; the
         // handler's own spans become its children.
         let inner = span.in_scope(|| self.inner.call(req));

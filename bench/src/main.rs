@@ -1,0 +1,166 @@
+//! `clientgone-bench`: what clientgone costs, measured against bare axum and the
+//! peers a user would otherwise reach for, and how fast it notices a break.
+//!
+//! ```sh
+//! cargo run --release -p clientgone-bench -- all
+//! ```
+//!
+//! Every subcommand prints Markdown tables on stdout and its progress on
+//! stderr, so `… all > results.md` keeps only the tables.
+
+#![forbid(unsafe_code)]
+
+mod detect;
+mod memory;
+mod overhead;
+mod scrape;
+mod servers;
+mod wrk;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clientgone-bench",
+    about = "Benchmarks for clientgone: overhead, detection latency, /metrics cost, memory"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Throughput and latency of six server configurations under wrk.
+    Overhead(overhead::Args),
+    /// Time from a client's FIN or RST to the `ClientGone` token firing.
+    Detect(detect::Args),
+    /// Cost of rendering `/metrics` with 10 to 2000 label children.
+    Scrape(scrape::Args),
+    /// RSS per idle keep-alive connection, bare axum against clientgone.
+    Memory(memory::Args),
+    /// Runs overhead, detect, scrape and memory in that order.
+    All(AllArgs),
+    /// Runs one server configuration (the bench re-executes itself with this).
+    #[command(hide = true)]
+    Serve(servers::ServeArgs),
+}
+
+#[derive(Debug, Args)]
+struct AllArgs {
+    #[command(flatten)]
+    overhead: overhead::Args,
+    #[command(flatten)]
+    detect: detect::Args,
+    #[command(flatten)]
+    scrape: scrape::Args,
+    #[command(flatten)]
+    memory: memory::Args,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Overhead(args) => overhead::run(&args).map(|t| print!("{t}")),
+        Command::Detect(args) => detect::run(&args).map(|t| print!("{t}")),
+        Command::Scrape(args) => scrape::run(&args).map(|t| print!("{t}")),
+        Command::Memory(args) => memory::run(&args).map(|t| print!("{t}")),
+        Command::All(args) => all(&args),
+        Command::Serve(args) => servers::serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("clientgone-bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints each part's tables as soon as it is done, so a late failure does not
+/// lose the earlier results.
+fn all(args: &AllArgs) -> Result<(), String> {
+    print!("{}", overhead::run(&args.overhead)?);
+    println!();
+    print!("{}", detect::run(&args.detect)?);
+    println!();
+    print!("{}", scrape::run(&args.scrape)?);
+    println!();
+    print!("{}", memory::run(&args.memory)?);
+    Ok(())
+}
+
+/// The `q`-quantile (0.0–1.0) of `values`, nearest rank; sorts in place.
+pub(crate) fn quantile<T: Copy + PartialOrd>(values: &mut [T], q: f64) -> Option<T> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let rank = (q * values.len() as f64).ceil() as usize;
+    Some(values[rank.clamp(1, values.len()) - 1])
+}
+
+/// The median, averaging the two middle values of an even count (rounds are
+/// few, so nearest rank would just pick the lower one).
+pub(crate) fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// A duration for a table: µs below 10 ms, ms above.
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 10_000.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{:.2} ms", us / 1000.0)
+    }
+}
+
+/// Parses a whole number of seconds, at least one ("5", "5s").
+pub(crate) fn parse_seconds(s: &str) -> Result<u64, String> {
+    let digits = s.strip_suffix('s').unwrap_or(s);
+    match digits.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a whole number of seconds ≥ 1 (wrk counts in seconds)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_and_medians() {
+        let mut v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(quantile(&mut v, 0.5), Some(3.0));
+        assert_eq!(quantile(&mut v, 0.99), Some(5.0));
+        assert_eq!(quantile(&mut v, 0.0), Some(1.0));
+        assert_eq!(median(&[1.0, 2.0, 3.0, 4.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_seconds("5"), Ok(5));
+        assert_eq!(parse_seconds("5s"), Ok(5));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("500ms").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,634 @@
+//! The server configurations the benchmarks compare, and the launcher that runs
+//! one of them as a separate process.
+//!
+//! Each configuration runs in a process of its own (the bench re-executes itself
+//! with the hidden `serve` subcommand) so that one configuration's allocator
+//! state, background threads and global tracing subscriber cannot leak into the
+//! next one's numbers, and so the server can be pinned to a CPU of its own.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{Request, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use clap::ValueEnum;
+use clientgone::{ConnectionOptions, DisconnectLayer, Metrics, TrackedConnection, TrackedListener};
+use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline, OtlpProtocol};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::net::TcpListener;
+use tower_http::on_early_drop::{OnBodyDropFn, OnEarlyDropLayer};
+use tower_http::trace::TraceLayer;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+/// One server configuration. The letters are the ones the issue uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
+pub enum Config {
+    /// (a) bare axum.
+    Bare,
+    /// (b) axum + clientgone metrics (`DisconnectLayer`, `TrackedListener`, `clientgone::serve`).
+    Metrics,
+    /// (c) as (b) + OTLP traces through `OtlpPipeline` at ratio 1.0.
+    Traces,
+    /// (d) axum + axum-prometheus.
+    AxumPrometheus,
+    /// (e) axum + tower-http `TraceLayer` + tracing-opentelemetry, plain SDK batch export.
+    TraceLayer,
+    /// (f) axum + tower-http `OnEarlyDropLayer` incrementing a prometheus counter.
+    EarlyDrop,
+    /// (b′) as (b) but served by `axum::serve`, as the README allows: the same
+    /// accept loop as (a), so the difference to (a) is clientgone's own
+    /// (`TrackedStream`, `ConnectionState`, the layer). Not in the default set.
+    MetricsAxumServe,
+}
+
+impl Config {
+    /// Every configuration, in table order; (a) first, since ratios are to it.
+    pub const ALL: [Config; 6] = [
+        Config::Bare,
+        Config::Metrics,
+        Config::Traces,
+        Config::AxumPrometheus,
+        Config::TraceLayer,
+        Config::EarlyDrop,
+    ];
+
+    /// The flag value (`bare`, `axum-prometheus`, …).
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The row label in tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Config::Bare => "(a) bare axum",
+            Config::Metrics => "(b) clientgone metrics",
+            Config::Traces => "(c) clientgone metrics + OTLP traces (ratio 1.0)",
+            Config::AxumPrometheus => "(d) axum-prometheus",
+            Config::TraceLayer => "(e) TraceLayer + tracing-opentelemetry",
+            Config::EarlyDrop => "(f) OnEarlyDropLayer + counter",
+            Config::MetricsAxumServe => "(b′) clientgone metrics under axum::serve",
+        }
+    }
+
+    /// Whether this configuration exports spans to the discarding receiver.
+    pub fn exports_spans(self) -> bool {
+        matches!(self, Config::Traces | Config::TraceLayer)
+    }
+}
+
+/// Flags of the hidden `serve` subcommand.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Which configuration to run.
+    #[arg(long, value_enum)]
+    pub config: Config,
+    /// Port on 127.0.0.1; 0 picks a free one. The bound address is printed on
+    /// stdout as `listening on ADDR`.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// clientgone configurations only: no header-read timeout, so idle
+    /// keep-alive connections stay open (the `memory` benchmark needs that).
+    #[arg(long)]
+    pub no_header_read_timeout: bool,
+}
+
+/// The fixed 4 KiB JSON body of `GET /json`: an array of small objects, padded
+/// to exactly 4096 bytes so every configuration writes the same bytes.
+pub static JSON_BODY: LazyLock<Bytes> = LazyLock::new(|| {
+    const SIZE: usize = 4096;
+    let mut body = String::from("{\"items\":[");
+    let mut i = 0;
+    loop {
+        let item = format!(
+            "{}{{\"id\":{i},\"name\":\"item-{i:04}\",\"price\":{}.{:02},\"in_stock\":{}}}",
+            if i == 0 { "" } else { "," },
+            10 + i % 90,
+            i % 100,
+            i % 3 != 0
+        );
+        // Leave room for the padding field and the closing `]}`.
+        if body.len() + item.len() + 20 > SIZE {
+            break;
+        }
+        body.push_str(&item);
+        i += 1;
+    }
+    body.push_str("],\"pad\":\"");
+    body.push_str(&" ".repeat(SIZE - body.len() - 2));
+    body.push_str("\"}");
+    debug_assert_eq!(body.len(), SIZE);
+    Bytes::from(body)
+});
+
+/// The routes every configuration serves. `/__bench/spans` tells the launcher
+/// how many spans the discarding receiver got (0 where nothing is exported).
+fn routes(spans: Arc<AtomicU64>) -> Router {
+    Router::new()
+        .route("/hello", get(|| async { "Hello, World!" }))
+        .route(
+            "/json",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    JSON_BODY.clone(),
+                )
+                    .into_response()
+            }),
+        )
+        .route(
+            "/__bench/spans",
+            get(move || {
+                let spans = spans.clone();
+                async move { spans.load(Ordering::Relaxed).to_string() }
+            }),
+        )
+}
+
+/// Runs one configuration until killed.
+pub fn serve(args: &ServeArgs) -> Result<(), String> {
+    // A multi-thread runtime, as a user's `#[tokio::main]` would build. Pinned
+    // by `taskset`, it sizes itself to the one CPU it may use.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot build the runtime: {e}"))?;
+    runtime.block_on(serve_async(args))
+}
+
+async fn serve_async(args: &ServeArgs) -> Result<(), String> {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
+        .await
+        .map_err(|e| format!("cannot listen on port {}: {e}", args.port))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let spans = Arc::new(AtomicU64::new(0));
+    let app = routes(spans.clone());
+    let mut options = ConnectionOptions::default();
+    if args.no_header_read_timeout {
+        options = options.header_read_timeout(None);
+    }
+
+    // Kept alive until the process is killed: dropping them would stop exports.
+    let mut _pipeline = None;
+    let mut _provider = None;
+
+    match args.config {
+        Config::Bare => {
+            announce(addr);
+            serve_axum(listener, app).await
+        }
+        Config::Metrics => {
+            let registry = prometheus::Registry::new();
+            let metrics = Metrics::new(&registry).map_err(|e| e.to_string())?;
+            let app = app.layer(DisconnectLayer::new(metrics.clone()));
+            let listener = TrackedListener::from_tcp(listener, &metrics).with_options(options);
+            announce(addr);
+            clientgone::serve(listener, app)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Config::Traces => {
+            let endpoint = discarding_receiver(spans).await?;
+            let registry = prometheus::Registry::new();
+            let pipeline = OtlpPipeline::start(
+                OtlpConfig::new(OtlpProtocol::Grpc)
+                    .endpoint(endpoint)
+                    .sample_ratio(1.0)
+                    .service_name("bench"),
+                &registry,
+            )
+            .map_err(|e| e.to_string())?;
+            tracing_subscriber::registry().with(pipeline.layer()).init();
+            _pipeline = Some(pipeline);
+            let metrics = Metrics::new(&registry).map_err(|e| e.to_string())?;
+            let app = app.layer(DisconnectLayer::new(metrics.clone()));
+            let listener = TrackedListener::from_tcp(listener, &metrics).with_options(options);
+            announce(addr);
+            clientgone::serve(listener, app)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Config::MetricsAxumServe => {
+            let registry = prometheus::Registry::new();
+            let metrics = Metrics::new(&registry).map_err(|e| e.to_string())?;
+            let app = app.layer(DisconnectLayer::new(metrics.clone()));
+            let listener = TrackedListener::from_tcp(listener, &metrics).with_options(options);
+            announce(addr);
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<TrackedConnection>(),
+            )
+            .await
+            .map_err(|e| e.to_string())
+        }
+        Config::AxumPrometheus => {
+            // `pair()` installs the global `metrics` recorder and spawns its
+            // upkeep task; `/metrics` is the route a user adds by hand.
+            let (layer, handle) = axum_prometheus::PrometheusMetricLayer::pair();
+            let app = app
+                .route("/metrics", get(move || async move { handle.render() }))
+                .layer(layer);
+            announce(addr);
+            serve_axum(listener, app).await
+        }
+        Config::TraceLayer => {
+            let endpoint = discarding_receiver(spans).await?;
+            // What a user of TraceLayer writes from the opentelemetry-otlp
+            // examples: a tonic exporter behind the SDK's batch processor, and
+            // tracing-opentelemetry with its defaults. The filter keeps only
+            // tower-http's spans, as clientgone's pipeline keeps only its own:
+            // without it the exporter's own h2/tonic spans would be traced too.
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name("bench")
+                        .build(),
+                )
+                .build();
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("bench"))
+                .with_filter(Targets::new().with_target("tower_http", tracing::Level::DEBUG));
+            tracing_subscriber::registry().with(layer).init();
+            _provider = Some(provider);
+            let app = app.layer(TraceLayer::new_for_http());
+            announce(addr);
+            serve_axum(listener, app).await
+        }
+        Config::EarlyDrop => {
+            // The do-it-yourself alternative: count dropped futures and bodies.
+            // One unlabelled counter — it knows no route, phase or cause.
+            let counter = prometheus::IntCounter::new(
+                "http_server_early_drops_total",
+                "Requests whose future or body was dropped early",
+            )
+            .map_err(|e| e.to_string())?;
+            let registry = prometheus::Registry::new();
+            registry
+                .register(Box::new(counter.clone()))
+                .map_err(|e| e.to_string())?;
+            let on_future = counter.clone();
+            let on_body = counter;
+            let layer = OnEarlyDropLayer::builder()
+                .on_future_drop(move |_: &Request<Body>| {
+                    let c = on_future.clone();
+                    move || c.inc()
+                })
+                .on_body_drop(OnBodyDropFn::new(move |_: &Request<Body>| {
+                    let c = on_body.clone();
+                    move |_: &http::response::Parts| move || c.inc()
+                }));
+            let app = app.layer(layer);
+            announce(addr);
+            serve_axum(listener, app).await
+        }
+    }
+}
+
+/// `axum::serve` with `TCP_NODELAY`, which clientgone's listener sets by
+/// default and `axum::serve` does not: the comparison is about the layers, not
+/// about Nagle's algorithm.
+async fn serve_axum(listener: TcpListener, app: Router) -> Result<(), String> {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).await.map_err(|e| e.to_string())
+}
+
+fn announce(addr: SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on {addr}");
+    let _ = out.flush();
+}
+
+/// An OTLP/gRPC collector that answers OK and throws the spans away, counting
+/// them. It runs on the server's own runtime, so decoding the exports is
+/// charged to the server's CPU — for (c) and (e) alike.
+async fn discarding_receiver(spans: Arc<AtomicU64>) -> Result<String, String> {
+    struct Discard(Arc<AtomicU64>);
+
+    #[tonic::async_trait]
+    impl TraceService for Discard {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let n: usize = request
+                .get_ref()
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .map(|ss| ss.spans.len())
+                .sum();
+            self.0.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot bind the OTLP receiver: {e}"))?;
+    let endpoint = format!(
+        "http://{}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Discard(spans)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    Ok(endpoint)
+}
+
+/// A server configuration running in a child process. Killed on drop.
+pub struct ServerProcess {
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `config`, pinned to `cpu` with `taskset` when given, and waits
+    /// until it listens.
+    pub fn spawn(config: Config, cpu: Option<u32>, extra: &[&str]) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpu.to_string()).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        command
+            .args(["serve", "--config", &config.name(), "--port", "0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = command.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound if cpu.is_some() => {
+                "taskset not found (Debian package util-linux)".to_owned()
+            }
+            _ => format!("cannot start the {} server: {e}", config.name()),
+        })?;
+        let stdout = child.stdout.take().ok_or("no stdout from the server")?;
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line);
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse::<SocketAddr>().ok());
+        match (read, addr) {
+            // taskset execs the server, so the child's pid is the server's.
+            (Ok(_), Some(addr)) => Ok(ServerProcess {
+                child,
+                _stdout: stdout,
+                addr,
+            }),
+            _ => {
+                let _ = child.kill();
+                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                Err(format!(
+                    "the {} server did not start ({status}); its stderr is above",
+                    config.name()
+                ))
+            }
+        }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time (user + system, all threads) the server has used so far.
+    pub fn cpu_time(&self) -> Result<Duration, String> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .map_err(|e| format!("cannot read the server's /proc stat: {e}"))?;
+        // Fields after the parenthesised command name, which may hold spaces:
+        // state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        match (ticks(11), ticks(12)) {
+            (Some(u), Some(s)) => Ok(Duration::from_secs_f64(
+                (u + s) as f64 / *CLOCK_TICKS as f64,
+            )),
+            _ => Err(format!("cannot parse /proc/{}/stat", self.pid())),
+        }
+    }
+
+    /// Resident set size in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> Result<u64, String> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .map_err(|e| format!("cannot read the server's /proc status: {e}"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| "no VmRSS in /proc status".to_owned())
+    }
+
+    /// Open file descriptors: tells whether idle connections are still open.
+    pub fn open_fds(&self) -> Result<usize, String> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .map_err(|e| format!("cannot list the server's fds: {e}"))
+    }
+
+    /// Spans the discarding receiver has got so far.
+    pub fn spans_received(&self) -> Result<u64, String> {
+        let body = http_get(self.addr, "/__bench/spans")?;
+        body.trim()
+            .parse()
+            .map_err(|_| format!("bad span count '{body}'"))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // Only this child, by its pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Clock ticks per second for `/proc/*/stat`; 100 on every Linux we run on,
+/// asked of `getconf` to be sure.
+static CLOCK_TICKS: LazyLock<u64> = LazyLock::new(|| {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+});
+
+/// CPU time of the other programs on the machine.
+///
+/// The bench shares a 2-CPU machine with whoever else works on it; a compiler
+/// running during a round would make that round worthless. So we snapshot the
+/// CPU time of every user-space process that is neither this one nor one of
+/// its children (servers, wrk), before and after each measurement. Kernel
+/// threads are left out: the softirq work they do is our own traffic.
+/// Times of processes that exit in between reach their parent's `cutime`, so
+/// they are counted too (generously, which errs on the side of "busy").
+pub struct CpuSnapshot {
+    ticks: std::collections::HashMap<u32, u64>,
+}
+
+impl CpuSnapshot {
+    /// Reads `/proc/*/stat` now.
+    pub fn take() -> Self {
+        let me = std::process::id();
+        let mut ticks = std::collections::HashMap::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return CpuSnapshot { ticks };
+        };
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let fields: Vec<u64> = rest
+                .split_whitespace()
+                .skip(1)
+                .take(14)
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            // After the state: ppid (0), …, utime (10), stime (11), cutime (12), cstime (13).
+            let (Some(&ppid), Some(cpu)) = (fields.first(), fields.get(10..14)) else {
+                continue;
+            };
+            if ppid == u64::from(me) || ppid == 2 || pid == 2 {
+                continue;
+            }
+            ticks.insert(pid, cpu.iter().sum());
+        }
+        CpuSnapshot { ticks }
+    }
+
+    /// CPU time the other programs used between `earlier` and this snapshot.
+    pub fn foreign_since(&self, earlier: &CpuSnapshot) -> Duration {
+        let ticks: u64 = self
+            .ticks
+            .iter()
+            .map(|(pid, &now)| now.saturating_sub(earlier.ticks.get(pid).copied().unwrap_or(0)))
+            .sum();
+        Duration::from_secs_f64(ticks as f64 / *CLOCK_TICKS as f64)
+    }
+}
+
+/// Share of one CPU other programs may use while we measure.
+pub const QUIET: f64 = 0.05;
+
+/// Waits (up to `patience`) until other programs use less than [`QUIET`] of a
+/// CPU over a one-second window. Returns whether the machine got quiet.
+pub fn wait_for_quiet(patience: Duration) -> bool {
+    let start = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        let before = CpuSnapshot::take();
+        let window = std::time::Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = CpuSnapshot::take().foreign_since(&before).as_secs_f64()
+            / window.elapsed().as_secs_f64();
+        if busy < QUIET {
+            return true;
+        }
+        if start.elapsed() >= patience {
+            eprintln!("  the machine is still busy; measuring anyway");
+            return false;
+        }
+        if !said {
+            eprintln!(
+                "  other programs use {:.0} % of a CPU; waiting for quiet (up to {} s)",
+                busy * 100.0,
+                patience.as_secs()
+            );
+            said = true;
+        }
+    }
+}
+
+/// A one-shot `GET` with `Connection: close`; returns the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    match response.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(format!(
+            "GET {path}: unexpected answer {:?}",
+            response.lines().next()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_body_is_4_kib() {
+        assert_eq!(JSON_BODY.len(), 4096);
+        assert!(JSON_BODY.starts_with(b"{\"items\":[{"));
+        assert!(JSON_BODY.ends_with(b"\"}"));
+    }
+
+    #[test]
+    fn config_names_round_trip() {
+        for c in Config::value_variants().iter().copied() {
+            assert_eq!(Config::from_str(&c.name(), false), Ok(c));
+        }
+    }
+}
