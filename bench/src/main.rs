@@ -10,9 +10,12 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
+mod breaks;
 mod detect;
 mod memory;
 mod overhead;
+mod proxy;
 mod scrape;
 mod servers;
 mod wrk;
@@ -42,11 +45,19 @@ enum Command {
     Scrape(scrape::Args),
     /// RSS per idle keep-alive connection, bare axum against clientgone.
     Memory(memory::Args),
-    /// Runs overhead, detect, scrape and memory in that order.
+    /// The demo server under break-heavy load: highest rate with exact counters.
+    Breaks(breaks::Args),
+    /// `clientgone proxy` against nginx: throughput, p99, upstream-cancel latency.
+    Proxy(proxy::Args),
+    /// Runs overhead, detect, scrape, memory, breaks and proxy in that order.
     All(AllArgs),
     /// Runs one server configuration (the bench re-executes itself with this).
     #[command(hide = true)]
     Serve(servers::ServeArgs),
+    /// Runs `clientgone demo|proxy …` through the library (the bench
+    /// re-executes itself with this).
+    #[command(hide = true)]
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +70,10 @@ struct AllArgs {
     scrape: scrape::Args,
     #[command(flatten)]
     memory: memory::Args,
+    #[command(flatten)]
+    breaks: breaks::Args,
+    #[command(flatten)]
+    proxy: proxy::Args,
 }
 
 fn main() -> ExitCode {
@@ -68,8 +83,11 @@ fn main() -> ExitCode {
         Command::Detect(args) => detect::run(&args).map(|t| print!("{t}")),
         Command::Scrape(args) => scrape::run(&args).map(|t| print!("{t}")),
         Command::Memory(args) => memory::run(&args).map(|t| print!("{t}")),
+        Command::Breaks(args) => breaks::run(&args).map(|t| print!("{t}")),
+        Command::Proxy(args) => proxy::run(&args).map(|t| print!("{t}")),
         Command::All(args) => all(&args),
         Command::Serve(args) => servers::serve(&args),
+        Command::Agent(args) => agent::serve(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,6 +108,10 @@ fn all(args: &AllArgs) -> Result<(), String> {
     print!("{}", scrape::run(&args.scrape)?);
     println!();
     print!("{}", memory::run(&args.memory)?);
+    println!();
+    print!("{}", breaks::run(&args.breaks)?);
+    println!();
+    print!("{}", proxy::run(&args.proxy)?);
     Ok(())
 }
 

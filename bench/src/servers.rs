@@ -483,7 +483,7 @@ impl Drop for ServerProcess {
 
 /// Clock ticks per second for `/proc/*/stat`; 100 on every Linux we run on,
 /// asked of `getconf` to be sure.
-static CLOCK_TICKS: LazyLock<u64> = LazyLock::new(|| {
+pub(crate) static CLOCK_TICKS: LazyLock<u64> = LazyLock::new(|| {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
