@@ -40,6 +40,33 @@ pub async fn start_demo_with(options: ConnectionOptions) -> RunningDemo {
     .expect("demo starts on loopback")
 }
 
+/// Serves `make_app(metrics)` the way a user would — `TrackedListener` +
+/// `clientgone::serve`, metrics in a fresh registry — on `addr` with `options`.
+/// `make_app` adds the `DisconnectLayer` itself, so tests can put other layers
+/// inside it. Returns the bound address and the registry.
+pub async fn serve_app_on(
+    addr: impl tokio::net::ToSocketAddrs,
+    options: ConnectionOptions,
+    make_app: impl FnOnce(clientgone::Metrics) -> axum::Router,
+) -> (std::net::SocketAddr, prometheus::Registry) {
+    let registry = prometheus::Registry::new();
+    let metrics = clientgone::Metrics::new(&registry).expect("fresh registry");
+    let listener = clientgone::TrackedListener::bind(addr, &metrics)
+        .await
+        .expect("bind the test server")
+        .with_options(options);
+    let bound = listener.local_addr().expect("bound address");
+    tokio::spawn(clientgone::serve(listener, make_app(metrics)).into_future());
+    (bound, registry)
+}
+
+/// [`serve_app_on`] loopback port 0 with the default options.
+pub async fn serve_app(
+    make_app: impl FnOnce(clientgone::Metrics) -> axum::Router,
+) -> (std::net::SocketAddr, prometheus::Registry) {
+    serve_app_on("127.0.0.1:0", ConnectionOptions::default(), make_app).await
+}
+
 /// Polls `condition` every 5 ms until it holds; panics naming `what` after [`DEADLINE`].
 pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
 where

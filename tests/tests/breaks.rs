@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use clientgone_agent::demo::RunningDemo;
 use clientgone_tests::client::{H2Connection, close_fin, close_rst, read_until, send_raw};
 use clientgone_tests::{Scrape, scrape, start_demo, wait_for_value};
 
@@ -20,8 +21,12 @@ fn total_disconnects(s: &Scrape) -> f64 {
     s.value(DISCONNECTS, &[])
 }
 
-#[tokio::test]
-async fn fin_while_the_handler_runs_is_handler_closed_with_499() {
+/// A client asks `/hello` to wait a minute, leaves with `close` while the
+/// handler waits, and the break is counted as `handler` / `cause` — exactly once.
+async fn leave_waiting_hello(
+    close: fn(tokio::net::TcpStream),
+    cause: &str,
+) -> (RunningDemo, Scrape) {
     let demo = start_demo().await;
     let stream = send_raw(
         demo.addr,
@@ -29,15 +34,20 @@ async fn fin_while_the_handler_runs_is_handler_closed_with_499() {
     )
     .await;
     wait_in_flight(demo.metrics_addr, "/hello").await;
-    close_fin(stream);
-
+    close(stream);
     let labels = [
         ("http_route", "/hello"),
         ("phase", "handler"),
-        ("cause", "closed"),
+        ("cause", cause),
     ];
     let s = wait_for_value(demo.metrics_addr, DISCONNECTS, &labels, 1.0).await;
     assert_eq!(total_disconnects(&s), 1.0, "{}", s.text);
+    (demo, s)
+}
+
+#[tokio::test]
+async fn fin_while_the_handler_runs_is_handler_closed_with_499() {
+    let (demo, s) = leave_waiting_hello(close_fin, "closed").await;
     let broken = [
         ("http_request_method", "GET"),
         ("http_route", "/hello"),
@@ -59,22 +69,7 @@ async fn fin_while_the_handler_runs_is_handler_closed_with_499() {
 
 #[tokio::test]
 async fn rst_while_the_handler_runs_is_handler_reset() {
-    let demo = start_demo().await;
-    let stream = send_raw(
-        demo.addr,
-        b"GET /hello?delay_ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n",
-    )
-    .await;
-    wait_in_flight(demo.metrics_addr, "/hello").await;
-    close_rst(stream);
-
-    let labels = [
-        ("http_route", "/hello"),
-        ("phase", "handler"),
-        ("cause", "reset"),
-    ];
-    let s = wait_for_value(demo.metrics_addr, DISCONNECTS, &labels, 1.0).await;
-    assert_eq!(total_disconnects(&s), 1.0, "{}", s.text);
+    let (demo, s) = leave_waiting_hello(close_rst, "reset").await;
     assert_eq!(
         s.value(DURATION_COUNT, &[("http_response_status_code", "499")]),
         1.0

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use clientgone::{ClientGone, DisconnectLayer, Metrics, TrackedListener};
+use clientgone::{ClientGone, DisconnectLayer};
 use clientgone_tests::client::{Http1Connection, close_fin, send_raw};
-use clientgone_tests::{DEADLINE, wait_for_registry_value};
+use clientgone_tests::{DEADLINE, serve_app, wait_for_registry_value};
 use tokio::sync::mpsc;
 
 async fn wait_for_client(
@@ -26,18 +26,14 @@ async fn wait_for_client(
 
 #[tokio::test]
 async fn the_token_fires_within_100ms_of_a_fin() {
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry).unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let app = Router::new()
-        .route("/wait", get(wait_for_client))
-        .with_state(tx)
-        .layer(DisconnectLayer::new(metrics.clone()));
-    let listener = TrackedListener::bind("127.0.0.1:0", &metrics)
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(clientgone::serve(listener, app).into_future());
+    let (addr, registry) = serve_app(|metrics| {
+        Router::new()
+            .route("/wait", get(wait_for_client))
+            .with_state(tx)
+            .layer(DisconnectLayer::new(metrics))
+    })
+    .await;
 
     let stream = send_raw(addr, b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n").await;
     wait_for_registry_value(&registry, "http_server_active_requests", &[], 1.0).await;
@@ -56,19 +52,15 @@ async fn the_token_fires_within_100ms_of_a_fin() {
 
 #[tokio::test]
 async fn the_token_stays_quiet_for_a_completed_request() {
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry).unwrap();
-    let app = Router::new()
-        .route(
-            "/quick",
-            get(|gone: ClientGone| async move { if gone.is_gone() { "gone" } else { "here" } }),
-        )
-        .layer(DisconnectLayer::new(metrics.clone()));
-    let listener = TrackedListener::bind("127.0.0.1:0", &metrics)
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(clientgone::serve(listener, app).into_future());
+    let (addr, _) = serve_app(|metrics| {
+        Router::new()
+            .route(
+                "/quick",
+                get(|gone: ClientGone| async move { if gone.is_gone() { "gone" } else { "here" } }),
+            )
+            .layer(DisconnectLayer::new(metrics))
+    })
+    .await;
     let mut conn = Http1Connection::open(addr).await;
     assert_eq!(&conn.request("GET", "/quick").await.1[..], b"here");
     conn.close().await;

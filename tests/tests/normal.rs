@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use clientgone::{DisconnectLayer, Metrics, TrackedListener};
+use clientgone::DisconnectLayer;
 use clientgone_tests::client::Http1Connection;
-use clientgone_tests::{Scrape, scrape, start_demo, wait_for_value};
+use clientgone_tests::{Scrape, scrape, serve_app, start_demo, wait_for_value};
 use http::StatusCode;
 use tower_http::timeout::TimeoutLayer;
 
@@ -70,26 +70,22 @@ async fn keep_alive_requests_closed_cleanly_are_never_breaks() {
 
 #[tokio::test]
 async fn a_timeout_inside_the_layer_is_the_server_answering_not_a_client_leaving() {
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry).unwrap();
-    let app = Router::new()
-        .route(
-            "/slow",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                "too late"
-            }),
-        )
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            Duration::from_millis(50),
-        ))
-        .layer(DisconnectLayer::new(metrics.clone()));
-    let listener = TrackedListener::bind("127.0.0.1:0", &metrics)
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(clientgone::serve(listener, app).into_future());
+    let (addr, registry) = serve_app(|metrics| {
+        Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    "too late"
+                }),
+            )
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_millis(50),
+            ))
+            .layer(DisconnectLayer::new(metrics))
+    })
+    .await;
 
     let mut conn = Http1Connection::open(addr).await;
     let (status, _) = conn.request("GET", "/slow").await;

@@ -14,9 +14,9 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::routing::get;
-use clientgone::{ClientGone, ConnectionOptions, DisconnectLayer, Metrics, TrackedListener};
+use clientgone::{ClientGone, ConnectionOptions, DisconnectLayer};
 use clientgone_tests::netns::{NetnsPair, SERVER_IP};
-use clientgone_tests::{DEADLINE, Scrape, wait_for_registry_value};
+use clientgone_tests::{DEADLINE, Scrape, serve_app_on, wait_for_registry_value};
 use tokio::sync::mpsc;
 
 /// Set in the child's environment: the client namespace's name.
@@ -74,28 +74,23 @@ struct Server {
 }
 
 async fn start_server() -> Server {
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry).unwrap();
     let (tx, gone) = mpsc::unbounded_channel::<Instant>();
-    let app = Router::new()
-        .route("/wait", get(wait))
-        .route("/stream", get(endless))
-        .with_state(tx)
-        .layer(DisconnectLayer::new(metrics.clone()));
     let options = ConnectionOptions::default()
         .tcp_keepalive_idle(KEEPALIVE_IDLE)
         .tcp_keepalive_interval(KEEPALIVE_INTERVAL)
         .tcp_keepalive_retries(KEEPALIVE_RETRIES)
         .tcp_user_timeout(USER_TIMEOUT);
-    let listener = TrackedListener::bind((SERVER_IP, 0), &metrics)
-        .await
-        .expect("bind inside the server namespace")
-        .with_options(options);
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(clientgone::serve(listener, app).into_future());
+    let (addr, registry) = serve_app_on((SERVER_IP, 0), options, |metrics| {
+        Router::new()
+            .route("/wait", get(wait))
+            .route("/stream", get(endless))
+            .with_state(tx)
+            .layer(DisconnectLayer::new(metrics))
+    })
+    .await;
     Server {
         registry,
-        port,
+        port: addr.port(),
         gone,
     }
 }

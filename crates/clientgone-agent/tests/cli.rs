@@ -257,22 +257,5 @@ async fn the_demo_binary_counts_a_curl_style_break_and_stops_on_sigterm() {
         1.0,
     )
     .await;
-
-    let pid = demo.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = demo.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(start.elapsed() < DEADLINE, "demo did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert!(status.success(), "{status:?}");
+    terminate(&mut demo);
 }
