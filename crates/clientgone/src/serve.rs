@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
-use crate::connection::{TrackedListener, TrackedStream};
+use crate::connection::{ConnectionState, TrackedListener, TrackedStream};
 
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -94,7 +94,8 @@ impl Serve {
             shutdown,
             grace_period,
         } = self;
-        let builder = Arc::new(builder(&listener));
+        let builder = Arc::new(builder());
+        let header_read_timeout = listener.options().header_read_timeout;
         let graceful = GracefulShutdown::new();
         let force_close = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -111,6 +112,7 @@ impl Serve {
                 builder.clone(),
                 graceful.watcher(),
                 force_close.clone(),
+                header_read_timeout,
             ));
         }
         drop(listener);
@@ -133,14 +135,49 @@ impl IntoFuture for Serve {
     }
 }
 
-fn builder(listener: &TrackedListener) -> Builder<TokioExecutor> {
+fn builder() -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
+    // hyper's own header-read timeout arms a timer for every request head; the
+    // per-connection watchdog below does the same job with one timer per tick
+    // (see `watch_heads`). hyper defaults to 30 s once a timer is set: off.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(listener.options().header_read_timeout);
+        .header_read_timeout(None);
     builder.http2().timer(TokioTimer::new());
     builder
+}
+
+/// Ticks per header-read timeout: a head is cut off after it has been pending
+/// for `HEAD_TICKS + 1` ticks of `timeout / HEAD_TICKS`, that is between 1 and
+/// 1.25 (at most 1.5, right after a request) times the timeout — never sooner.
+const HEAD_TICKS: u32 = 4;
+
+/// Resolves when this connection has waited longer than `timeout` for a
+/// complete HTTP/1 request head (a slow-loris client, or one that connected and
+/// sent nothing).
+///
+/// A connection waits for a head when nothing is in flight and either a head has
+/// started arriving or no request was ever seen. One timer per tick per
+/// connection instead of one per request: under keep-alive load that is the
+/// difference between a timer-wheel insert per request and almost none.
+async fn watch_heads(state: &ConnectionState, timeout: Duration) {
+    let tick = timeout / HEAD_TICKS;
+    let mut pending_ticks = 0;
+    let mut requests_seen = state.requests();
+    loop {
+        tokio::time::sleep(tick).await;
+        let requests = state.requests();
+        if state.is_waiting_for_head() && requests == requests_seen {
+            pending_ticks += 1;
+        } else {
+            pending_ticks = 0;
+        }
+        requests_seen = requests;
+        if pending_ticks > HEAD_TICKS {
+            return;
+        }
+    }
 }
 
 async fn serve_connection(
@@ -149,6 +186,7 @@ async fn serve_connection(
     builder: Arc<Builder<TokioExecutor>>,
     graceful: hyper_util::server::graceful::Watcher,
     force_close: CancellationToken,
+    header_read_timeout: Option<Duration>,
 ) {
     let connection = stream.connection().clone();
     let info = ConnectInfo(connection.clone());
@@ -160,23 +198,25 @@ async fn serve_connection(
     // Pinned here, not moved into `select!`, so the connection (and with it the
     // stream, whose drop records the close) outlives the marking below.
     let mut conn = std::pin::pin!(graceful.watch(conn));
+    let heads = async {
+        match header_read_timeout {
+            Some(timeout) => watch_heads(connection.state(), timeout).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = &mut conn => {
             if let Err(e) = result {
-                if is_header_timeout(&*e) {
-                    connection.state().mark_header_timeout();
-                }
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+        }
+        () = heads => {
+            connection.state().mark_header_timeout();
+            tracing::debug!("no complete request head in time: closing the connection");
         }
         () = force_close.cancelled() => {
             // Mark before the connection (and its requests) are dropped.
             connection.state().mark_server_closing();
         }
     }
-}
-
-fn is_header_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<hyper::Error>()
-        .is_some_and(hyper::Error::is_timeout)
 }

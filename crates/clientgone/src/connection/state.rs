@@ -164,6 +164,14 @@ impl ConnectionState {
         first
     }
 
+    /// Nothing is in flight and an HTTP/1 head is due: one has started arriving,
+    /// or the connection has not sent a request yet.
+    pub(crate) fn is_waiting_for_head(&self) -> bool {
+        self.in_flight() == 0
+            && !self.http2.load(Ordering::Relaxed)
+            && (self.partial_head.load(Ordering::Relaxed) || self.requests() == 0)
+    }
+
     pub(crate) fn mark_header_timeout(&self) {
         self.header_timeout.store(true, Ordering::Release);
     }
