@@ -176,6 +176,24 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
     runtime.block_on(serve_async(args))
 }
 
+/// (b) and (c): the app inside `DisconnectLayer`, served the way the README
+/// shows — `TrackedListener` + `clientgone::serve`.
+async fn serve_clientgone(
+    listener: TcpListener,
+    registry: &prometheus::Registry,
+    app: Router,
+    options: ConnectionOptions,
+    addr: SocketAddr,
+) -> Result<(), String> {
+    let metrics = Metrics::new(registry).map_err(|e| e.to_string())?;
+    let app = app.layer(DisconnectLayer::new(metrics.clone()));
+    let listener = TrackedListener::from_tcp(listener, &metrics).with_options(options);
+    announce(addr);
+    clientgone::serve(listener, app)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn serve_async(args: &ServeArgs) -> Result<(), String> {
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], args.port)))
         .await
@@ -198,14 +216,7 @@ async fn serve_async(args: &ServeArgs) -> Result<(), String> {
             serve_axum(listener, app).await
         }
         Config::Metrics => {
-            let registry = prometheus::Registry::new();
-            let metrics = Metrics::new(&registry).map_err(|e| e.to_string())?;
-            let app = app.layer(DisconnectLayer::new(metrics.clone()));
-            let listener = TrackedListener::from_tcp(listener, &metrics).with_options(options);
-            announce(addr);
-            clientgone::serve(listener, app)
-                .await
-                .map_err(|e| e.to_string())
+            serve_clientgone(listener, &prometheus::Registry::new(), app, options, addr).await
         }
         Config::Traces => {
             let endpoint = discarding_receiver(spans).await?;
@@ -220,13 +231,7 @@ async fn serve_async(args: &ServeArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
             tracing_subscriber::registry().with(pipeline.layer()).init();
             _pipeline = Some(pipeline);
-            let metrics = Metrics::new(&registry).map_err(|e| e.to_string())?;
-            let app = app.layer(DisconnectLayer::new(metrics.clone()));
-            let listener = TrackedListener::from_tcp(listener, &metrics).with_options(options);
-            announce(addr);
-            clientgone::serve(listener, app)
-                .await
-                .map_err(|e| e.to_string())
+            serve_clientgone(listener, &registry, app, options, addr).await
         }
         Config::MetricsAxumServe => {
             let registry = prometheus::Registry::new();

@@ -10,6 +10,15 @@ use clientgone_tests::{DEADLINE, wait_for_value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clientgone");
 
+/// `clientgone demo` on ports of its own choosing (it prints them).
+const DEMO_ON_ANY_PORT: [&str; 5] = [
+    "demo",
+    "--listen",
+    "127.0.0.1:0",
+    "--metrics-listen",
+    "127.0.0.1:0",
+];
+
 fn run_to_end(args: &[&str]) -> (i32, String) {
     let out = Command::new(BIN)
         .args(args)
@@ -121,13 +130,7 @@ impl Demo {
 
     fn start_with_env(env: &[(&str, &str)]) -> Demo {
         let mut child = Command::new(BIN)
-            .args([
-                "demo",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
+            .args(DEMO_ON_ANY_PORT)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -219,13 +222,7 @@ async fn on_sigterm_the_demo_flushes_queued_spans_to_the_collector() {
 #[test]
 fn a_bad_otel_variable_is_one_line_and_exit_2() {
     let out = Command::new(BIN)
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
+        .args(DEMO_ON_ANY_PORT)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
         .stdin(Stdio::null())
