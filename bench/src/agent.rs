@@ -53,6 +53,7 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                 metrics_listen: a.metrics_listen,
                 options: a.connection.options(),
                 registry,
+                tracer: None,
             })
             .await
             .map_err(|e| e.to_string())?,
@@ -66,6 +67,7 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                         metrics_listen: a.metrics_listen,
                         options: a.connection.options(),
                         registry,
+                        tracer: None,
                     },
                     upstream,
                     routes,

@@ -54,6 +54,10 @@ pub enum Config {
     TraceLayer,
     /// (f) axum + tower-http `OnEarlyDropLayer` incrementing a prometheus counter.
     EarlyDrop,
+    /// (c′) as (c) at ratio 0.01: every request still gets a span started,
+    /// only the sampled ones and the breaks get attributes and are exported.
+    /// Not in the default set.
+    TracesSampled,
     /// (b′) as (b) but served by `axum::serve`, as the README allows: the same
     /// accept loop as (a), so the difference to (a) is clientgone's own
     /// (`TrackedStream`, `ConnectionState`, the layer). Not in the default set.
@@ -88,12 +92,16 @@ impl Config {
             Config::TraceLayer => "(e) TraceLayer + tracing-opentelemetry",
             Config::EarlyDrop => "(f) OnEarlyDropLayer + counter",
             Config::MetricsAxumServe => "(b′) clientgone metrics under axum::serve",
+            Config::TracesSampled => "(c′) clientgone metrics + OTLP traces (ratio 0.01)",
         }
     }
 
     /// Whether this configuration exports spans to the discarding receiver.
     pub fn exports_spans(self) -> bool {
-        matches!(self, Config::Traces | Config::TraceLayer)
+        matches!(
+            self,
+            Config::Traces | Config::TracesSampled | Config::TraceLayer
+        )
     }
 }
 
@@ -184,9 +192,14 @@ async fn serve_clientgone(
     app: Router,
     options: ConnectionOptions,
     addr: SocketAddr,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 ) -> Result<(), String> {
     let metrics = Metrics::new(registry).map_err(|e| e.to_string())?;
-    let app = app.layer(DisconnectLayer::new(metrics.clone()));
+    let mut layer = DisconnectLayer::new(metrics.clone());
+    if let Some(tracer) = tracer {
+        layer = layer.with_tracer(tracer);
+    }
+    let app = app.layer(layer);
     let listener = TrackedListener::from_tcp(listener, &metrics).with_options(options);
     announce(addr);
     clientgone::serve(listener, app)
@@ -216,22 +229,28 @@ async fn serve_async(args: &ServeArgs) -> Result<(), String> {
             serve_axum(listener, app).await
         }
         Config::Metrics => {
-            serve_clientgone(listener, &prometheus::Registry::new(), app, options, addr).await
+            let registry = prometheus::Registry::new();
+            serve_clientgone(listener, &registry, app, options, addr, None).await
         }
-        Config::Traces => {
+        Config::Traces | Config::TracesSampled => {
             let endpoint = discarding_receiver(spans).await?;
             let registry = prometheus::Registry::new();
+            let ratio = if args.config == Config::Traces {
+                1.0
+            } else {
+                0.01
+            };
             let pipeline = OtlpPipeline::start(
                 OtlpConfig::new(OtlpProtocol::Grpc)
                     .endpoint(endpoint)
-                    .sample_ratio(1.0)
+                    .sample_ratio(ratio)
                     .service_name("bench"),
                 &registry,
             )
             .map_err(|e| e.to_string())?;
-            tracing_subscriber::registry().with(pipeline.layer()).init();
+            let tracer = pipeline.tracer();
             _pipeline = Some(pipeline);
-            serve_clientgone(listener, &registry, app, options, addr).await
+            serve_clientgone(listener, &registry, app, options, addr, Some(tracer)).await
         }
         Config::MetricsAxumServe => {
             let registry = prometheus::Registry::new();

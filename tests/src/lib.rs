@@ -35,6 +35,7 @@ pub async fn start_demo_with(options: ConnectionOptions) -> RunningDemo {
         metrics_listen: "127.0.0.1:0".into(),
         options,
         registry: prometheus::Registry::new(),
+        tracer: None,
     })
     .await
     .expect("demo starts on loopback")

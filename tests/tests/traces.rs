@@ -1,11 +1,12 @@
 //! OTLP traces of broken requests, delivered to real in-process receivers.
 //!
-//! Each test installs the OTel layer with `set_default` (thread-local), so the
-//! tests run on tokio's current-thread runtime and flush from `spawn_blocking`.
+//! The tests flush from `spawn_blocking`: the SDK's flush blocks.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::routing::get;
+use clientgone::DisconnectLayer;
 use clientgone_agent::demo::{self, DemoConfig, RunningDemo};
 use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline, OtlpProtocol};
 use clientgone_tests::client::{Http1Connection, close_fin, send_raw};
@@ -13,33 +14,28 @@ use clientgone_tests::otlp::{
     ReceivedSpan, black_hole, closed_port_endpoint, double_attr, grpc_receiver, http_receiver,
     int_attr, string_attr, v1,
 };
-use clientgone_tests::{DEADLINE, Scrape, wait_for_value};
+use clientgone_tests::{DEADLINE, Scrape, serve_app, wait_for_value};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 
 struct Traced {
     demo: RunningDemo,
     pipeline: Arc<OtlpPipeline>,
-    _subscriber: tracing::subscriber::DefaultGuard,
 }
 
 async fn start_traced(config: OtlpConfig) -> Traced {
     let registry = prometheus::Registry::new();
     let pipeline = Arc::new(OtlpPipeline::start(config, &registry).expect("pipeline"));
-    let subscriber = tracing_subscriber::registry().with(pipeline.layer());
-    let guard = tracing::subscriber::set_default(subscriber);
     let demo = demo::start(DemoConfig {
         listen: "127.0.0.1:0".into(),
         metrics_listen: "127.0.0.1:0".into(),
         options: Default::default(),
         registry,
+        tracer: Some(pipeline.tracer()),
     })
     .await
     .expect("demo starts");
-    Traced {
-        demo,
-        pipeline,
-        _subscriber: guard,
-    }
+    Traced { demo, pipeline }
 }
 
 impl Traced {
@@ -189,6 +185,106 @@ async fn at_ratio_zero_only_breaks_are_exported_over_http_and_traceparent_is_kep
     let names: Vec<_> = seen.iter().map(|s| s.span.name.as_str()).collect();
     assert_eq!(names, ["GET /hello"], "completed requests were sampled out");
     assert_eq!(traced.pipeline.stats().sampled_out(), 5);
+}
+
+/// What a user's handler does: its own `tracing` span, exported through the
+/// pipeline's layer for the user's targets.
+async fn load_order() -> &'static str {
+    tracing::info_span!(target: "shop", "load order").in_scope(|| "order")
+}
+
+#[tokio::test]
+async fn a_handlers_own_span_is_a_child_of_the_request_span_and_errors_are_marked() {
+    let (endpoint, mut received) = grpc_receiver().await;
+    let registry = prometheus::Registry::new();
+    let pipeline = Arc::new(
+        OtlpPipeline::start(
+            OtlpConfig::new(OtlpProtocol::Grpc).endpoint(endpoint),
+            &registry,
+        )
+        .expect("pipeline"),
+    );
+    // Thread-local: the test's current-thread runtime runs the handler here.
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(pipeline.layer(Targets::new().with_target("shop", tracing::Level::INFO))),
+    );
+    let tracer = pipeline.tracer();
+    let (addr, _) = serve_app(move |metrics| {
+        axum::Router::new()
+            .route("/orders/{id}", get(load_order))
+            .route(
+                "/fail",
+                get(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE }),
+            )
+            .layer(DisconnectLayer::new(metrics).with_tracer(tracer))
+    })
+    .await;
+    let mut conn = Http1Connection::open(addr).await;
+    assert_eq!(conn.request("GET", "/orders/7").await.0, 200);
+    assert_eq!(conn.request("GET", "/fail").await.0, 503);
+    conn.close().await;
+    let flusher = pipeline.clone();
+    tokio::task::spawn_blocking(move || flusher.force_flush())
+        .await
+        .unwrap()
+        .expect("flush");
+
+    let mut seen = Vec::new();
+    for name in ["GET /orders/{id}", "load order", "GET /fail"] {
+        received
+            .wait_for(DEADLINE, &mut seen, |s| s.span.name == name)
+            .await
+            .unwrap_or_else(|| panic!("span {name} arrives; got {seen:?}"));
+    }
+    let find = |name: &str| {
+        seen.iter()
+            .find(|s| s.span.name == name)
+            .unwrap()
+            .span
+            .clone()
+    };
+    let (request, child, failed) = (
+        find("GET /orders/{id}"),
+        find("load order"),
+        find("GET /fail"),
+    );
+
+    assert_eq!(child.trace_id, request.trace_id, "one trace");
+    assert_eq!(
+        child.parent_span_id, request.span_id,
+        "the handler's span is the child"
+    );
+    assert!(
+        request.parent_span_id.is_empty(),
+        "the request span is the root"
+    );
+    let a = &request.attributes;
+    assert_eq!(
+        string_attr(a, "http.route").as_deref(),
+        Some("/orders/{id}")
+    );
+    assert_eq!(string_attr(a, "url.path").as_deref(), Some("/orders/7"));
+    assert_eq!(int_attr(a, "http.response.status_code"), Some(200));
+    assert_eq!(string_attr(a, "error.type"), None);
+    assert_ne!(
+        request.status.as_ref().map(|s| s.code),
+        Some(v1::status::StatusCode::Error as i32)
+    );
+    assert!(request.events.is_empty(), "{:?}", request.events);
+
+    assert_eq!(
+        int_attr(&failed.attributes, "http.response.status_code"),
+        Some(503)
+    );
+    assert_eq!(
+        string_attr(&failed.attributes, "error.type").as_deref(),
+        Some("503")
+    );
+    assert_eq!(
+        failed.status.as_ref().map(|s| s.code),
+        Some(v1::status::StatusCode::Error as i32)
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use clientgone::{DisconnectLayer, Metrics};
+use clientgone::DisconnectLayer;
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 
@@ -26,14 +26,14 @@ pub type DemoConfig = ServerConfig;
 /// The running demo.
 pub type RunningDemo = RunningServer;
 
-/// The demo's routes, instrumented by `metrics`.
-pub fn app(metrics: Metrics) -> Router {
+/// The demo's routes, instrumented by `layer`.
+pub fn app(layer: DisconnectLayer) -> Router {
     Router::new()
         .route("/hello", get(hello))
         .route("/stream", get(stream_chunks))
         .route("/upload", post(upload))
         .route("/items/{id}", get(item))
-        .layer(DisconnectLayer::new(metrics))
+        .layer(layer)
 }
 
 /// Binds both listeners and starts serving. Fails with a one-line message when

@@ -11,6 +11,7 @@ use clientgone_agent::proxy::{self, ProxyConfig, RouteTable, Upstream};
 use clientgone_agent::server::{RunningServer, ServerConfig};
 use clientgone_agent::traffic::{self, TrafficConfig};
 use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline};
+use opentelemetry_sdk::trace::SdkTracer;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
@@ -75,10 +76,10 @@ fn main() -> ExitCode {
                 .with_writer(std::io::stderr)
                 .with_filter(log_filter),
         )
-        .with(pipeline.as_ref().map(|p| p.layer()))
         .init();
 
-    let code = runtime.block_on(run(cli, registry));
+    let tracer = pipeline.as_ref().map(OtlpPipeline::tracer);
+    let code = runtime.block_on(run(cli, registry, tracer));
     if let Some(pipeline) = pipeline {
         // On this thread, not the runtime's: the flush waits for exports that
         // run on the runtime.
@@ -89,7 +90,7 @@ fn main() -> ExitCode {
     code
 }
 
-async fn run(cli: Cli, registry: Registry) -> ExitCode {
+async fn run(cli: Cli, registry: Registry, tracer: Option<SdkTracer>) -> ExitCode {
     match cli.command {
         Command::Demo(args) => {
             let config = DemoConfig {
@@ -97,6 +98,7 @@ async fn run(cli: Cli, registry: Registry) -> ExitCode {
                 metrics_listen: args.metrics_listen,
                 options: args.connection.options(),
                 registry,
+                tracer,
             };
             let running = match demo::start(config).await {
                 Ok(running) => running,
@@ -122,7 +124,7 @@ async fn run(cli: Cli, registry: Registry) -> ExitCode {
             }
             serve_until_signal(running, "demo").await
         }
-        Command::Proxy(args) => run_proxy(args, registry).await,
+        Command::Proxy(args) => run_proxy(args, registry, tracer).await,
         Command::Traffic(args) => run_traffic(args).await,
     }
 }
@@ -144,7 +146,11 @@ async fn serve_until_signal(running: RunningServer, what: &'static str) -> ExitC
     }
 }
 
-async fn run_proxy(args: ProxyArgs, registry: prometheus::Registry) -> ExitCode {
+async fn run_proxy(
+    args: ProxyArgs,
+    registry: prometheus::Registry,
+    tracer: Option<SdkTracer>,
+) -> ExitCode {
     let upstream = match Upstream::parse(&args.upstream) {
         Ok(u) => u,
         Err(e) => {
@@ -170,6 +176,7 @@ async fn run_proxy(args: ProxyArgs, registry: prometheus::Registry) -> ExitCode 
             metrics_listen: args.metrics_listen,
             options: args.connection.options(),
             registry,
+            tracer,
         },
         upstream,
         routes,

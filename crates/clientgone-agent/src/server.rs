@@ -6,7 +6,8 @@ use std::io;
 use std::net::SocketAddr;
 
 use axum::Router;
-use clientgone::{ConnectionOptions, Metrics, TrackedListener};
+use clientgone::{ConnectionOptions, DisconnectLayer, Metrics, TrackedListener};
+use opentelemetry_sdk::trace::SdkTracer;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -23,6 +24,9 @@ pub struct ServerConfig {
     pub options: ConnectionOptions,
     /// The registry the metrics go into (and `/metrics` serves).
     pub registry: Registry,
+    /// Gives each request an OTel server span when set (see
+    /// `OtlpPipeline::tracer`).
+    pub tracer: Option<SdkTracer>,
 }
 
 /// Why a server could not start: one line, fit for stderr.
@@ -73,13 +77,17 @@ impl RunningServer {
 }
 
 /// Binds both listeners, registers the request metrics, builds the app with
-/// `make_app` and serves it.
+/// `make_app` (which gets the `DisconnectLayer` to put outermost) and serves it.
 pub async fn start(
     config: ServerConfig,
-    make_app: impl FnOnce(Metrics) -> Router,
+    make_app: impl FnOnce(DisconnectLayer) -> Router,
 ) -> Result<RunningServer, StartError> {
     let registry = config.registry;
     let metrics = Metrics::new(&registry).map_err(|e| StartError(e.to_string()))?;
+    let mut layer = DisconnectLayer::new(metrics.clone());
+    if let Some(tracer) = config.tracer {
+        layer = layer.with_tracer(tracer);
+    }
     let listener = bind(&config.listen, "--listen").await?;
     let metrics_listener = bind(&config.metrics_listen, "--metrics-listen").await?;
     let addr = local_addr(&listener)?;
@@ -88,7 +96,7 @@ pub async fn start(
     let shutdown = CancellationToken::new();
     let listener = TrackedListener::from_tcp(listener, &metrics).with_options(config.options);
     let server = tokio::spawn(
-        clientgone::serve(listener, make_app(metrics))
+        clientgone::serve(listener, make_app(layer))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future(),
     );

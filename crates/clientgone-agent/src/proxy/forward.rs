@@ -18,8 +18,8 @@ use http_body::{Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use opentelemetry::propagation::Injector;
+use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::Upstream;
 use super::upstream::{UpstreamBody, UpstreamMetrics, UpstreamOutcome};
@@ -211,12 +211,12 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     message
 }
 
-/// Writes the current span's context as `traceparent`, when OpenTelemetry is on,
-/// so the upstream's spans join the trace; otherwise the client's own
+/// Writes the request span's context as `traceparent`, when traces are on, so
+/// the upstream's spans join the trace; otherwise the client's own
 /// `traceparent`, if any, passes through untouched.
 fn inject_trace_context(headers: &mut HeaderMap) {
-    let context = tracing::Span::current().context();
-    if !opentelemetry::trace::TraceContextExt::has_active_span(&context) {
+    let context = opentelemetry::Context::current();
+    if !context.span().span_context().is_valid() {
         return;
     }
     opentelemetry::global::get_text_map_propagator(|propagator| {

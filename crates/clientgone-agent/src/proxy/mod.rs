@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::any;
-use clientgone::{DisconnectLayer, Metrics};
+use clientgone::DisconnectLayer;
 
 pub use routes::{RouteError, RouteTable, openapi_paths};
 pub use upstream::{UpstreamMetrics, UpstreamOutcome};
@@ -78,17 +78,14 @@ pub fn app(
     forwarder_metrics: UpstreamMetrics,
     upstream: Upstream,
     timeout: Duration,
-    metrics: Metrics,
+    layer: DisconnectLayer,
 ) -> Router {
     let forwarder = Forwarder::new(upstream, timeout, forwarder_metrics);
     let mut router = Router::new();
     for template in routes.templates() {
         router = router.route(template, any(forward));
     }
-    router
-        .fallback(forward)
-        .with_state(forwarder)
-        .layer(DisconnectLayer::new(metrics))
+    router.fallback(forward).with_state(forwarder).layer(layer)
 }
 
 /// Starts the proxy. Fails with a one-line message on a bad address.
@@ -101,14 +98,8 @@ pub async fn start(config: ProxyConfig) -> Result<RunningServer, StartError> {
         routes,
         upstream_timeout,
     } = config;
-    server::start(server, move |metrics| {
-        app(
-            &routes,
-            upstream_metrics,
-            upstream,
-            upstream_timeout,
-            metrics,
-        )
+    server::start(server, move |layer| {
+        app(&routes, upstream_metrics, upstream, upstream_timeout, layer)
     })
     .await
 }

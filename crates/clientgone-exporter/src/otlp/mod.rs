@@ -3,18 +3,23 @@
 //! on `/metrics`.
 //!
 //! ```no_run
+//! use clientgone::{DisconnectLayer, Metrics};
 //! use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline};
-//! use tracing_subscriber::layer::SubscriberExt;
-//! use tracing_subscriber::util::SubscriberInitExt;
 //!
 //! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let registry = prometheus::Registry::new();
-//! if let Some(config) = OtlpConfig::from_env()? {
-//!     let pipeline = OtlpPipeline::start(config, &registry)?;
-//!     tracing_subscriber::registry().with(pipeline.layer()).init();
-//!     // … serve …
+//! let metrics = Metrics::new(&registry)?;
+//! let pipeline = OtlpConfig::from_env()?
+//!     .map(|config| OtlpPipeline::start(config, &registry))
+//!     .transpose()?;
+//! let mut layer = DisconnectLayer::new(metrics);
+//! if let Some(pipeline) = &pipeline {
+//!     layer = layer.with_tracer(pipeline.tracer());
+//! }
+//! // … serve a router with `.layer(layer)` …
+//! if let Some(pipeline) = pipeline {
 //!     tokio::task::spawn_blocking(move || pipeline.shutdown(std::time::Duration::from_secs(5)))
-//!         .await?;
+//!         .await??;
 //! }
 //! # Ok(()) }
 //! ```
@@ -33,7 +38,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracer, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
 };
 use prometheus::Registry;
 use tracing::Subscriber;
@@ -45,7 +50,7 @@ pub use config::{ConfigError, HONOURED_VARIABLES, OtlpConfig, OtlpProtocol};
 pub use stats::OtlpStats;
 
 use exporter::RuntimeExporter;
-use sampler::KeepBreaks;
+use sampler::{KeepBreaks, RatioOrRecord};
 
 /// Why the pipeline could not start.
 #[derive(Debug)]
@@ -93,12 +98,13 @@ impl OtlpPipeline {
         )
         .build();
         let provider = SdkTracerProvider::builder()
-            // Record every span; KeepBreaks decides at its end.
-            .with_sampler(Sampler::AlwaysOn)
+            // Sample by ratio, record the rest; KeepBreaks decides at the end.
+            .with_sampler(RatioOrRecord {
+                ratio: config.sample_ratio,
+            })
             .with_resource(resource(&config))
             .with_span_processor(KeepBreaks {
                 inner: batch,
-                ratio: config.sample_ratio,
                 queue_cap: config.max_queue_size,
                 stats: stats.clone(),
             })
@@ -107,25 +113,42 @@ impl OtlpPipeline {
         Ok(OtlpPipeline { provider, stats })
     }
 
-    /// The tracer spans are recorded with.
+    /// The tracer for clientgone's request spans: hand it to
+    /// [`DisconnectLayer::with_tracer`](clientgone::DisconnectLayer::with_tracer).
     pub fn tracer(&self) -> SdkTracer {
         self.provider.tracer("clientgone")
     }
 
-    /// The `tracing` layer that turns clientgone's request spans into OTel spans.
+    /// A `tracing` layer that exports *your* spans through this pipeline, as
+    /// children of the request span they run in (tracing-opentelemetry takes
+    /// the current OpenTelemetry context, which clientgone's layer sets, as the
+    /// parent of a span with no `tracing` parent).
     ///
-    /// It listens to clientgone's own targets only: the HTTP and gRPC clients
-    /// that carry the exports must never be traced into the exports themselves.
-    pub fn layer<S>(&self) -> impl Layer<S> + use<S>
+    /// `targets` says whose spans: name your own crates. Never let it take the
+    /// exporter's own HTTP and gRPC clients (`hyper`, `h2`, `tonic`, `tower`):
+    /// their spans would be exported by the very exports they make.
+    ///
+    /// ```no_run
+    /// # fn run(pipeline: &clientgone_exporter::otlp::OtlpPipeline) {
+    /// use tracing_subscriber::filter::Targets;
+    /// use tracing_subscriber::layer::SubscriberExt;
+    /// use tracing_subscriber::util::SubscriberInitExt;
+    ///
+    /// tracing_subscriber::registry()
+    ///     .with(pipeline.layer(Targets::new().with_target("my_service", tracing::Level::INFO)))
+    ///     .init();
+    /// # }
+    /// ```
+    pub fn layer<S>(&self, targets: Targets) -> impl Layer<S> + use<S>
     where
         S: Subscriber + for<'span> LookupSpan<'span>,
     {
         tracing_opentelemetry::layer()
-            .with_tracer(self.tracer())
+            .with_tracer(self.provider.tracer("clientgone.handler"))
             .with_location(false)
             .with_threads(false)
             .with_tracked_inactivity(false)
-            .with_filter(Targets::new().with_target("clientgone", tracing::Level::DEBUG))
+            .with_filter(targets)
     }
 
     /// The span counters.

@@ -1,27 +1,64 @@
-//! [`KeepBreaks`]: tail sampling in-process. Every span is recorded; at span end
-//! the ones that matter — a `client.disconnect` event or an Error status — are
-//! always kept, the others by trace id at the configured ratio, so a trace is
-//! kept or dropped whole.
+//! Tail sampling in-process, in two halves. [`RatioOrRecord`] decides at a
+//! span's start, by trace id at the configured ratio (so a trace is sampled or
+//! not as a whole), and *records* the spans it does not sample instead of
+//! dropping them. [`KeepBreaks`] decides at the end: sampled spans, and the
+//! ones that matter — a `client.disconnect` event or an Error status — are kept,
+//! the others dropped.
 //!
-//! The trade-off: spans are built for every request, even those later left out.
-//! That is the price of knowing, at the end, whether the client broke off.
+//! The trade-off: a span is started for every request, even one later left
+//! out. That is the price of knowing, at the end, whether the client broke off;
+//! clientgone's layer keeps it small by writing attributes only onto spans that
+//! will be kept.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::Context;
-use opentelemetry::trace::{Status, TraceId};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, TraceId};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+use opentelemetry_sdk::trace::{
+    SamplingDecision, SamplingResult, ShouldSample, Span, SpanData, SpanProcessor,
+};
 
 use super::stats::OtlpStats;
 
-/// Keeps every broken or failed span, and ordinary ones at `ratio`.
+/// Samples by trace id at `ratio`; records the other spans rather than
+/// dropping them, so [`KeepBreaks`] can still keep the ones that break.
+#[derive(Clone, Debug)]
+pub(crate) struct RatioOrRecord {
+    pub(crate) ratio: f64,
+}
+
+impl ShouldSample for RatioOrRecord {
+    fn should_sample(
+        &self,
+        parent_context: Option<&Context>,
+        trace_id: TraceId,
+        _name: &str,
+        _span_kind: &SpanKind,
+        _attributes: &[KeyValue],
+        _links: &[Link],
+    ) -> SamplingResult {
+        let decision = if ratio_keeps(trace_id, self.ratio) {
+            SamplingDecision::RecordAndSample
+        } else {
+            SamplingDecision::RecordOnly
+        };
+        SamplingResult {
+            decision,
+            attributes: Vec::new(),
+            trace_state: parent_context
+                .map(|cx| cx.span().span_context().trace_state().clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Keeps sampled spans and every broken or failed one; drops the rest.
 #[derive(Debug)]
 pub(crate) struct KeepBreaks<P> {
     pub(crate) inner: P,
-    pub(crate) ratio: f64,
     pub(crate) queue_cap: usize,
     pub(crate) stats: Arc<OtlpStats>,
 }
@@ -51,10 +88,21 @@ impl<P: SpanProcessor> SpanProcessor for KeepBreaks<P> {
         self.inner.on_start(span, cx);
     }
 
-    fn on_end(&self, span: SpanData) {
-        if !must_keep(&span) && !ratio_keeps(span.span_context.trace_id(), self.ratio) {
-            self.stats.sampled_out.inc();
-            return;
+    fn on_end(&self, mut span: SpanData) {
+        if !span.span_context.is_sampled() {
+            if !must_keep(&span) {
+                self.stats.sampled_out.inc();
+                return;
+            }
+            // Exported after all: say so in its flags, as a collector expects.
+            let sc = &span.span_context;
+            span.span_context = SpanContext::new(
+                sc.trace_id(),
+                sc.span_id(),
+                sc.trace_flags().with_sampled(true),
+                sc.is_remote(),
+                sc.trace_state().clone(),
+            );
         }
         // Admit no more than the batch processor's queue holds, so it never
         // drops silently and our count is exact.

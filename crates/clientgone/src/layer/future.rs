@@ -43,7 +43,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        // The request's span is current while its code runs (see `span.rs`).
+        let entered = this
+            .guard
+            .as_ref()
+            .and_then(RequestGuard::trace_context)
+            .map(|trace| trace.clone().attach());
         let result = ready!(this.inner.poll(cx));
+        drop(entered);
         let Some(mut guard) = this.guard.take() else {
             // Polled after completion; the inner future decides what that means.
             return Poll::Ready(result.map(|res| res.map(|b| ResponseBody::new(b, None))));

@@ -11,15 +11,15 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use opentelemetry::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::Span;
 
 use crate::classify::{BodyProgress, Cause, Phase, break_cause, break_phase, recorded_status};
 use crate::connection::TrackedConnection;
 use crate::metrics::RouteMetrics;
 use crate::record::{End, Record};
 
-use super::span;
+use super::span::RequestSpan;
 
 /// State of one request shared by the guard, the request body wrapper and the
 /// [`ClientGone`](crate::ClientGone) extractor.
@@ -91,7 +91,7 @@ pub(crate) struct RequestGuard {
     status: Option<u16>,
     body_bytes_sent: u64,
     ended: bool,
-    span: Span,
+    span: Option<RequestSpan>,
 }
 
 impl RequestGuard {
@@ -102,7 +102,7 @@ impl RequestGuard {
         start: Instant,
         http2: bool,
         shared: Arc<RequestShared>,
-        span: Span,
+        span: Option<RequestSpan>,
     ) -> Self {
         route.request_started(method);
         if let Some(conn) = &shared.connection {
@@ -120,6 +120,11 @@ impl RequestGuard {
             ended: false,
             span,
         }
+    }
+
+    /// The OpenTelemetry context of the request's span, if it is traced.
+    pub(crate) fn trace_context(&self) -> Option<&Context> {
+        self.span.as_ref().map(RequestSpan::context)
     }
 
     /// The response head was produced with this status.
@@ -187,9 +192,9 @@ impl RequestGuard {
             }
             _ => None,
         };
-        span::finish(&self.span, &record, unacked);
-        // Closing the span now ends the OTel span with the request.
-        self.span = Span::none();
+        if let Some(span) = self.span.take() {
+            span.finish(self.route.span_name(self.method), &record, unacked);
+        }
         if let Some(state) = connection {
             state.request_ended();
         }

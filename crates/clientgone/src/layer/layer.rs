@@ -1,8 +1,13 @@
 //! [`DisconnectLayer`]: the tower layer users add to their router.
 
+use std::sync::Arc;
+
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::Tracer;
 use tower::Layer;
 
 use super::service::DisconnectService;
+use super::span::SharedTracer;
 use crate::metrics::Metrics;
 
 /// Counts and classifies requests whose client broke off, per route template.
@@ -22,15 +27,60 @@ use crate::metrics::Metrics;
 ///     .route("/items/{id}", get(|| async { "item" }))
 ///     .layer(DisconnectLayer::new(metrics));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DisconnectLayer {
     metrics: Metrics,
+    tracer: Option<SharedTracer>,
+}
+
+impl std::fmt::Debug for DisconnectLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DisconnectLayer")
+            .field("metrics", &self.metrics)
+            .field("traced", &self.tracer.is_some())
+            .finish()
+    }
 }
 
 impl DisconnectLayer {
-    /// Creates the layer recording into `metrics`.
+    /// Creates the layer recording into `metrics`, with no traces.
     pub fn new(metrics: Metrics) -> Self {
-        DisconnectLayer { metrics }
+        DisconnectLayer {
+            metrics,
+            tracer: None,
+        }
+    }
+
+    /// Also gives every request an OpenTelemetry server span, built with
+    /// `tracer` (for example `clientgone_exporter::otlp::OtlpPipeline::tracer`).
+    ///
+    /// The span is named `{method} {route}`; a broken request's span gets status
+    /// Error and a `client.disconnect` event. Its attributes are written only
+    /// when it is exported: when its sampler sampled it, or the request broke or
+    /// failed. To keep *every* break while sampling the rest, the tracer's
+    /// sampler must record the spans it does not sample (`RecordOnly`), as
+    /// clientgone-exporter's pipeline does; a sampler that drops a span at its
+    /// start loses it even if it breaks.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use clientgone::{DisconnectLayer, Metrics};
+    /// use opentelemetry::trace::TracerProvider as _;
+    ///
+    /// let registry = prometheus::Registry::new();
+    /// let metrics = Metrics::new(&registry).unwrap();
+    /// let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    /// let app: Router = Router::new()
+    ///     .route("/items/{id}", get(|| async { "item" }))
+    ///     .layer(DisconnectLayer::new(metrics).with_tracer(provider.tracer("my-service")));
+    /// ```
+    pub fn with_tracer<T>(mut self, tracer: T) -> Self
+    where
+        T: Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+    {
+        self.tracer = Some(Arc::new(BoxedTracer::new(Box::new(tracer))));
+        self
     }
 }
 
@@ -38,6 +88,6 @@ impl<S> Layer<S> for DisconnectLayer {
     type Service = DisconnectService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DisconnectService::new(inner, self.metrics.clone())
+        DisconnectService::new(inner, self.metrics.clone(), self.tracer.clone())
     }
 }

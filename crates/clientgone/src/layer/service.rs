@@ -10,27 +10,41 @@ use bytes::Bytes;
 use http::{Method, Request, Response, Version};
 use http_body::Body;
 use tower::Service;
-use tracing::Instrument;
 
 use super::future::ResponseFuture;
 use super::guard::{RequestGuard, RequestShared};
 use super::request_body::RequestBody;
-use super::span::request_span;
+use super::span::{RequestSpan, SharedTracer};
 use crate::BoxError;
 use crate::classify::{BodyProgress, METHODS, method_index};
 use crate::connection::TrackedConnection;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 
 /// The service made by [`DisconnectLayer`](super::DisconnectLayer).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DisconnectService<S> {
     inner: S,
     metrics: Metrics,
+    tracer: Option<SharedTracer>,
 }
 
 impl<S> DisconnectService<S> {
-    pub(crate) fn new(inner: S, metrics: Metrics) -> Self {
-        DisconnectService { inner, metrics }
+    pub(crate) fn new(inner: S, metrics: Metrics, tracer: Option<SharedTracer>) -> Self {
+        DisconnectService {
+            inner,
+            metrics,
+            tracer,
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for DisconnectService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DisconnectService")
+            .field("inner", &self.inner)
+            .field("metrics", &self.metrics)
+            .field("traced", &self.tracer.is_some())
+            .finish()
     }
 }
 
@@ -48,7 +62,7 @@ where
 {
     type Response = Response<super::ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<tracing::instrument::Instrumented<S::Future>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -68,13 +82,13 @@ where
             .map(|info| info.0.clone());
         let http2 = req.version() == Version::HTTP_2;
         let head_request = req.method() == Method::HEAD;
-        let span = request_span(
-            &req,
-            route.span_name(method),
-            METHODS[method],
-            route.route(),
-            connection.as_ref().map(TrackedConnection::remote_addr),
-        );
+        let span = self.tracer.as_ref().map(|tracer| {
+            RequestSpan::start(
+                tracer,
+                &req,
+                connection.as_ref().map(TrackedConnection::remote_addr),
+            )
+        });
         let shared = Arc::new(RequestShared::new(connection, req.body().is_end_stream()));
         let guard = RequestGuard::new(
             route,
@@ -83,7 +97,7 @@ where
             start,
             http2,
             shared.clone(),
-            span.clone(),
+            span,
         );
 
         req.extensions_mut().insert(RequestHandle(shared.clone()));
@@ -93,9 +107,11 @@ where
         } else {
             req.map(|body| AxumBody::new(RequestBody::new(body, shared)))
         };
-        // Entering starts the OTel span here, at the request's arrival; the
-        // handler's own spans become its children.
-        let inner = span.in_scope(|| self.inner.call(req));
-        ResponseFuture::new(inner.instrument(span), guard, head_request)
+        // The request's span is the current context wherever its code runs,
+        // from `call` on: the handler's own spans become its children.
+        let _entered = guard.trace_context().map(|cx| cx.clone().attach());
+        let inner = self.inner.call(req);
+        drop(_entered);
+        ResponseFuture::new(inner, guard, head_request)
     }
 }

@@ -1,96 +1,143 @@
-//! The request's `tracing` span — the trace sink of a [`Record`].
+//! [`RequestSpan`]: the request's OpenTelemetry server span — the trace sink of
+//! a [`Record`].
 //!
-//! tracing-opentelemetry turns it into an OTel server span named
-//! `{method} {route}` with the HTTP semantic-convention attributes. The span is
-//! created at DEBUG level under the target `clientgone::request`: with no
-//! subscriber interested it is disabled, and then nothing here allocates.
+//! The span is built directly with the tracer given to
+//! [`DisconnectLayer::with_tracer`](super::DisconnectLayer::with_tracer), not
+//! through `tracing` and tracing-opentelemetry: that path builds a registry
+//! entry, visits a dozen fields and allocates attributes for every request,
+//! which measured at more than half of the traced server's CPU (BENCHMARKS.md).
+//! Here the span is started with no attributes, and the attributes, status and
+//! `client.disconnect` event are written once, at the end, only if the span
+//! will be exported: sampled at its start, or broken, or failed.
+//!
+//! While the inner service runs, the span's context is the current
+//! OpenTelemetry context, so the handler's own spans (through the OTel API, or
+//! `tracing` with tracing-opentelemetry) and outgoing `traceparent` headers
+//! join the request's trace.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Request, Version};
-use opentelemetry::KeyValue;
+use opentelemetry::global::BoxedTracer;
 use opentelemetry::propagation::Extractor;
-use tracing::Span;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 
 use crate::record::{End, Record};
 
 /// The name of the event a broken request's span gets.
 pub const DISCONNECT_EVENT: &str = "client.disconnect";
 
-/// Opens the span of one request and joins the caller's trace if the request
-/// carries a W3C `traceparent` (through the global propagator, which the
-/// exporter installs).
-pub(crate) fn request_span<B>(
-    req: &Request<B>,
-    name: &str,
-    method: &'static str,
-    route: &str,
+/// The tracer a [`DisconnectLayer`](super::DisconnectLayer) builds spans with.
+pub(crate) type SharedTracer = Arc<BoxedTracer>;
+
+/// What the span needs from the request, kept until the end so attributes are
+/// built only for spans that are exported.
+#[derive(Debug)]
+struct RequestFacts {
+    /// A cheap clone (shared bytes) of the request's path, copied out only if
+    /// the span is exported.
+    path: Option<PathAndQuery>,
+    version: &'static str,
     client: Option<SocketAddr>,
-) -> Span {
-    let span = tracing::debug_span!(
-        target: "clientgone::request",
-        "http.server.request",
-        "otel.name" = name,
-        "otel.kind" = "server",
-        "http.request.method" = method,
-        "http.route" = route,
-        "url.path" = req.uri().path(),
-        "url.scheme" = "http",
-        "network.protocol.version" = protocol_version(req.version()),
-        "client.address" = Empty,
-        "http.response.status_code" = Empty,
-        "error.type" = Empty,
-        "otel.status_code" = Empty,
-    );
-    if span.is_disabled() {
-        return span;
-    }
-    if let Some(addr) = client {
-        span.record("client.address", tracing::field::display(addr.ip()));
-    }
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(req.headers()))
-    });
-    // Fails only when no OpenTelemetry layer is installed; then there is no
-    // trace to join anyway.
-    let _ = span.set_parent(parent);
-    span
 }
 
-/// Writes the end of the request onto its span.
-pub(crate) fn finish(span: &Span, record: &Record<'_>, unacked_bytes: Option<u64>) {
-    if span.is_disabled() {
-        return;
+/// The OTel context holding one request's server span, and what its
+/// attributes will be made of.
+#[derive(Debug)]
+pub(crate) struct RequestSpan {
+    context: Context,
+    facts: RequestFacts,
+}
+
+impl RequestSpan {
+    /// Starts the span of one request, as a child of the caller's trace if the
+    /// request carries a W3C `traceparent` (through the global propagator,
+    /// which the exporter installs).
+    pub(crate) fn start<B>(
+        tracer: &BoxedTracer,
+        req: &Request<B>,
+        client: Option<SocketAddr>,
+    ) -> Self {
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(req.headers()))
+        });
+        // Named for real at the end; the name is an allocation most spans of
+        // a sampled-down pipeline never need.
+        let builder = SpanBuilder::from_name("HTTP").with_kind(SpanKind::Server);
+        let span = tracer.build_with_context(builder, &parent);
+        RequestSpan {
+            context: parent.with_span(span),
+            facts: RequestFacts {
+                path: req.uri().path_and_query().cloned(),
+                version: protocol_version(req.version()),
+                client,
+            },
+        }
     }
-    span.record("http.response.status_code", i64::from(record.status));
-    match record.end {
-        End::Disconnect { phase, cause } => {
-            span.record("otel.status_code", "error");
-            span.record("error.type", "client_disconnect");
-            let mut attributes = vec![
-                KeyValue::new("disconnect.phase", phase.as_str()),
-                KeyValue::new("disconnect.cause", cause.as_str()),
-                KeyValue::new("disconnect.elapsed_s", record.elapsed.as_secs_f64()),
-                KeyValue::new(
-                    "http.response.body.bytes_sent",
-                    i64::try_from(record.body_bytes_sent).unwrap_or(i64::MAX),
-                ),
-            ];
-            if let Some(bytes) = unacked_bytes {
-                attributes.push(KeyValue::new(
-                    "disconnect.unacked_bytes",
-                    i64::try_from(bytes).unwrap_or(i64::MAX),
-                ));
+
+    /// The context to make current while the request's code runs.
+    pub(crate) fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// Writes the end of the request onto the span and ends it.
+    pub(crate) fn finish(self, name: &str, record: &Record<'_>, unacked_bytes: Option<u64>) {
+        let span = self.context.span();
+        let broken = matches!(record.end, End::Disconnect { .. });
+        let failed = record.status >= 500;
+        if !span.span_context().is_sampled() && !broken && !failed {
+            // Recorded only in case it broke; it did not, and the pipeline
+            // will drop it: no attributes to build.
+            span.end();
+            return;
+        }
+        span.update_name(name.to_owned());
+        let path = self.facts.path.as_ref().map_or("/", PathAndQuery::path);
+        let mut attributes = Vec::with_capacity(8);
+        attributes.extend([
+            KeyValue::new("http.request.method", record.method),
+            KeyValue::new("http.route", record.route.to_owned()),
+            KeyValue::new("http.response.status_code", i64::from(record.status)),
+            KeyValue::new("url.path", path.to_owned()),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("network.protocol.version", self.facts.version),
+        ]);
+        if let Some(addr) = self.facts.client {
+            attributes.push(KeyValue::new("client.address", addr.ip().to_string()));
+        }
+        match record.end {
+            End::Disconnect { phase, cause } => {
+                attributes.push(KeyValue::new("error.type", "client_disconnect"));
+                span.set_attributes(attributes);
+                span.set_status(Status::error("client disconnected"));
+                let mut event = vec![
+                    KeyValue::new("disconnect.phase", phase.as_str()),
+                    KeyValue::new("disconnect.cause", cause.as_str()),
+                    KeyValue::new("disconnect.elapsed_s", record.elapsed.as_secs_f64()),
+                    KeyValue::new(
+                        "http.response.body.bytes_sent",
+                        i64::try_from(record.body_bytes_sent).unwrap_or(i64::MAX),
+                    ),
+                ];
+                if let Some(bytes) = unacked_bytes {
+                    event.push(KeyValue::new(
+                        "disconnect.unacked_bytes",
+                        i64::try_from(bytes).unwrap_or(i64::MAX),
+                    ));
+                }
+                span.add_event(DISCONNECT_EVENT, event);
             }
-            span.add_event(DISCONNECT_EVENT, attributes);
+            End::Completed if failed => {
+                attributes.push(KeyValue::new("error.type", record.status.to_string()));
+                span.set_attributes(attributes);
+                span.set_status(Status::error(""));
+            }
+            End::Completed => span.set_attributes(attributes),
         }
-        End::Completed if record.status >= 500 => {
-            span.record("otel.status_code", "error");
-            span.record("error.type", tracing::field::display(record.status));
-        }
-        End::Completed => {}
+        span.end();
     }
 }
 
