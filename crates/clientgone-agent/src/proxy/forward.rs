@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::uri::{PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use clientgone::{TrackedConnection, UNMATCHED_ROUTE, method_label};
+use clientgone::{TrackedConnection, method_label};
 use http_body::{Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -80,6 +81,24 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// The request's URI on the upstream: its authority, the base path, the
+/// client's path and query. Without a base path the client's path and query
+/// are reused as they are (shared bytes, no copy).
+fn upstream_uri(upstream: &Upstream, client_uri: &Uri) -> Result<Uri, http::Error> {
+    let path_and_query = match client_uri.path_and_query() {
+        Some(pq) if upstream.base_path.is_empty() => pq.clone(),
+        pq => {
+            let pq = pq.map_or("/", PathAndQuery::as_str);
+            PathAndQuery::try_from(format!("{}{pq}", upstream.base_path))?
+        }
+    };
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+}
+
 fn plain(status: StatusCode, message: String) -> Response {
     (status, message + "\n").into_response()
 }
@@ -101,17 +120,10 @@ pub(crate) async fn forward(
             "clientgone proxy does not pass Upgrade (WebSocket) or CONNECT requests".into(),
         );
     }
-    let route = matched.map_or_else(|| UNMATCHED_ROUTE.to_owned(), |m| m.as_str().to_owned());
     let method = method_label(req.method());
     let (mut parts, body) = req.into_parts();
 
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = match Uri::builder()
-        .scheme("http")
-        .authority(f.upstream.authority.as_str())
-        .path_and_query(format!("{}{path_and_query}", f.upstream.base_path))
-        .build()
-    {
+    let uri = match upstream_uri(&f.upstream, &parts.uri) {
         Ok(uri) => uri,
         Err(e) => {
             return plain(
@@ -142,9 +154,7 @@ pub(crate) async fn forward(
     if let Some(host) = original_host {
         headers.insert("x-forwarded-host", host);
     }
-    if let Ok(host) = HeaderValue::from_str(&f.upstream.authority) {
-        headers.insert(header::HOST, host);
-    }
+    headers.insert(header::HOST, f.upstream.host.clone());
     inject_trace_context(headers);
     parts.uri = uri;
     parts.version = if f.upstream.h2c {
@@ -158,7 +168,7 @@ pub(crate) async fn forward(
         inner: body,
         failed: client_body_failed.clone(),
     });
-    let mut guard = f.metrics.start(method, route);
+    let mut guard = f.metrics.start(method, matched);
     let result = tokio::time::timeout(
         f.timeout,
         f.client.request(http::Request::from_parts(parts, body)),
@@ -269,5 +279,31 @@ impl http_body::Body for WatchedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_uri_keeps_path_and_query_and_adds_the_base_path() {
+        let plain = Upstream::parse("http://127.0.0.1:8000").unwrap();
+        let based = Upstream::parse("http://svc:81/api/").unwrap();
+        let client: Uri = "/users/7?full=1".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&plain, &client).unwrap().to_string(),
+            "http://127.0.0.1:8000/users/7?full=1"
+        );
+        assert_eq!(
+            upstream_uri(&based, &client).unwrap().to_string(),
+            "http://svc:81/api/users/7?full=1"
+        );
+        // An origin-form request always has a path; an authority-only URI gets "/".
+        let bare: Uri = "http://example.com".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&based, &bare).unwrap().to_string(),
+            "http://svc:81/api/"
+        );
     }
 }

@@ -9,6 +9,8 @@ mod upstream;
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::HeaderValue;
+use axum::http::uri::Authority;
 use axum::routing::any;
 use clientgone::DisconnectLayer;
 
@@ -22,7 +24,9 @@ use forward::{Forwarder, forward};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
     /// `host:port`.
-    pub authority: String,
+    pub authority: Authority,
+    /// The same, as the `Host` header forwarded requests carry.
+    pub host: HeaderValue,
     /// A path prefix put before every forwarded path (`""` for none).
     pub base_path: String,
     /// Speak HTTP/2 with prior knowledge (`h2c://` URLs).
@@ -50,8 +54,11 @@ impl Upstream {
             return Err("an upstream URL takes no query".into());
         }
         let port = authority.port_u16().unwrap_or(80);
+        let host_port = format!("{}:{port}", authority.host());
+        let bad = |e: &dyn std::fmt::Display| format!("bad host '{host_port}': {e}");
         Ok(Upstream {
-            authority: format!("{}:{port}", authority.host()),
+            authority: Authority::try_from(host_port.as_str()).map_err(|e| bad(&e))?,
+            host: HeaderValue::from_str(&host_port).map_err(|e| bad(&e))?,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             h2c,
         })

@@ -2,6 +2,8 @@
 //! with `outcome` = `completed`, `cancelled` (the client broke off and the upstream
 //! request was dropped) or `error` (the upstream refused, reset or timed out).
 
+use axum::extract::MatchedPath;
+use clientgone::UNMATCHED_ROUTE;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
@@ -61,7 +63,9 @@ impl UpstreamMetrics {
     }
 
     /// Starts timing one upstream request.
-    pub(crate) fn start(&self, method: &'static str, route: String) -> UpstreamGuard {
+    /// `route` is the matched template (`None`: `unmatched`); kept as axum's
+    /// shared string, so starting a guard allocates nothing.
+    pub(crate) fn start(&self, method: &'static str, route: Option<MatchedPath>) -> UpstreamGuard {
         UpstreamGuard {
             metrics: self.clone(),
             method,
@@ -78,7 +82,7 @@ impl UpstreamMetrics {
 pub(crate) struct UpstreamGuard {
     metrics: UpstreamMetrics,
     method: &'static str,
-    route: String,
+    route: Option<MatchedPath>,
     status: Option<http::StatusCode>,
     start: Instant,
     ended: bool,
@@ -96,9 +100,13 @@ impl UpstreamGuard {
         self.ended = true;
         // No answer, no status: an empty label value is an absent label.
         let status = self.status.as_ref().map_or("", http::StatusCode::as_str);
+        let route = self
+            .route
+            .as_ref()
+            .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
         self.metrics
             .duration
-            .with_label_values(&[self.method, &self.route, status, outcome.as_str()])
+            .with_label_values(&[self.method, route, status, outcome.as_str()])
             .observe(self.start.elapsed().as_secs_f64());
     }
 }
