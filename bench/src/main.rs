@@ -16,6 +16,7 @@ mod detect;
 mod memory;
 mod overhead;
 mod proxy;
+mod receiver;
 mod scrape;
 mod servers;
 mod wrk;
@@ -54,6 +55,9 @@ enum Command {
     /// Runs one server configuration (the bench re-executes itself with this).
     #[command(hide = true)]
     Serve(servers::ServeArgs),
+    /// Runs a discarding OTLP receiver (the bench re-executes itself with this).
+    #[command(hide = true)]
+    Receive,
     /// Runs `clientgone demo|proxy …` through the library (the bench
     /// re-executes itself with this).
     #[command(hide = true)]
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(&args).map(|t| print!("{t}")),
         Command::All(args) => all(&args),
         Command::Serve(args) => servers::serve(&args),
+        Command::Receive => receiver::receive(),
         Command::Agent(args) => agent::serve(&args),
     };
     match result {

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use crate::receiver::ReceiverProcess;
 use crate::servers::{Config, CpuSnapshot, QUIET, ServerProcess, wait_for_quiet};
 use crate::wrk::{self, Load, WrkResult};
 use crate::{fmt_duration, median, parse_seconds, quantile};
@@ -106,11 +107,23 @@ pub fn run(args: &Args) -> Result<String, String> {
     eprintln!("overhead: probing how steady the CPU is");
     let probe = speed_probe();
     let mut servers = Vec::new();
+    // Traced configurations export to a receiver of their own, beside wrk:
+    // a collector's decoding is not the server's cost.
+    let mut receivers = BTreeMap::new();
     for &config in &configs {
-        servers.push((
-            config,
-            ServerProcess::spawn(config, Some(args.server_cpu), &[])?,
-        ));
+        let server = if config.exports_spans() {
+            let receiver = ReceiverProcess::spawn(Some(args.client_cpu))?;
+            let endpoint = receiver.endpoint();
+            receivers.insert(config, receiver);
+            ServerProcess::spawn(
+                config,
+                Some(args.server_cpu),
+                &["--otlp-endpoint", &endpoint],
+            )?
+        } else {
+            ServerProcess::spawn(config, Some(args.server_cpu), &[])?
+        };
+        servers.push((config, server));
     }
     let mut served: BTreeMap<Config, u64> = BTreeMap::new();
     wait_for_quiet(QUIET_PATIENCE);
@@ -182,12 +195,13 @@ pub fn run(args: &Args) -> Result<String, String> {
             EXPORT_SETTLE.as_secs()
         );
         std::thread::sleep(EXPORT_SETTLE);
-        for (config, server) in servers.iter().filter(|(c, _)| c.exports_spans()) {
-            let spans = server.spans_received()?;
+        for (config, receiver) in &receivers {
+            let spans = receiver.spans_received()?;
             exported.push((*config, spans, served.get(config).copied().unwrap_or(0)));
         }
     }
     drop(servers);
+    drop(receivers);
     let mut table = render(args, &configs, &samples, &exported, &problems);
     table.push_str(&render_side_by_side(args, &configs, &side_by_side));
     let _ = writeln!(

@@ -8,10 +8,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,12 +23,6 @@ use clientgone::{ConnectionOptions, DisconnectLayer, Metrics, TrackedConnection,
 use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline, OtlpProtocol};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use tokio::net::TcpListener;
 use tower_http::on_early_drop::{OnBodyDropFn, OnEarlyDropLayer};
 use tower_http::trace::TraceLayer;
@@ -119,6 +111,10 @@ pub struct ServeArgs {
     /// keep-alive connections stay open (the `memory` benchmark needs that).
     #[arg(long)]
     pub no_header_read_timeout: bool,
+    /// Traced configurations: the OTLP/gRPC endpoint to export to (the
+    /// launcher starts a discarding receiver in a process of its own).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The fixed 4 KiB JSON body of `GET /json`: an array of small objects, padded
@@ -149,9 +145,8 @@ pub static JSON_BODY: LazyLock<Bytes> = LazyLock::new(|| {
     Bytes::from(body)
 });
 
-/// The routes every configuration serves. `/__bench/spans` tells the launcher
-/// how many spans the discarding receiver got (0 where nothing is exported).
-fn routes(spans: Arc<AtomicU64>) -> Router {
+/// The routes every configuration serves.
+fn routes() -> Router {
     Router::new()
         .route("/hello", get(|| async { "Hello, World!" }))
         .route(
@@ -162,13 +157,6 @@ fn routes(spans: Arc<AtomicU64>) -> Router {
                     JSON_BODY.clone(),
                 )
                     .into_response()
-            }),
-        )
-        .route(
-            "/__bench/spans",
-            get(move || {
-                let spans = spans.clone();
-                async move { spans.load(Ordering::Relaxed).to_string() }
             }),
         )
 }
@@ -212,8 +200,12 @@ async fn serve_async(args: &ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on port {}: {e}", args.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let spans = Arc::new(AtomicU64::new(0));
-    let app = routes(spans.clone());
+    let app = routes();
+    let otlp_endpoint = || {
+        args.otlp_endpoint
+            .clone()
+            .ok_or_else(|| format!("{} needs --otlp-endpoint", args.config.name()))
+    };
     let mut options = ConnectionOptions::default();
     if args.no_header_read_timeout {
         options = options.header_read_timeout(None);
@@ -233,7 +225,7 @@ async fn serve_async(args: &ServeArgs) -> Result<(), String> {
             serve_clientgone(listener, &registry, app, options, addr, None).await
         }
         Config::Traces | Config::TracesSampled => {
-            let endpoint = discarding_receiver(spans).await?;
+            let endpoint = otlp_endpoint()?;
             let registry = prometheus::Registry::new();
             let ratio = if args.config == Config::Traces {
                 1.0
@@ -276,7 +268,7 @@ async fn serve_async(args: &ServeArgs) -> Result<(), String> {
             serve_axum(listener, app).await
         }
         Config::TraceLayer => {
-            let endpoint = discarding_receiver(spans).await?;
+            let endpoint = otlp_endpoint()?;
             // What a user of TraceLayer writes from the opentelemetry-otlp
             // examples: a tonic exporter behind the SDK's batch processor, and
             // tracing-opentelemetry with its defaults. The filter keeps only
@@ -344,63 +336,27 @@ async fn serve_axum(listener: TcpListener, app: Router) -> Result<(), String> {
     axum::serve(listener, app).await.map_err(|e| e.to_string())
 }
 
-fn announce(addr: SocketAddr) {
+pub(crate) fn announce(addr: SocketAddr) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on {addr}");
     let _ = out.flush();
 }
 
-/// An OTLP/gRPC collector that answers OK and throws the spans away, counting
-/// them. It runs on the server's own runtime, so decoding the exports is
-/// charged to the server's CPU — for (c) and (e) alike.
-async fn discarding_receiver(spans: Arc<AtomicU64>) -> Result<String, String> {
-    struct Discard(Arc<AtomicU64>);
-
-    #[tonic::async_trait]
-    impl TraceService for Discard {
-        async fn export(
-            &self,
-            request: tonic::Request<ExportTraceServiceRequest>,
-        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-            let n: usize = request
-                .get_ref()
-                .resource_spans
-                .iter()
-                .flat_map(|rs| &rs.scope_spans)
-                .map(|ss| ss.spans.len())
-                .sum();
-            self.0.fetch_add(n as u64, Ordering::Relaxed);
-            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-        }
-    }
-
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| format!("cannot bind the OTLP receiver: {e}"))?;
-    let endpoint = format!(
-        "http://{}",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Discard(spans)))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    Ok(endpoint)
-}
-
-/// A server configuration running in a child process. Killed on drop.
-pub struct ServerProcess {
+/// A child process of this harness that announces `listening on ADDR` on its
+/// first stdout line. Killed on drop. Its stdin stays open for its lifetime,
+/// so a child can tell when the harness is gone.
+pub struct ChildProcess {
     child: Child,
+    _stdin: Option<ChildStdin>,
     _stdout: BufReader<ChildStdout>,
     /// Where it listens.
     pub addr: SocketAddr,
 }
 
-impl ServerProcess {
-    /// Starts `config`, pinned to `cpu` with `taskset` when given, and waits
-    /// until it listens.
-    pub fn spawn(config: Config, cpu: Option<u32>, extra: &[&str]) -> Result<Self, String> {
+impl ChildProcess {
+    /// Runs this executable with `args`, pinned to `cpu` with `taskset` when
+    /// given, and waits until it listens. `what` names it in errors.
+    pub fn spawn(args: &[&str], cpu: Option<u32>, what: &str) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
         let mut command = match cpu {
             Some(cpu) => {
@@ -411,18 +367,18 @@ impl ServerProcess {
             None => Command::new(exe),
         };
         command
-            .args(["serve", "--config", &config.name(), "--port", "0"])
-            .args(extra)
-            .stdin(Stdio::null())
+            .args(args)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = command.spawn().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound if cpu.is_some() => {
                 "taskset not found (Debian package util-linux)".to_owned()
             }
-            _ => format!("cannot start the {} server: {e}", config.name()),
+            _ => format!("cannot start the {what}: {e}"),
         })?;
-        let stdout = child.stdout.take().ok_or("no stdout from the server")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().ok_or("no stdout from the child")?;
         let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
         let read = stdout.read_line(&mut line);
@@ -431,9 +387,10 @@ impl ServerProcess {
             .strip_prefix("listening on ")
             .and_then(|a| a.parse::<SocketAddr>().ok());
         match (read, addr) {
-            // taskset execs the server, so the child's pid is the server's.
-            (Ok(_), Some(addr)) => Ok(ServerProcess {
+            // taskset execs the program, so the child's pid is the program's.
+            (Ok(_), Some(addr)) => Ok(ChildProcess {
                 child,
+                _stdin: stdin,
                 _stdout: stdout,
                 addr,
             }),
@@ -441,16 +398,48 @@ impl ServerProcess {
                 let _ = child.kill();
                 let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
                 Err(format!(
-                    "the {} server did not start ({status}); its stderr is above",
-                    config.name()
+                    "the {what} did not start ({status}); its stderr is above"
                 ))
             }
         }
     }
 
-    /// The server's process id.
+    /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        // Only this child, by its pid.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server configuration running in a child process. Killed on drop.
+pub struct ServerProcess {
+    process: ChildProcess,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `config`, pinned to `cpu` with `taskset` when given, and waits
+    /// until it listens.
+    pub fn spawn(config: Config, cpu: Option<u32>, extra: &[&str]) -> Result<Self, String> {
+        let name = config.name();
+        let mut args = vec!["serve", "--config", &name, "--port", "0"];
+        args.extend_from_slice(extra);
+        let process = ChildProcess::spawn(&args, cpu, &format!("{name} server"))?;
+        let addr = process.addr;
+        Ok(ServerProcess { process, addr })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// CPU time (user + system, all threads) the server has used so far.
@@ -486,22 +475,6 @@ impl ServerProcess {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
             .map_err(|e| format!("cannot list the server's fds: {e}"))
-    }
-
-    /// Spans the discarding receiver has got so far.
-    pub fn spans_received(&self) -> Result<u64, String> {
-        let body = http_get(self.addr, "/__bench/spans")?;
-        body.trim()
-            .parse()
-            .map_err(|_| format!("bad span count '{body}'"))
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        // Only this child, by its pid.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
