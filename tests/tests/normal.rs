@@ -1,13 +1,16 @@
 //! What is *not* a break: clean keep-alive traffic, a server-side timeout inside
 //! the layer, a graceful shutdown.
 
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
 use clientgone::DisconnectLayer;
-use clientgone_tests::client::Http1Connection;
-use clientgone_tests::{Scrape, scrape, serve_app, start_demo, wait_for_value};
+use clientgone_tests::client::{Http1Connection, send_raw};
+use clientgone_tests::{
+    DEADLINE, Scrape, scrape, serve_app, start_demo, wait_for_registry_value, wait_for_value,
+};
 use http::StatusCode;
 use tower_http::timeout::TimeoutLayer;
 
@@ -196,4 +199,76 @@ async fn metrics_endpoint_serves_healthz_and_the_contract_families() {
         .filter(|le| le.is_finite())
         .fold(0.0, f64::max);
     assert!(top >= 300.0, "largest finite bucket {top}");
+}
+
+#[tokio::test]
+async fn past_the_grace_period_requests_still_running_are_the_servers_doing_not_breaks() {
+    let registry = prometheus::Registry::new();
+    let metrics = clientgone::Metrics::new(&registry).unwrap();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                "too late"
+            }),
+        )
+        .layer(DisconnectLayer::new(metrics.clone()));
+    let listener = clientgone::TrackedListener::bind("127.0.0.1:0", &metrics)
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        clientgone::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .grace_period(Duration::from_millis(200))
+            .into_future(),
+    );
+    // One request that will outlive the grace period, one idle keep-alive
+    // connection that the graceful stop closes at once.
+    let busy = send_raw(addr, b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let mut idle = Http1Connection::open(addr).await;
+    assert_eq!(idle.request("GET", "/nowhere").await.0, 404);
+    wait_for_registry_value(&registry, "http_server_active_requests", &[], 1.0).await;
+    stop.send(()).unwrap();
+
+    tokio::time::timeout(DEADLINE, server)
+        .await
+        .expect("serve returns soon after the grace period")
+        .unwrap()
+        .expect("a clean stop");
+    let s = Scrape::from_registry(&registry);
+    let dropped = [
+        ("http_route", "/slow"),
+        ("http_response_status_code", "503"),
+        ("outcome", "completed"),
+    ];
+    assert_eq!(
+        s.value("http_server_request_duration_seconds_count", &dropped),
+        1.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        s.value("http_server_client_disconnects_total", &[]),
+        0.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        s.value("http_server_active_requests", &[]),
+        0.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        s.value("http_server_open_connections", &[]),
+        0.0,
+        "{}",
+        s.text
+    );
+    drop(busy);
 }

@@ -2,6 +2,8 @@
 //! header-read timeout, hands each request its connection, and shuts down
 //! gracefully without counting the server's own goodbyes as client breaks.
 
+mod connections;
+
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::Pin;
@@ -13,12 +15,11 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tower::Service;
 
-use crate::connection::{ConnectionState, TrackedListener, TrackedStream};
+use crate::connection::{TrackedListener, TrackedStream};
+use connections::{Connections, Controlled, Ended, Stop};
 
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -95,9 +96,11 @@ impl Serve {
             grace_period,
         } = self;
         let builder = Arc::new(builder());
-        let header_read_timeout = listener.options().header_read_timeout;
-        let graceful = GracefulShutdown::new();
-        let force_close = CancellationToken::new();
+        let connections = Arc::new(Connections::default());
+        // One task for all connections' head timeouts, stopped with the server.
+        let _heads = listener.options().header_read_timeout.map(|timeout| {
+            AbortOnDropHandle::new(tokio::spawn(connections.clone().watch_heads(timeout)))
+        });
         let tracker = TaskTracker::new();
         let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
 
@@ -106,22 +109,23 @@ impl Serve {
                 accepted = listener.accept_retrying() => accepted,
                 () = &mut shutdown => break,
             };
-            tracker.spawn(serve_connection(
-                stream,
-                router.clone(),
-                builder.clone(),
-                graceful.watcher(),
-                force_close.clone(),
-                header_read_timeout,
-            ));
+            let (control, registration) = connections.register(stream.connection().state().clone());
+            let conn = serve_connection(stream, router.clone(), builder.clone(), control);
+            tracker.spawn(async move {
+                conn.await;
+                drop(registration);
+            });
         }
         drop(listener);
         tracker.close();
-        tokio::select! {
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(grace_period) => force_close.cancel(),
+        connections.stop_all(Stop::Graceful);
+        if tokio::time::timeout(grace_period, tracker.wait())
+            .await
+            .is_err()
+        {
+            connections.stop_all(Stop::Force);
+            tracker.wait().await;
         }
-        tracker.wait().await;
         Ok(())
     }
 }
@@ -137,9 +141,9 @@ impl IntoFuture for Serve {
 
 fn builder() -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
-    // hyper's own header-read timeout arms a timer for every request head; the
-    // per-connection watchdog below does the same job with one timer per tick
-    // (see `watch_heads`). hyper defaults to 30 s once a timer is set: off.
+    // hyper's own header-read timeout arms a timer for every request head; one
+    // task per server does the same job (see `Connections::watch_heads`).
+    // hyper defaults to 30 s once a timer is set: off.
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -148,75 +152,26 @@ fn builder() -> Builder<TokioExecutor> {
     builder
 }
 
-/// Ticks per header-read timeout: a head is cut off after it has been pending
-/// for `HEAD_TICKS + 1` ticks of `timeout / HEAD_TICKS`, that is between 1 and
-/// 1.25 (at most 1.5, right after a request) times the timeout — never sooner.
-const HEAD_TICKS: u32 = 4;
-
-/// Resolves when this connection has waited longer than `timeout` for a
-/// complete HTTP/1 request head (a slow-loris client, or one that connected and
-/// sent nothing).
-///
-/// A connection waits for a head when nothing is in flight and either a head has
-/// started arriving or no request was ever seen. One timer per tick per
-/// connection instead of one per request: under keep-alive load that is the
-/// difference between a timer-wheel insert per request and almost none.
-async fn watch_heads(state: &ConnectionState, timeout: Duration) {
-    let tick = timeout / HEAD_TICKS;
-    let mut pending_ticks = 0;
-    let mut requests_seen = state.requests();
-    loop {
-        tokio::time::sleep(tick).await;
-        let requests = state.requests();
-        if state.is_waiting_for_head() && requests == requests_seen {
-            pending_ticks += 1;
-        } else {
-            pending_ticks = 0;
-        }
-        requests_seen = requests;
-        if pending_ticks > HEAD_TICKS {
-            return;
-        }
-    }
-}
-
 async fn serve_connection(
     stream: TrackedStream,
     router: Router,
     builder: Arc<Builder<TokioExecutor>>,
-    graceful: hyper_util::server::graceful::Watcher,
-    force_close: CancellationToken,
-    header_read_timeout: Option<Duration>,
+    control: Arc<connections::Control>,
 ) {
-    let connection = stream.connection().clone();
-    let info = ConnectInfo(connection.clone());
+    let info = ConnectInfo(stream.connection().clone());
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
         router.clone().call(req)
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    // Pinned here, not moved into `select!`, so the connection (and with it the
-    // stream, whose drop records the close) outlives the marking below.
-    let mut conn = std::pin::pin!(graceful.watch(conn));
-    let heads = async {
-        match header_read_timeout {
-            Some(timeout) => watch_heads(connection.state(), timeout).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        result = &mut conn => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        }
-        () = heads => {
-            connection.state().mark_header_timeout();
+    match Controlled::new(conn, control).await {
+        Ended::Finished(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Ended::Finished(Ok(())) => {}
+        // The reason was marked on the connection's state before the stop,
+        // so the stream's drop (right here) records the right close reason.
+        Ended::Stopped(Stop::HeadTimeout) => {
             tracing::debug!("no complete request head in time: closing the connection");
         }
-        () = force_close.cancelled() => {
-            // Mark before the connection (and its requests) are dropped.
-            connection.state().mark_server_closing();
-        }
+        Ended::Stopped(_) => tracing::debug!("grace period over: closing the connection"),
     }
 }

@@ -1,0 +1,222 @@
+//! [`Connections`]: the live connections of one server, and the one task that
+//! cuts off slow request heads.
+//!
+//! A connection must be stopped for three reasons: its request head is too slow
+//! (header-read timeout), the server shuts down (graceful, then forced after the
+//! grace period). Racing a timer and two tokens against each connection in a
+//! `select!` polls all of them on *every* wake-up of the connection — once or
+//! twice per request. Here each connection has one [`Control`] instead: whoever
+//! stops it sets the reason and wakes it, and the connection reads the reason
+//! with one atomic load per poll. Slow heads are found by one task per server
+//! that looks at every connection each tick.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use hyper_util::server::graceful::GracefulConnection;
+use pin_project_lite::pin_project;
+use slab::Slab;
+
+use crate::connection::ConnectionState;
+
+/// Why a connection is being stopped, in increasing order of force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Stop {
+    Running = 0,
+    /// Finish the requests in flight, then close.
+    Graceful = 1,
+    /// The request head took too long: close now.
+    HeadTimeout = 2,
+    /// The grace period is over: close now.
+    Force = 3,
+}
+
+impl Stop {
+    fn from_u8(v: u8) -> Stop {
+        match v {
+            0 => Stop::Running,
+            1 => Stop::Graceful,
+            2 => Stop::HeadTimeout,
+            _ => Stop::Force,
+        }
+    }
+}
+
+/// How a connection learns that it must stop.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    stop: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl Control {
+    fn get(&self) -> Stop {
+        Stop::from_u8(self.stop.load(Ordering::Acquire))
+    }
+
+    /// Raises the reason (never lowers it) and wakes the connection.
+    fn stop(&self, stop: Stop) {
+        self.stop.fetch_max(stop as u8, Ordering::AcqRel);
+        self.waker.wake();
+    }
+}
+
+/// Ticks per header-read timeout: a head is cut off after it has been pending
+/// for `HEAD_TICKS + 1` ticks of `timeout / HEAD_TICKS`, that is between 1 and
+/// 1.25 (at most 1.5, right after a request) times the timeout — never sooner.
+const HEAD_TICKS: u32 = 4;
+
+#[derive(Debug)]
+struct Entry {
+    state: Arc<ConnectionState>,
+    control: Arc<Control>,
+    /// Consecutive ticks this connection has waited for a head.
+    pending_ticks: u32,
+    /// Requests seen at the last tick: a new one means the head arrived.
+    requests_seen: u64,
+}
+
+/// The live connections of one server.
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    entries: Mutex<Slab<Entry>>,
+}
+
+impl Connections {
+    fn lock(&self) -> MutexGuard<'_, Slab<Entry>> {
+        // Every critical section leaves the slab whole: poisoning is ignored.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a connection; it is forgotten when the returned guard drops.
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        state: Arc<ConnectionState>,
+    ) -> (Arc<Control>, Registration) {
+        let control = Arc::new(Control::default());
+        let key = self.lock().insert(Entry {
+            requests_seen: state.requests(),
+            state,
+            control: control.clone(),
+            pending_ticks: 0,
+        });
+        let registration = Registration {
+            connections: self.clone(),
+            key,
+        };
+        (control, registration)
+    }
+
+    /// Stops every connection. A forced stop marks each connection as closed
+    /// by the server first, so the requests it drops are not client breaks.
+    pub(crate) fn stop_all(&self, stop: Stop) {
+        for (_, entry) in self.lock().iter() {
+            if stop == Stop::Force {
+                entry.state.mark_server_closing();
+            }
+            entry.control.stop(stop);
+        }
+    }
+
+    /// Cuts off, every tick, the connections whose HTTP/1 request head has been
+    /// pending for longer than `timeout` (a slow-loris client, or one that
+    /// connected and sent nothing). Runs until dropped.
+    ///
+    /// A connection waits for a head when nothing is in flight and either a
+    /// head has started arriving or no request was ever seen.
+    pub(crate) async fn watch_heads(self: Arc<Self>, timeout: Duration) {
+        let mut ticks = tokio::time::interval(timeout / HEAD_TICKS);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            for (_, entry) in self.lock().iter_mut() {
+                let requests = entry.state.requests();
+                if entry.state.is_waiting_for_head() && requests == entry.requests_seen {
+                    entry.pending_ticks += 1;
+                } else {
+                    entry.pending_ticks = 0;
+                }
+                entry.requests_seen = requests;
+                if entry.pending_ticks > HEAD_TICKS {
+                    // Marked before the connection drops its stream, whose
+                    // drop records the close reason.
+                    entry.state.mark_header_timeout();
+                    entry.control.stop(Stop::HeadTimeout);
+                }
+            }
+        }
+    }
+}
+
+/// A connection's place in [`Connections`]; dropping it removes the entry.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    connections: Arc<Connections>,
+    key: usize,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.connections.lock().try_remove(self.key);
+    }
+}
+
+pin_project! {
+    /// A connection that obeys its [`Control`]: it ends at once on a head
+    /// timeout or a forced stop, and starts hyper's graceful shutdown on a
+    /// graceful one.
+    pub(crate) struct Controlled<C> {
+        #[pin]
+        conn: C,
+        control: Arc<Control>,
+        graceful: bool,
+    }
+}
+
+impl<C> Controlled<C> {
+    pub(crate) fn new(conn: C, control: Arc<Control>) -> Self {
+        Controlled {
+            conn,
+            control,
+            graceful: false,
+        }
+    }
+}
+
+/// How a controlled connection ended.
+#[derive(Debug)]
+pub(crate) enum Ended<T> {
+    /// hyper finished it (the client left, or a graceful shutdown completed).
+    Finished(T),
+    /// It was cut off for this reason.
+    Stopped(Stop),
+}
+
+impl<C: GracefulConnection> Future for Controlled<C> {
+    type Output = Ended<C::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        // Registered before reading the reason, so a stop between the two is
+        // not lost.
+        this.control.waker.register(cx.waker());
+        match this.control.get() {
+            Stop::Running => {}
+            Stop::Graceful => {
+                if !*this.graceful {
+                    *this.graceful = true;
+                    this.conn.as_mut().graceful_shutdown();
+                }
+            }
+            stop @ (Stop::HeadTimeout | Stop::Force) => return Poll::Ready(Ended::Stopped(stop)),
+        }
+        this.conn.poll(cx).map(Ended::Finished)
+    }
+}
