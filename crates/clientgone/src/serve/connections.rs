@@ -14,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
@@ -177,6 +177,9 @@ pin_project! {
         conn: C,
         control: Arc<Control>,
         graceful: bool,
+        // The waker last given to `control`: a connection's task keeps one
+        // waker for its life, so registering (two atomic swaps) once suffices.
+        registered: Option<Waker>,
     }
 }
 
@@ -186,6 +189,7 @@ impl<C> Controlled<C> {
             conn,
             control,
             graceful: false,
+            registered: None,
         }
     }
 }
@@ -206,7 +210,14 @@ impl<C: GracefulConnection> Future for Controlled<C> {
         let mut this = self.project();
         // Registered before reading the reason, so a stop between the two is
         // not lost.
-        this.control.waker.register(cx.waker());
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            this.control.waker.register(cx.waker());
+            *this.registered = Some(cx.waker().clone());
+        }
         match this.control.get() {
             Stop::Running => {}
             Stop::Graceful => {
