@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use hyper_util::server::graceful::GracefulConnection;
 use pin_project_lite::pin_project;
 use slab::Slab;
@@ -52,7 +51,9 @@ impl Stop {
 #[derive(Debug, Default)]
 pub(crate) struct Control {
     stop: AtomicU8,
-    waker: AtomicWaker,
+    /// Woken by reference, never taken: a graceful stop and the forced one
+    /// after it must both reach the connection.
+    waker: Mutex<Option<Waker>>,
 }
 
 impl Control {
@@ -63,7 +64,13 @@ impl Control {
     /// Raises the reason (never lowers it) and wakes the connection.
     fn stop(&self, stop: Stop) {
         self.stop.fetch_max(stop as u8, Ordering::AcqRel);
-        self.waker.wake();
+        if let Some(waker) = &*self.waker() {
+            waker.wake_by_ref();
+        }
+    }
+
+    fn waker(&self) -> MutexGuard<'_, Option<Waker>> {
+        self.waker.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -178,7 +185,7 @@ pin_project! {
         control: Arc<Control>,
         graceful: bool,
         // The waker last given to `control`: a connection's task keeps one
-        // waker for its life, so registering (two atomic swaps) once suffices.
+        // waker for its life, so it is handed over (under a lock) only once.
         registered: Option<Waker>,
     }
 }
@@ -215,7 +222,7 @@ impl<C: GracefulConnection> Future for Controlled<C> {
             .as_ref()
             .is_some_and(|w| w.will_wake(cx.waker()))
         {
-            this.control.waker.register(cx.waker());
+            *this.control.waker() = Some(cx.waker().clone());
             *this.registered = Some(cx.waker().clone());
         }
         match this.control.get() {
