@@ -176,4 +176,14 @@ impl H2Connection {
     pub fn close(self) {
         self.task.abort();
     }
+
+    /// Ends the connection as a browser does: drops the request sender, so
+    /// the h2 client sends GOAWAY and closes once nothing is in flight.
+    pub async fn close_gracefully(self) {
+        drop(self.sender);
+        tokio::time::timeout(DEADLINE, self.task)
+            .await
+            .expect("the h2 client closes in time")
+            .expect("connection task");
+    }
 }

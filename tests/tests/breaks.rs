@@ -225,6 +225,19 @@ async fn http2_rst_stream_is_stream_reset_and_the_connection_lives_on() {
 }
 
 #[tokio::test]
+async fn an_http2_client_that_says_goaway_when_done_closes_idle_not_a_break() {
+    let demo = start_demo().await;
+    let mut h2 = H2Connection::open(demo.addr).await;
+    let (status, _) = h2.get("/items/7").await;
+    assert_eq!(status, 200);
+    h2.close_gracefully().await;
+    let s = wait_for_value(demo.metrics_addr, "http_server_open_connections", &[], 0.0).await;
+    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 1.0, "{}", s.text);
+    assert_eq!(s.value(CLOSES, &[]), 1.0, "{}", s.text);
+    assert_eq!(total_disconnects(&s), 0.0, "{}", s.text);
+}
+
+#[tokio::test]
 async fn a_half_close_while_waiting_is_a_fin_like_nginx_499() {
     let demo = start_demo().await;
     let mut stream = send_raw(
