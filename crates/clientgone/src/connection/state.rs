@@ -164,6 +164,12 @@ impl ConnectionState {
         first
     }
 
+    /// The client left (EOF or error) while a request was in flight.
+    pub(crate) fn client_left_mid_request(&self) -> bool {
+        self.first_event.load(Ordering::Acquire) != NO_CAUSE
+            && self.event_in_flight.load(Ordering::Acquire)
+    }
+
     /// Nothing is in flight and an HTTP/1 head is due: one has started arriving,
     /// or the connection has not sent a request yet.
     pub(crate) fn is_waiting_for_head(&self) -> bool {

@@ -6,6 +6,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -97,11 +98,35 @@ impl TrackedStream {
 
 impl Drop for TrackedStream {
     fn drop(&mut self) {
+        let state = &self.connection.state;
         if let Some(m) = &self.metrics {
-            let state = &self.connection.state;
             m.connection_closed(state.close_reason(), state.opened().elapsed());
         }
+        if state.client_left_mid_request() {
+            close_after_cancellations(&self.inner);
+        }
     }
+}
+
+/// A client that left mid-request has work to cancel: the handler's
+/// `ClientGone` token, a proxied upstream request. Closing our side of its
+/// socket — the FIN and the kernel's processing of it — is not urgent, and on
+/// one worker it would run before the tasks that cancellation woke. A
+/// duplicate of the descriptor keeps the socket open (dropping the stream then
+/// only releases a descriptor) until those tasks have had their turn.
+///
+/// Only for breaks, which are rare: a normal close pays nothing.
+fn close_after_cancellations(stream: &TcpStream) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let Ok(socket) = stream.as_fd().try_clone_to_owned() else {
+        return;
+    };
+    runtime.spawn(async move {
+        tokio::task::yield_now().await;
+        drop(socket);
+    });
 }
 
 impl AsyncRead for TrackedStream {
