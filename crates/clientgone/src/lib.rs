@@ -32,7 +32,8 @@
 //! ```
 //!
 //! Data flows one way: socket → [`TrackedStream`] → [`ConnectionState`] →
-//! request guard → [`Record`] → [`Metrics`].
+//! request guard → [`Record`] → [`Metrics`], and, with
+//! [`DisconnectLayer::with_tracer`], the request's OpenTelemetry span.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
