@@ -148,7 +148,7 @@ async fn a_fin_broken_request_arrives_over_grpc_exactly_as_the_contract_says() {
 }
 
 #[tokio::test]
-async fn at_ratio_zero_only_breaks_are_exported_over_http_and_traceparent_is_kept() {
+async fn at_ratio_zero_only_breaks_and_sampled_callers_are_exported_over_http() {
     let (endpoint, mut received) = http_receiver().await;
     let traced = start_traced(
         OtlpConfig::new(OtlpProtocol::HttpProtobuf)
@@ -161,6 +161,22 @@ async fn at_ratio_zero_only_breaks_are_exported_over_http_and_traceparent_is_kep
         assert_eq!(conn.request("GET", &format!("/items/{i}")).await.0, 200);
     }
     conn.close().await;
+    // A caller that sampled its trace gets our span too, whatever our ratio.
+    let sampled_trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut stream = send_raw(
+        traced.demo.addr,
+        format!(
+            "GET /items/sampled HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+             traceparent: 00-{sampled_trace}-b7ad6b7169203331-01\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer)
+        .await
+        .expect("the answer");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
     // The caller's trace, with the "not sampled" flag: a break is kept anyway.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent_id = "00f067aa0ba902b7";
@@ -181,9 +197,20 @@ async fn at_ratio_zero_only_breaks_are_exported_over_http_and_traceparent_is_kep
         "joined the caller's trace"
     );
     assert_eq!(hex(&span.span.parent_span_id), parent_id);
+    received
+        .wait_for(DEADLINE, &mut seen, |s| {
+            hex(&s.span.trace_id) == sampled_trace
+        })
+        .await
+        .expect("the span of the caller's sampled trace arrives");
     seen.extend(received.drain());
-    let names: Vec<_> = seen.iter().map(|s| s.span.name.as_str()).collect();
-    assert_eq!(names, ["GET /hello"], "completed requests were sampled out");
+    let mut names: Vec<_> = seen.iter().map(|s| s.span.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["GET /hello", "GET /items/{id}"],
+        "the break and the caller's sampled request; the rest sampled out"
+    );
     assert_eq!(traced.pipeline.stats().sampled_out(), 5);
 }
 

@@ -1,7 +1,8 @@
 //! Tail sampling in-process, in two halves. [`RatioOrRecord`] decides at a
-//! span's start, by trace id at the configured ratio (so a trace is sampled or
-//! not as a whole), and *records* the spans it does not sample instead of
-//! dropping them. [`KeepBreaks`] decides at the end: sampled spans, and the
+//! span's start — as the caller decided if the request came with a
+//! `traceparent`, else by trace id at the configured ratio (so a trace is
+//! sampled or not as a whole) — and *records* the spans it does not sample
+//! instead of dropping them. [`KeepBreaks`] decides at the end: sampled spans, and the
 //! ones that matter — a `client.disconnect` event or an Error status — are kept,
 //! the others dropped.
 //!
@@ -23,8 +24,10 @@ use opentelemetry_sdk::trace::{
 
 use super::stats::OtlpStats;
 
-/// Samples by trace id at `ratio`; records the other spans rather than
-/// dropping them, so [`KeepBreaks`] can still keep the ones that break.
+/// Parent-based, like the SDK's default sampler: a span whose parent is known
+/// follows the parent's sampled flag, a root span is sampled by trace id at
+/// `ratio`. Spans not sampled are recorded rather than dropped, so
+/// [`KeepBreaks`] can still keep the ones that break.
 #[derive(Clone, Debug)]
 pub(crate) struct RatioOrRecord {
     pub(crate) ratio: f64,
@@ -40,7 +43,14 @@ impl ShouldSample for RatioOrRecord {
         _attributes: &[KeyValue],
         _links: &[Link],
     ) -> SamplingResult {
-        let decision = if ratio_keeps(trace_id, self.ratio) {
+        let parent = parent_context
+            .map(|cx| cx.span().span_context().clone())
+            .filter(SpanContext::is_valid);
+        let sampled = match &parent {
+            Some(parent) => parent.is_sampled(),
+            None => ratio_keeps(trace_id, self.ratio),
+        };
+        let decision = if sampled {
             SamplingDecision::RecordAndSample
         } else {
             SamplingDecision::RecordOnly
@@ -48,9 +58,7 @@ impl ShouldSample for RatioOrRecord {
         SamplingResult {
             decision,
             attributes: Vec::new(),
-            trace_state: parent_context
-                .map(|cx| cx.span().span_context().trace_state().clone())
-                .unwrap_or_default(),
+            trace_state: parent.map(|p| p.trace_state().clone()).unwrap_or_default(),
         }
     }
 }
