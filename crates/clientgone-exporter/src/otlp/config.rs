@@ -34,6 +34,11 @@ pub struct OtlpConfig {
     /// Share of ordinary (unbroken, non-error) traces to export, 0.0–1.0.
     /// Broken and failed requests are always exported.
     pub sample_ratio: f64,
+    /// Follow the sampled flag of an incoming `traceparent` (`parentbased_*`
+    /// samplers, the default) instead of applying the ratio to every trace
+    /// (`traceidratio`, `always_on`, `always_off`). Callers on the internet can
+    /// set that flag: there, `traceidratio` keeps the export volume yours.
+    pub follow_parent: bool,
     /// Spans waiting for export at most; more are dropped and counted.
     pub max_queue_size: usize,
     /// Time allowed for one export (retries included); `None`: the SDK's
@@ -56,6 +61,7 @@ pub const HONOURED_VARIABLES: &[&str] = &[
     "OTEL_EXPORTER_OTLP_TIMEOUT",
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
     "OTEL_BSP_MAX_QUEUE_SIZE",
     "OTEL_BSP_SCHEDULE_DELAY",
@@ -84,6 +90,7 @@ impl OtlpConfig {
             protocol,
             endpoint: None,
             sample_ratio: 1.0,
+            follow_parent: true,
             max_queue_size: 2048,
             export_timeout: None,
             service_name: None,
@@ -99,6 +106,12 @@ impl OtlpConfig {
     /// Sets the share of ordinary traces to export (clamped to 0.0–1.0).
     pub fn sample_ratio(mut self, ratio: f64) -> Self {
         self.sample_ratio = ratio.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Follows (the default) or ignores an incoming `traceparent`'s sampled flag.
+    pub fn follow_parent(mut self, follow: bool) -> Self {
+        self.follow_parent = follow;
         self
     }
 
@@ -172,7 +185,39 @@ impl OtlpConfig {
             }
         };
         let mut config = OtlpConfig::new(protocol);
-        if let Some(arg) = get("OTEL_TRACES_SAMPLER_ARG") {
+        // The spec's sampler names; the ratio ones take the ratio from the ARG.
+        // Breaks and errors are exported under every one of them.
+        let sampler = get("OTEL_TRACES_SAMPLER");
+        let fixed_ratio = match sampler.as_deref() {
+            None | Some("parentbased_traceidratio") => None,
+            Some("traceidratio") => {
+                config.follow_parent = false;
+                None
+            }
+            Some("parentbased_always_on") => Some(1.0),
+            Some("parentbased_always_off") => Some(0.0),
+            Some("always_on") => {
+                config.follow_parent = false;
+                Some(1.0)
+            }
+            Some("always_off") => {
+                config.follow_parent = false;
+                Some(0.0)
+            }
+            Some(other) => {
+                return Err(ConfigError {
+                    variable: "OTEL_TRACES_SAMPLER",
+                    message: format!(
+                        "'{other}' is not supported; use parentbased_traceidratio (the default), \
+                         traceidratio, always_on, always_off, parentbased_always_on or \
+                         parentbased_always_off"
+                    ),
+                });
+            }
+        };
+        if let Some(ratio) = fixed_ratio {
+            config.sample_ratio = ratio;
+        } else if let Some(arg) = get("OTEL_TRACES_SAMPLER_ARG") {
             let ratio: f64 = arg.parse().map_err(|_| ConfigError {
                 variable: "OTEL_TRACES_SAMPLER_ARG",
                 message: format!("'{arg}' is not a number between 0 and 1"),
@@ -238,6 +283,26 @@ mod tests {
         assert_eq!(c.sample_ratio, 0.25);
         assert_eq!(c.max_queue_size, 64);
         assert_eq!(c.endpoint, None, "the exporter reads the endpoint itself");
+        assert!(c.follow_parent, "parent-based unless told otherwise");
+    }
+
+    #[test]
+    fn reads_the_sampler_names_of_the_spec() {
+        let ep = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317");
+        let arg = ("OTEL_TRACES_SAMPLER_ARG", "0.25");
+        for (name, ratio, follow) in [
+            ("parentbased_traceidratio", 0.25, true),
+            ("traceidratio", 0.25, false),
+            ("always_on", 1.0, false),
+            ("always_off", 0.0, false),
+            ("parentbased_always_on", 1.0, true),
+            ("parentbased_always_off", 0.0, true),
+        ] {
+            let c = from(&[ep, arg, ("OTEL_TRACES_SAMPLER", name)])
+                .unwrap()
+                .unwrap();
+            assert_eq!((c.sample_ratio, c.follow_parent), (ratio, follow), "{name}");
+        }
     }
 
     #[test]
@@ -249,6 +314,7 @@ mod tests {
             ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
             ("OTEL_TRACES_EXPORTER", "zipkin"),
+            ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
         ] {
             let err = from(&[ep, (var, value)]).unwrap_err();
             assert!(err.to_string().starts_with(var), "{err}");

@@ -101,6 +101,7 @@ impl OtlpPipeline {
             // Sample by ratio, record the rest; KeepBreaks decides at the end.
             .with_sampler(RatioOrRecord {
                 ratio: config.sample_ratio,
+                follow_parent: config.follow_parent,
             })
             .with_resource(resource(&config))
             .with_span_processor(KeepBreaks {

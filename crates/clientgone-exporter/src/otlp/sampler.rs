@@ -24,13 +24,14 @@ use opentelemetry_sdk::trace::{
 
 use super::stats::OtlpStats;
 
-/// Parent-based, like the SDK's default sampler: a span whose parent is known
-/// follows the parent's sampled flag, a root span is sampled by trace id at
-/// `ratio`. Spans not sampled are recorded rather than dropped, so
-/// [`KeepBreaks`] can still keep the ones that break.
+/// Samples by trace id at `ratio` — or, with `follow_parent`, as the parent
+/// did when there is one (the SDK's default, parent-based). Spans not sampled
+/// are recorded rather than dropped, so [`KeepBreaks`] can still keep the ones
+/// that break.
 #[derive(Clone, Debug)]
 pub(crate) struct RatioOrRecord {
     pub(crate) ratio: f64,
+    pub(crate) follow_parent: bool,
 }
 
 impl ShouldSample for RatioOrRecord {
@@ -47,8 +48,8 @@ impl ShouldSample for RatioOrRecord {
             .map(|cx| cx.span().span_context().clone())
             .filter(SpanContext::is_valid);
         let sampled = match &parent {
-            Some(parent) => parent.is_sampled(),
-            None => ratio_keeps(trace_id, self.ratio),
+            Some(parent) if self.follow_parent => parent.is_sampled(),
+            _ => ratio_keeps(trace_id, self.ratio),
         };
         let decision = if sampled {
             SamplingDecision::RecordAndSample
@@ -83,13 +84,22 @@ pub(crate) fn ratio_keeps(trace_id: TraceId, ratio: f64) -> bool {
     (u64::from_be_bytes(low) >> 1) < bound
 }
 
+/// A request's server span that broke or failed. Only server spans: an error
+/// in a handler's own span under an unsampled, successful request would arrive
+/// without its parent.
 pub(crate) fn must_keep(span: &SpanData) -> bool {
-    matches!(span.status, Status::Error { .. })
-        || span
-            .events
-            .iter()
-            .any(|e| e.name == clientgone::DISCONNECT_EVENT)
+    span.span_kind == SpanKind::Server
+        && (matches!(span.status, Status::Error { .. })
+            || span
+                .events
+                .iter()
+                .any(|e| e.name == clientgone::DISCONNECT_EVENT))
 }
+
+/// Share of the queue that ordinary spans may fill: the rest is kept for
+/// breaks and errors, so a flood of sampled spans (a high ratio, or callers
+/// whose `traceparent` says "sampled") cannot crowd them out.
+const ORDINARY_SHARE: f64 = 0.75;
 
 impl<P: SpanProcessor> SpanProcessor for KeepBreaks<P> {
     fn on_start(&self, span: &mut Span, cx: &Context) {
@@ -114,7 +124,12 @@ impl<P: SpanProcessor> SpanProcessor for KeepBreaks<P> {
         }
         // Admit no more than the batch processor's queue holds, so it never
         // drops silently and our count is exact.
-        if self.stats.admit(self.queue_cap) {
+        let limit = if must_keep(&span) {
+            self.queue_cap
+        } else {
+            ((self.queue_cap as f64 * ORDINARY_SHARE) as usize).max(1)
+        };
+        if self.stats.admit(limit) {
             self.inner.on_end(span);
         } else {
             self.stats.queue_full();
@@ -137,6 +152,56 @@ impl<P: SpanProcessor> SpanProcessor for KeepBreaks<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::trace::{TraceFlags, TraceState};
+
+    fn decide(sampler: &RatioOrRecord, parent_sampled: Option<bool>) -> SamplingDecision {
+        let trace_id = TraceId::from_bytes([0x42; 16]);
+        let parent = parent_sampled.map(|sampled| {
+            Context::new().with_remote_span_context(SpanContext::new(
+                trace_id,
+                opentelemetry::trace::SpanId::from_bytes([7; 8]),
+                if sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                },
+                true,
+                TraceState::default(),
+            ))
+        });
+        sampler
+            .should_sample(
+                parent.as_ref(),
+                trace_id,
+                "HTTP",
+                &SpanKind::Server,
+                &[],
+                &[],
+            )
+            .decision
+    }
+
+    #[test]
+    fn parents_are_followed_only_when_asked_and_nothing_is_ever_dropped() {
+        use SamplingDecision::{RecordAndSample, RecordOnly};
+        let parent_based = RatioOrRecord {
+            ratio: 0.0,
+            follow_parent: true,
+        };
+        assert_eq!(decide(&parent_based, Some(true)), RecordAndSample);
+        assert_eq!(decide(&parent_based, Some(false)), RecordOnly);
+        assert_eq!(decide(&parent_based, None), RecordOnly, "a root: the ratio");
+        let ratio_only = RatioOrRecord {
+            ratio: 0.0,
+            follow_parent: false,
+        };
+        assert_eq!(decide(&ratio_only, Some(true)), RecordOnly);
+        let all = RatioOrRecord {
+            ratio: 1.0,
+            follow_parent: false,
+        };
+        assert_eq!(decide(&all, Some(false)), RecordAndSample);
+    }
 
     #[test]
     fn ratio_is_by_trace_id_and_matches_the_bounds() {

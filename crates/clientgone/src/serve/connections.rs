@@ -7,13 +7,15 @@
 //! `select!` polls all of them on *every* wake-up of the connection — once or
 //! twice per request. Here each connection has one [`Control`] instead: whoever
 //! stops it sets the reason and wakes it, and the connection reads the reason
-//! with one atomic load per poll. Slow heads are found by one task per server
-//! that looks at every connection each tick.
+//! with atomic loads per poll. Slow heads are found by one task per server that
+//! looks at every connection each tick; the connection itself confirms, in its
+//! own task, that it is still waiting for that head before it gives up — a head
+//! that completed meanwhile on another worker is never cut off.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -51,6 +53,9 @@ impl Stop {
 #[derive(Debug, Default)]
 pub(crate) struct Control {
     stop: AtomicU8,
+    /// The head watcher saw this connection wait too long for a head; the
+    /// connection checks again before it gives up.
+    head_overdue: AtomicBool,
     /// Woken by reference, never taken: a graceful stop and the forced one
     /// after it must both reach the connection.
     waker: Mutex<Option<Waker>>,
@@ -64,6 +69,15 @@ impl Control {
     /// Raises the reason (never lowers it) and wakes the connection.
     fn stop(&self, stop: Stop) {
         self.stop.fetch_max(stop as u8, Ordering::AcqRel);
+        self.wake();
+    }
+
+    fn head_overdue(&self) {
+        self.head_overdue.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    fn wake(&self) {
         if let Some(waker) = &*self.waker() {
             waker.wake_by_ref();
         }
@@ -131,19 +145,25 @@ impl Connections {
         }
     }
 
-    /// Cuts off, every tick, the connections whose HTTP/1 request head has been
+    /// Tells, every tick, the connections whose HTTP/1 request head has been
     /// pending for longer than `timeout` (a slow-loris client, or one that
-    /// connected and sent nothing). Runs until dropped.
+    /// connected and sent nothing) that it is overdue. Runs as long as the
+    /// server or any of its connections lives.
     ///
     /// A connection waits for a head when nothing is in flight and either a
     /// head has started arriving or no request was ever seen.
-    pub(crate) async fn watch_heads(self: Arc<Self>, timeout: Duration) {
-        let mut ticks = tokio::time::interval(timeout / HEAD_TICKS);
+    pub(crate) async fn watch_heads(connections: Weak<Self>, timeout: Duration) {
+        // A timeout shorter than the timer's resolution still ticks sanely.
+        let tick = (timeout / HEAD_TICKS).max(Duration::from_millis(1));
+        let mut ticks = tokio::time::interval(tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            for (_, entry) in self.lock().iter_mut() {
+            let Some(this) = connections.upgrade() else {
+                return;
+            };
+            for (_, entry) in this.lock().iter_mut() {
                 let requests = entry.state.requests();
                 if entry.state.is_waiting_for_head() && requests == entry.requests_seen {
                     entry.pending_ticks += 1;
@@ -152,10 +172,7 @@ impl Connections {
                 }
                 entry.requests_seen = requests;
                 if entry.pending_ticks > HEAD_TICKS {
-                    // Marked before the connection drops its stream, whose
-                    // drop records the close reason.
-                    entry.state.mark_header_timeout();
-                    entry.control.stop(Stop::HeadTimeout);
+                    entry.control.head_overdue();
                 }
             }
         }
@@ -183,6 +200,7 @@ pin_project! {
         #[pin]
         conn: C,
         control: Arc<Control>,
+        state: Arc<ConnectionState>,
         graceful: bool,
         // The waker last given to `control`: a connection's task keeps one
         // waker for its life, so it is handed over (under a lock) only once.
@@ -191,10 +209,11 @@ pin_project! {
 }
 
 impl<C> Controlled<C> {
-    pub(crate) fn new(conn: C, control: Arc<Control>) -> Self {
+    pub(crate) fn new(conn: C, control: Arc<Control>, state: Arc<ConnectionState>) -> Self {
         Controlled {
             conn,
             control,
+            state,
             graceful: false,
             registered: None,
         }
@@ -224,6 +243,15 @@ impl<C: GracefulConnection> Future for Controlled<C> {
         {
             *this.control.waker() = Some(cx.waker().clone());
             *this.registered = Some(cx.waker().clone());
+        }
+        // Confirmed here, in the connection's own task: between the watcher's
+        // look and now, the head may have arrived.
+        if this.control.head_overdue.swap(false, Ordering::AcqRel)
+            && this.state.is_waiting_for_head()
+        {
+            // Marked before the stream is dropped: its drop records the close.
+            this.state.mark_header_timeout();
+            return Poll::Ready(Ended::Stopped(Stop::HeadTimeout));
         }
         match this.control.get() {
             Stop::Running => {}

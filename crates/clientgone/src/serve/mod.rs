@@ -15,7 +15,7 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::connection::{TrackedListener, TrackedStream};
@@ -97,10 +97,14 @@ impl Serve {
         } = self;
         let builder = Arc::new(builder());
         let connections = Arc::new(Connections::default());
-        // One task for all connections' head timeouts, stopped with the server.
-        let _heads = listener.options().header_read_timeout.map(|timeout| {
-            AbortOnDropHandle::new(tokio::spawn(connections.clone().watch_heads(timeout)))
-        });
+        // One task for all connections' head timeouts; it ends when the
+        // server and its last connection are gone.
+        if let Some(timeout) = listener.options().header_read_timeout {
+            tokio::spawn(Connections::watch_heads(
+                Arc::downgrade(&connections),
+                timeout,
+            ));
+        }
         let tracker = TaskTracker::new();
         let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
 
@@ -158,13 +162,14 @@ async fn serve_connection(
     builder: Arc<Builder<TokioExecutor>>,
     control: Arc<connections::Control>,
 ) {
+    let state = stream.connection().state().clone();
     let info = ConnectInfo(stream.connection().clone());
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(info.clone());
         router.clone().call(req)
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    match Controlled::new(conn, control).await {
+    match Controlled::new(conn, control, state).await {
         Ended::Finished(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
         Ended::Finished(Ok(())) => {}
         // The reason was marked on the connection's state before the stop,
