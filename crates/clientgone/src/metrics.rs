@@ -196,7 +196,8 @@ impl Metrics {
 /// The children of one route template, per method, created on first use.
 #[derive(Debug)]
 pub(crate) struct RouteMetrics {
-    route: Box<str>,
+    /// Shared, so a span's `http.route` attribute is a reference, not a copy.
+    route: Arc<str>,
     vecs: Vecs,
     methods: [OnceLock<MethodMetrics>; METHODS.len()],
     /// `{method} {route}`, the OTel span name, made once per method.
@@ -215,6 +216,10 @@ struct MethodMetrics {
 
 impl RouteMetrics {
     pub(crate) fn route(&self) -> &str {
+        &self.route
+    }
+
+    pub(crate) fn route_shared(&self) -> &Arc<str> {
         &self.route
     }
 

@@ -193,7 +193,7 @@ impl RequestGuard {
             _ => None,
         };
         if let Some(span) = self.span.take() {
-            span.finish(self.route.span_name(self.method), &record, unacked);
+            span.finish(self.route.route_shared(), &record, unacked);
         }
         if let Some(state) = connection {
             state.request_ended();

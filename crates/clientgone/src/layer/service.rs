@@ -85,6 +85,7 @@ where
         let span = self.tracer.as_ref().map(|tracer| {
             RequestSpan::start(
                 tracer,
+                route.span_name(method),
                 &req,
                 connection.as_ref().map(TrackedConnection::remote_addr),
             )

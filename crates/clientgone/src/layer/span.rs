@@ -23,7 +23,7 @@ use http::{HeaderMap, Request, Version};
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 
 use crate::record::{End, Record};
 
@@ -58,15 +58,16 @@ impl RequestSpan {
     /// which the exporter installs).
     pub(crate) fn start<B>(
         tracer: &BoxedTracer,
+        name: &str,
         req: &Request<B>,
         client: Option<SocketAddr>,
     ) -> Self {
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(req.headers()))
         });
-        // Named for real at the end; the name is an allocation most spans of
-        // a sampled-down pipeline never need.
-        let builder = SpanBuilder::from_name("HTTP").with_kind(SpanKind::Server);
+        // Named at the start, so a sampler that decides by name (say, to leave
+        // out health checks) sees the real one.
+        let builder = SpanBuilder::from_name(name.to_owned()).with_kind(SpanKind::Server);
         let span = tracer.build_with_context(builder, &parent);
         RequestSpan {
             context: parent.with_span(span),
@@ -84,7 +85,7 @@ impl RequestSpan {
     }
 
     /// Writes the end of the request onto the span and ends it.
-    pub(crate) fn finish(self, name: &str, record: &Record<'_>, unacked_bytes: Option<u64>) {
+    pub(crate) fn finish(self, route: &Arc<str>, record: &Record<'_>, unacked_bytes: Option<u64>) {
         let span = self.context.span();
         let broken = matches!(record.end, End::Disconnect { .. });
         let failed = record.status >= 500;
@@ -94,12 +95,11 @@ impl RequestSpan {
             span.end();
             return;
         }
-        span.update_name(name.to_owned());
         let path = self.facts.path.as_ref().map_or("/", PathAndQuery::path);
         let mut attributes = Vec::with_capacity(8);
         attributes.extend([
             KeyValue::new("http.request.method", record.method),
-            KeyValue::new("http.route", record.route.to_owned()),
+            KeyValue::new("http.route", StringValue::from(Arc::clone(route))),
             KeyValue::new("http.response.status_code", i64::from(record.status)),
             KeyValue::new("url.path", path.to_owned()),
             KeyValue::new("url.scheme", "http"),
