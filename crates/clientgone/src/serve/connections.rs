@@ -246,7 +246,10 @@ impl<C: GracefulConnection> Future for Controlled<C> {
         }
         // Confirmed here, in the connection's own task: between the watcher's
         // look and now, the head may have arrived.
-        if this.control.head_overdue.swap(false, Ordering::AcqRel)
+        // (A plain load first: the swap is a write, and almost every poll has
+        // nothing to swap.)
+        if this.control.head_overdue.load(Ordering::Acquire)
+            && this.control.head_overdue.swap(false, Ordering::AcqRel)
             && this.state.is_waiting_for_head()
         {
             // Marked before the stream is dropped: its drop records the close.
