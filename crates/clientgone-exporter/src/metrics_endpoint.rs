@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -20,19 +22,38 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 /// let app: axum::Router = clientgone_exporter::metrics_router(registry);
 /// ```
 pub fn metrics_router(registry: Registry) -> Router {
+    let last_size = Arc::new(AtomicUsize::new(16 * 1024));
     Router::new()
-        .route("/metrics", get(move || render(registry.clone())))
+        .route(
+            "/metrics",
+            get(move || render(registry.clone(), last_size.clone())),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
 }
 
-async fn render(registry: Registry) -> Response {
-    let families = registry.gather();
-    let mut body = Vec::with_capacity(16 * 1024);
-    match TextEncoder::new().encode(&families, &mut body) {
-        Ok(()) => ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], body).into_response(),
-        Err(e) => (
+/// Renders off the async workers: with thousands of label children a render
+/// takes milliseconds, and on a worker it would stall every request queued
+/// behind it for as long.
+async fn render(registry: Registry, last_size: Arc<AtomicUsize>) -> Response {
+    let rendered = tokio::task::spawn_blocking(move || {
+        let families = registry.gather();
+        // Sized like the last answer: a large exposition grows the buffer once.
+        let mut body = Vec::with_capacity(last_size.load(Ordering::Relaxed));
+        let result = TextEncoder::new().encode(&families, &mut body);
+        last_size.store(body.len().max(1024), Ordering::Relaxed);
+        result.map(|()| body)
+    })
+    .await;
+    match rendered {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)], body).into_response(),
+        Ok(Err(e)) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode metrics: {e}\n"),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render metrics: {e}\n"),
         )
             .into_response(),
     }
