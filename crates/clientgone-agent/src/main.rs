@@ -60,9 +60,15 @@ fn main() -> ExitCode {
     };
     let registry = Registry::new();
     // The exporter spawns onto the runtime, so it is built inside it.
+    let described = otlp.as_ref().map(OtlpConfig::describe);
     let pipeline = match otlp.map(|c| runtime.block_on(async { OtlpPipeline::start(c, &registry) }))
     {
-        Some(Ok(p)) => Some(p),
+        Some(Ok(p)) => {
+            if let Some(line) = described {
+                say!("clientgone: {line}");
+            }
+            Some(p)
+        }
         Some(Err(e)) => {
             say!("clientgone: {e}");
             return ExitCode::from(USAGE);

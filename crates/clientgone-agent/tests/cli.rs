@@ -138,8 +138,13 @@ impl Demo {
             .spawn()
             .expect("spawn clientgone demo");
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        // Other start-up lines (where traces go) may come first.
         let mut line = String::new();
-        stderr.read_line(&mut line).expect("start-up line");
+        while !line.contains(" serving ") {
+            line.clear();
+            let read = stderr.read_line(&mut line).expect("start-up line");
+            assert!(read > 0, "the demo exited before serving");
+        }
         // Keep reading, so the demo never writes into a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         // "clientgone demo: serving http://A/hello, metrics on http://B/metrics"

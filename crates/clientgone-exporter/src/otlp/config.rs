@@ -133,6 +133,44 @@ impl OtlpConfig {
         self
     }
 
+    /// One line for a start-up message: where traces go and what is kept.
+    ///
+    /// ```
+    /// use clientgone_exporter::otlp::{OtlpConfig, OtlpProtocol};
+    ///
+    /// let config = OtlpConfig::new(OtlpProtocol::Grpc)
+    ///     .endpoint("http://collector:4317")
+    ///     .sample_ratio(0.01);
+    /// assert_eq!(
+    ///     config.describe(),
+    ///     "traces over OTLP/gRPC to http://collector:4317: 1 % of requests \
+    ///      (or as the caller's traceparent says), every break and error"
+    /// );
+    /// ```
+    pub fn describe(&self) -> String {
+        let transport = match self.protocol {
+            OtlpProtocol::Grpc => "OTLP/gRPC",
+            OtlpProtocol::HttpProtobuf => "OTLP/HTTP",
+        };
+        let endpoint = self
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").ok())
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .unwrap_or_else(|| "the default endpoint".to_owned());
+        // Rounded, so 0.1 reads "10", not "10.000000000000002".
+        let share = (self.sample_ratio * 100_000.0).round() / 1000.0;
+        let parent = if self.follow_parent {
+            " (or as the caller's traceparent says)"
+        } else {
+            ""
+        };
+        format!(
+            "traces over {transport} to {endpoint}: {share} % of requests{parent}, \
+             every break and error"
+        )
+    }
+
     /// Reads the standard environment. `Ok(None)` means "do not export": the SDK
     /// is disabled (`OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none`) or no
     /// endpoint is set — so a demo without a collector stays quiet.
