@@ -79,6 +79,11 @@ impl Drop for PythonUpstream {
 }
 
 async fn start_proxy(upstream: &str, routes: &[&str], timeout: Duration) -> RunningServer {
+    let routes = RouteTable::new(routes.iter().map(|r| r.to_string())).unwrap();
+    start_proxy_with(upstream, routes, timeout).await
+}
+
+async fn start_proxy_with(upstream: &str, routes: RouteTable, timeout: Duration) -> RunningServer {
     proxy::start(ProxyConfig {
         server: ServerConfig {
             listen: "127.0.0.1:0".into(),
@@ -88,7 +93,7 @@ async fn start_proxy(upstream: &str, routes: &[&str], timeout: Duration) -> Runn
             tracer: None,
         },
         upstream: Upstream::parse(upstream).unwrap(),
-        routes: RouteTable::new(routes.iter().map(|r| r.to_string())).unwrap(),
+        routes,
         upstream_timeout: timeout,
     })
     .await
@@ -396,20 +401,12 @@ async fn random_paths_add_only_unmatched_and_an_openapi_file_gives_its_templates
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(routes.templates().len(), 50);
 
-    let proxy = proxy::start(ProxyConfig {
-        server: ServerConfig {
-            listen: "127.0.0.1:0".into(),
-            metrics_listen: "127.0.0.1:0".into(),
-            options: Default::default(),
-            registry: prometheus::Registry::new(),
-            tracer: None,
-        },
-        upstream: Upstream::parse(&format!("http://{}", upstream.addr)).unwrap(),
-        routes: routes.clone(),
-        upstream_timeout: DEADLINE,
-    })
-    .await
-    .unwrap();
+    let proxy = start_proxy_with(
+        &format!("http://{}", upstream.addr),
+        routes.clone(),
+        DEADLINE,
+    )
+    .await;
     let mut conn = Http1Connection::open(proxy.addr).await;
     for i in 0..50 {
         assert_eq!(
