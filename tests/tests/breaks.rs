@@ -238,6 +238,22 @@ async fn an_http2_client_that_says_goaway_when_done_closes_idle_not_a_break() {
 }
 
 #[tokio::test]
+async fn an_http2_goaway_with_the_socket_left_open_is_the_client_closing_idle() {
+    let demo = start_demo().await;
+    // Preface, empty SETTINGS, then GOAWAY (last stream 0, NO_ERROR); the
+    // socket stays open: the client leaves the closing to the server.
+    let mut raw = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    raw.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    raw.extend_from_slice(&[0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let mut stream = send_raw(demo.addr, &raw).await;
+    // The server answers with its own frames, then closes.
+    clientgone_tests::client::read_to_close(&mut stream).await;
+    let s = wait_for_value(demo.metrics_addr, "http_server_open_connections", &[], 0.0).await;
+    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 1.0, "{}", s.text);
+    assert_eq!(s.value(CLOSES, &[]), 1.0, "{}", s.text);
+}
+
+#[tokio::test]
 async fn a_half_close_while_waiting_is_a_fin_like_nginx_499() {
     let demo = start_demo().await;
     let mut stream = send_raw(

@@ -150,3 +150,22 @@ async fn slowloris_heads_are_closed_as_incomplete_requests_while_others_are_serv
         s.text
     );
 }
+
+#[tokio::test]
+async fn a_client_that_asks_for_the_close_closes_idle_even_though_the_server_closes_the_socket() {
+    let demo = start_demo().await;
+    for request in [
+        "GET /items/1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "GET /items/2 HTTP/1.1\r\nHost: t\r\nConnection: Keep-Alive, Close\r\n\r\n",
+        "GET /items/3 HTTP/1.0\r\n\r\n",
+    ] {
+        let mut stream = send_raw(demo.addr, request.as_bytes()).await;
+        // The server answers and closes first; the client only reads.
+        let answer = read_to_close(&mut stream).await;
+        assert!(answer.starts_with(b"HTTP/1."), "{answer:?}");
+    }
+    let s = wait_for_value(demo.metrics_addr, "http_server_open_connections", &[], 0.0).await;
+    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 3.0, "{}", s.text);
+    assert_eq!(s.value(CLOSES, &[]), 3.0, "{}", s.text);
+    assert_eq!(s.value("http_server_client_disconnects_total", &[]), 0.0);
+}

@@ -284,6 +284,9 @@ pub struct CloseFacts {
     pub partial_head: bool,
     /// At least one request was seen on this connection.
     pub served_any: bool,
+    /// The client asked for the close in the protocol: an HTTP/1 request with
+    /// `Connection: close` (or HTTP/1.0 without keep-alive), an HTTP/2 GOAWAY.
+    pub client_asked_close: bool,
 }
 
 /// The first sign of life (or death) from the client side of a connection.
@@ -310,6 +313,10 @@ pub fn close_reason(facts: CloseFacts) -> CloseReason {
     }
     if facts.header_timeout && (facts.partial_head || !facts.served_any) {
         return CloseReason::IncompleteRequest;
+    }
+    // The server closed the socket, but as the client asked: a normal close.
+    if facts.client_asked_close && !facts.header_timeout {
+        return CloseReason::Idle;
     }
     CloseReason::Server
 }
@@ -431,6 +438,11 @@ mod tests {
             header_timeout,
             partial_head,
             served_any,
+            client_asked_close: false,
+        };
+        let asked = |header_timeout| CloseFacts {
+            client_asked_close: true,
+            ..facts(None, header_timeout, false, true)
         };
         use CloseReason as R;
         let cases = [
@@ -470,6 +482,15 @@ mod tests {
             (facts(None, true, false, false), R::IncompleteRequest),
             (facts(None, true, false, true), R::Server),
             (facts(None, false, false, true), R::Server),
+            (asked(false), R::Idle),
+            (asked(true), R::Server),
+            (
+                CloseFacts {
+                    client_asked_close: true,
+                    ..facts(ev(Cause::Reset, true, false), false, false, true)
+                },
+                R::ClientAbort,
+            ),
         ];
         for (f, want) in cases {
             assert_eq!(close_reason(f), want, "{f:?}");

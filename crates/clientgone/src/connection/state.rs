@@ -36,6 +36,9 @@ pub struct ConnectionState {
     /// An HTTP/2 request was seen: bytes between requests are frames, not heads.
     http2: AtomicBool,
     server_closing: AtomicBool,
+    /// The client asked for the close in the protocol (`Connection: close`,
+    /// HTTP/1.0 without keep-alive, HTTP/2 GOAWAY).
+    client_asked_close: AtomicBool,
     bytes_written: AtomicU64,
     /// The send queue's size when the first client event was seen (`u64::MAX`: unknown).
     unacked_at_event: AtomicU64,
@@ -56,6 +59,7 @@ impl ConnectionState {
             header_timeout: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             server_closing: AtomicBool::new(false),
+            client_asked_close: AtomicBool::new(false),
             bytes_written: AtomicU64::new(0),
             unacked_at_event: AtomicU64::new(u64::MAX),
         }
@@ -182,6 +186,15 @@ impl ConnectionState {
         self.header_timeout.store(true, Ordering::Release);
     }
 
+    pub(crate) fn mark_client_asked_close(&self) {
+        self.client_asked_close.store(true, Ordering::Release);
+    }
+
+    /// An HTTP/2 request was seen on this connection.
+    pub(crate) fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn mark_server_closing(&self) {
         self.server_closing.store(true, Ordering::Release);
     }
@@ -202,6 +215,7 @@ impl ConnectionState {
             header_timeout: self.header_timeout.load(Ordering::Acquire),
             partial_head: heads && self.partial_head.load(Ordering::Relaxed),
             served_any: self.requests() > 0,
+            client_asked_close: self.client_asked_close.load(Ordering::Acquire),
         })
     }
 }

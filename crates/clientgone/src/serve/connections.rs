@@ -66,6 +66,11 @@ impl Control {
         Stop::from_u8(self.stop.load(Ordering::Acquire))
     }
 
+    /// Nobody has asked this connection to stop.
+    pub(crate) fn is_running(&self) -> bool {
+        self.get() == Stop::Running
+    }
+
     /// Raises the reason (never lowers it) and wakes the connection.
     fn stop(&self, stop: Stop) {
         self.stop.fetch_max(stop as u8, Ordering::AcqRel);

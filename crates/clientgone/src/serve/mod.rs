@@ -156,6 +156,21 @@ fn builder() -> Builder<TokioExecutor> {
     builder
 }
 
+/// An HTTP/1 request whose client wants the connection closed after it.
+fn asks_to_close<B>(req: &http::Request<B>) -> bool {
+    let connection = req.headers().get(http::header::CONNECTION);
+    let says = |token: &str| {
+        connection
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    match req.version() {
+        http::Version::HTTP_10 => !says("keep-alive"),
+        http::Version::HTTP_11 => says("close"),
+        _ => false,
+    }
+}
+
 async fn serve_connection(
     stream: TrackedStream,
     router: Router,
@@ -164,14 +179,28 @@ async fn serve_connection(
 ) {
     let state = stream.connection().state().clone();
     let info = ConnectInfo(stream.connection().clone());
+    let requests_state = state.clone();
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        if asks_to_close(&req) {
+            requests_state.mark_client_asked_close();
+        }
         req.extensions_mut().insert(info.clone());
         router.clone().call(req)
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    match Controlled::new(conn, control, state).await {
+    // Pinned here, not awaited as a temporary, so the connection — and with it
+    // the stream, whose drop records the close — outlives the marks below.
+    let mut controlled = std::pin::pin!(Controlled::new(conn, control.clone(), state.clone()));
+    match controlled.as_mut().await {
         Ended::Finished(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
-        Ended::Finished(Ok(())) => {}
+        Ended::Finished(Ok(())) => {
+            // An HTTP/2 connection (or one that never sent a request) that hyper
+            // ends cleanly without being asked to stop ended on the client's
+            // GOAWAY: the client's normal close, not the server's.
+            if control.is_running() && (state.is_http2() || state.requests() == 0) {
+                state.mark_client_asked_close();
+            }
+        }
         // The reason was marked on the connection's state before the stop,
         // so the stream's drop (right here) records the right close reason.
         Ended::Stopped(Stop::HeadTimeout) => {
