@@ -15,6 +15,7 @@ use clientgone_tests::otlp::{
     int_attr, string_attr, v1,
 };
 use clientgone_tests::{DEADLINE, Scrape, serve_app, wait_for_value};
+use futures_util::StreamExt as _;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -220,6 +221,16 @@ async fn load_order() -> &'static str {
     tracing::info_span!(target: "shop", "load order").in_scope(|| "order")
 }
 
+/// A streaming body whose chunks are made as hyper polls it — after the
+/// handler returned — each inside a span of its own.
+async fn export_orders() -> axum::body::Body {
+    let chunks = futures_util::stream::iter(0..2).map(|i| {
+        tracing::info_span!(target: "shop", "render chunk")
+            .in_scope(|| Ok::<_, std::convert::Infallible>(format!("chunk {i}\n")))
+    });
+    axum::body::Body::from_stream(chunks)
+}
+
 #[tokio::test]
 async fn a_handlers_own_span_is_a_child_of_the_request_span_and_errors_are_marked() {
     let (endpoint, mut received) = grpc_receiver().await;
@@ -240,6 +251,7 @@ async fn a_handlers_own_span_is_a_child_of_the_request_span_and_errors_are_marke
     let (addr, _) = serve_app(move |metrics| {
         axum::Router::new()
             .route("/orders/{id}", get(load_order))
+            .route("/orders", get(export_orders))
             .route(
                 "/fail",
                 get(|| async { axum::http::StatusCode::SERVICE_UNAVAILABLE }),
@@ -250,6 +262,8 @@ async fn a_handlers_own_span_is_a_child_of_the_request_span_and_errors_are_marke
     let mut conn = Http1Connection::open(addr).await;
     assert_eq!(conn.request("GET", "/orders/7").await.0, 200);
     assert_eq!(conn.request("GET", "/fail").await.0, 503);
+    let (status, body) = conn.request("GET", "/orders").await;
+    assert_eq!((status, &body[..]), (200, &b"chunk 0\nchunk 1\n"[..]));
     conn.close().await;
     let flusher = pipeline.clone();
     tokio::task::spawn_blocking(move || flusher.force_flush())
@@ -258,7 +272,7 @@ async fn a_handlers_own_span_is_a_child_of_the_request_span_and_errors_are_marke
         .expect("flush");
 
     let mut seen = Vec::new();
-    for name in ["GET /orders/{id}", "load order", "GET /fail"] {
+    for name in ["GET /orders/{id}", "load order", "GET /fail", "GET /orders"] {
         received
             .wait_for(DEADLINE, &mut seen, |s| s.span.name == name)
             .await
@@ -277,6 +291,20 @@ async fn a_handlers_own_span_is_a_child_of_the_request_span_and_errors_are_marke
         find("GET /fail"),
     );
 
+    let streamed = find("GET /orders");
+    let chunks: Vec<_> = seen
+        .iter()
+        .filter(|s| s.span.name == "render chunk")
+        .map(|s| &s.span)
+        .collect();
+    assert_eq!(chunks.len(), 2, "{seen:?}");
+    for chunk in chunks {
+        assert_eq!(
+            (&chunk.trace_id, &chunk.parent_span_id),
+            (&streamed.trace_id, &streamed.span_id),
+            "a span made while the body streams is the request's child"
+        );
+    }
     assert_eq!(child.trace_id, request.trace_id, "one trace");
     assert_eq!(
         child.parent_span_id, request.span_id,

@@ -36,7 +36,15 @@ impl<B: Body> Body for ResponseBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
+        // The request's span stays current while its body is produced, so
+        // spans made by a streaming body join the request's trace too.
+        let entered = this
+            .guard
+            .as_ref()
+            .and_then(RequestGuard::trace_context)
+            .map(|trace| trace.clone().attach());
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        drop(entered);
         if let Some(guard) = this.guard.as_mut() {
             match &frame {
                 Some(Ok(f)) => {
