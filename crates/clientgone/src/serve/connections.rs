@@ -25,17 +25,17 @@ use slab::Slab;
 
 use crate::connection::ConnectionState;
 
-/// Why a connection is being stopped, in increasing order of force.
+/// Whether the server is stopping a connection, in increasing order of force.
+/// (A slow head is not a stop asked from outside: the connection confirms it
+/// itself, see `head_overdue`.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub(crate) enum Stop {
     Running = 0,
     /// Finish the requests in flight, then close.
     Graceful = 1,
-    /// The request head took too long: close now.
-    HeadTimeout = 2,
     /// The grace period is over: close now.
-    Force = 3,
+    Force = 2,
 }
 
 impl Stop {
@@ -43,7 +43,6 @@ impl Stop {
         match v {
             0 => Stop::Running,
             1 => Stop::Graceful,
-            2 => Stop::HeadTimeout,
             _ => Stop::Force,
         }
     }
@@ -230,8 +229,10 @@ impl<C> Controlled<C> {
 pub(crate) enum Ended<T> {
     /// hyper finished it (the client left, or a graceful shutdown completed).
     Finished(T),
-    /// It was cut off for this reason.
-    Stopped(Stop),
+    /// Cut off: no complete request head in time.
+    HeadTimeout,
+    /// Cut off: the grace period of a shutdown is over.
+    Forced,
 }
 
 impl<C: GracefulConnection> Future for Controlled<C> {
@@ -259,7 +260,7 @@ impl<C: GracefulConnection> Future for Controlled<C> {
         {
             // Marked before the stream is dropped: its drop records the close.
             this.state.mark_header_timeout();
-            return Poll::Ready(Ended::Stopped(Stop::HeadTimeout));
+            return Poll::Ready(Ended::HeadTimeout);
         }
         match this.control.get() {
             Stop::Running => {}
@@ -269,7 +270,7 @@ impl<C: GracefulConnection> Future for Controlled<C> {
                     this.conn.as_mut().graceful_shutdown();
                 }
             }
-            stop @ (Stop::HeadTimeout | Stop::Force) => return Poll::Ready(Ended::Stopped(stop)),
+            Stop::Force => return Poll::Ready(Ended::Forced),
         }
         this.conn.poll(cx).map(Ended::Finished)
     }

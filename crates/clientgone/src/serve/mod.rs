@@ -203,9 +203,9 @@ async fn serve_connection(
         }
         // The reason was marked on the connection's state before the stop,
         // so the stream's drop (right here) records the right close reason.
-        Ended::Stopped(Stop::HeadTimeout) => {
+        Ended::HeadTimeout => {
             tracing::debug!("no complete request head in time: closing the connection");
         }
-        Ended::Stopped(_) => tracing::debug!("grace period over: closing the connection"),
+        Ended::Forced => tracing::debug!("grace period over: closing the connection"),
     }
 }
