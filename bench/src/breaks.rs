@@ -101,11 +101,7 @@ pub fn run(args: &Args) -> Result<String, String> {
     )?;
     let _pin = PinSelf::to(1)?;
     // One worker: the generator gets one CPU, as the server does.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot build the runtime: {e}"))?;
+    let runtime = crate::runtime(Some(1))?;
     wait_for_quiet(Duration::from_secs(120));
     let before_all = CpuSnapshot::take();
     let start_all = Instant::now();

@@ -55,10 +55,7 @@ struct Signals {
 
 /// Runs the benchmark and returns its Markdown table.
 pub fn run(args: &Args) -> Result<String, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot build the runtime: {e}"))?;
+    let runtime = crate::runtime(None)?;
     runtime.block_on(run_async(args))
 }
 

@@ -103,6 +103,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// A multi-thread tokio runtime, as a user's `#[tokio::main]` builds; with
+/// `workers`, that many worker threads (pinned by `taskset`, it sizes itself
+/// to the CPUs it may use anyway).
+pub(crate) fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n);
+    }
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot build the runtime: {e}"))
+}
+
 /// Prints each part's tables as soon as it is done, so a late failure does not
 /// lose the earlier results.
 fn all(args: &AllArgs) -> Result<(), String> {

@@ -58,10 +58,7 @@ pub fn run(args: &Args) -> Result<String, String> {
     // Both ends of every connection need a descriptor: ours here, the server's
     // in the child, which inherits this limit.
     raise_nofile(u64::from(n) + SPARE_FDS)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot build the runtime: {e}"))?;
+    let runtime = crate::runtime(None)?;
     let mut rows = Vec::new();
     // (b′) shares (a)'s accept loop (`axum::serve`), so (b′) − (a) is what
     // clientgone itself adds; (b) − (a) also holds the difference between

@@ -92,11 +92,7 @@ pub fn run(args: &Args) -> Result<String, String> {
     // Upstream, client and wrk on CPU 1; the runtime is built after the
     // pinning so its threads inherit it.
     let _pin = PinSelf::to(1)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot build the runtime: {e}"))?;
+    let runtime = crate::runtime(Some(1))?;
     let (upstream, mut events) = runtime.block_on(start_upstream())?;
     eprintln!("proxy: upstream on {upstream}");
 

@@ -51,10 +51,7 @@ pub fn receive() -> Result<(), String> {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         std::process::exit(0);
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot build the runtime: {e}"))?;
+    let runtime = crate::runtime(None)?;
     runtime.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await

@@ -171,10 +171,7 @@ const TRACE_QUEUE: usize = 1 << 20;
 pub fn serve(args: &ServeArgs) -> Result<(), String> {
     // A multi-thread runtime, as a user's `#[tokio::main]` would build. Pinned
     // by `taskset`, it sizes itself to the one CPU it may use.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot build the runtime: {e}"))?;
+    let runtime = crate::runtime(None)?;
     runtime.block_on(serve_async(args))
 }
 
