@@ -21,6 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::close::Close;
 use crate::servers::{CpuSnapshot, wait_for_quiet};
 use crate::{fmt_duration, quantile};
 
@@ -37,14 +38,6 @@ pub struct Args {
     /// Samples of each kind of close (FIN and RST).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub samples: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Close {
-    /// `close()`: the kernel sends FIN.
-    Fin,
-    /// `SO_LINGER` 0, then `close()`: the kernel sends RST.
-    Rst,
 }
 
 /// What the handler tells the client side: it started, and when the token fired.
@@ -134,8 +127,8 @@ async fn run_async(args: &Args) -> Result<String, String> {
     );
     let _ = writeln!(out, "|---|--:|--:|--:|--:|---|");
     for (name, values, missed, cause) in [
-        ("FIN (close)", &mut fin, missed[0], "closed"),
-        ("RST (SO_LINGER 0)", &mut rst, missed[1], "reset"),
+        (Close::Fin.label(), &mut fin, missed[0], "closed"),
+        (Close::Rst.label(), &mut rst, missed[1], "reset"),
     ] {
         let q = |values: &mut Vec<Duration>, p| {
             quantile(values, p).map_or_else(|| "—".to_owned(), fmt_duration)
@@ -215,13 +208,7 @@ impl Client {
                 _ => return Err(format!("the handler of request {id} did not start")),
             }
         }
-        if close == Close::Rst {
-            socket2::SockRef::from(&stream)
-                .set_linger(Some(Duration::ZERO))
-                .map_err(|e| format!("cannot set SO_LINGER: {e}"))?;
-        }
-        let closed_at = Instant::now();
-        drop(stream);
+        let closed_at = close.close(stream)?;
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             match tokio::time::timeout_at(deadline, self.fired.recv()).await {

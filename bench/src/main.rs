@@ -12,6 +12,7 @@
 
 mod agent;
 mod breaks;
+mod close;
 mod detect;
 mod memory;
 mod overhead;

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::agent::{AgentProcess, ChildGuard, PinSelf, tree_cpu_time};
+use crate::close::Close;
 use crate::servers::{CpuSnapshot, http_get, wait_for_quiet};
 use crate::wrk::{self, Load, WrkResult};
 use crate::{fmt_duration, median, parse_seconds, quantile};
@@ -70,21 +71,6 @@ enum Event {
     Got(u64),
     /// The connection that carried `/slow?n=ID` saw EOF or an error, at this instant.
     Closed(u64, Instant),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Close {
-    Fin,
-    Rst,
-}
-
-impl Close {
-    fn label(self) -> &'static str {
-        match self {
-            Close::Fin => "FIN (close)",
-            Close::Rst => "RST (SO_LINGER 0)",
-        }
-    }
 }
 
 /// Runs the benchmark and returns its Markdown tables.
@@ -336,13 +322,7 @@ async fn cancel_sample(
     )
     .await
     .ok_or_else(|| format!("the upstream never got /slow?n={id} through {addr}"))?;
-    if close == Close::Rst {
-        socket2::SockRef::from(&stream)
-            .set_linger(Some(Duration::ZERO))
-            .map_err(|e| format!("SO_LINGER: {e}"))?;
-    }
-    let closed_at = Instant::now();
-    drop(stream);
+    let closed_at = close.close(stream)?;
     let seen = wait_for(
         events,
         CANCEL_PATIENCE,
