@@ -1,13 +1,16 @@
 //! `ClientGone`: handlers learn that their client left, in time to stop work.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::routing::get;
-use clientgone::{ClientGone, DisconnectLayer};
-use clientgone_tests::client::{Http1Connection, close_fin, send_raw};
-use clientgone_tests::{DEADLINE, serve_app, wait_for_registry_value};
+use clientgone::{ClientGone, DisconnectLayer, TrackedConnection};
+use clientgone_tests::client::{Http1Connection, close_fin, close_rst, read_until, send_raw};
+use clientgone_tests::{DEADLINE, serve_app, wait_for_registry_value, wait_until};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 async fn wait_for_client(
@@ -76,4 +79,99 @@ async fn without_the_layer_the_extractor_says_what_to_do() {
     let (status, body) = conn.request("GET", "/x").await;
     assert_eq!(status, 500);
     assert!(String::from_utf8_lossy(&body).contains("DisconnectLayer"));
+}
+
+/// What happened to a request, in order.
+type Events = Arc<Mutex<Vec<&'static str>>>;
+
+/// Notes its own drop: the moment hyper dropped the handler's future.
+struct NoteDrop(Events);
+
+impl Drop for NoteDrop {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().push("future dropped");
+    }
+}
+
+async fn hooked(
+    ConnectInfo(connection): ConnectInfo<TrackedConnection>,
+    State(events): State<Events>,
+) -> &'static str {
+    let noted = events.clone();
+    let _hook = connection.on_client_left(move || noted.lock().unwrap().push("hook ran"));
+    let _note = NoteDrop(events);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    "done"
+}
+
+async fn hook_runs_before_the_future_is_dropped(close: fn(tokio::net::TcpStream)) {
+    let events = Events::default();
+    let (addr, registry) = serve_app(|metrics| {
+        Router::new()
+            .route("/hooked", get(hooked))
+            .with_state(events.clone())
+            .layer(DisconnectLayer::new(metrics))
+    })
+    .await;
+    let stream = send_raw(addr, b"GET /hooked HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    wait_for_registry_value(&registry, "http_server_active_requests", &[], 1.0).await;
+    close(stream);
+    wait_until("the future to be dropped", || async {
+        events.lock().unwrap().contains(&"future dropped")
+    })
+    .await;
+    assert_eq!(*events.lock().unwrap(), ["hook ran", "future dropped"]);
+}
+
+#[tokio::test]
+async fn a_client_left_hook_runs_on_a_fin_before_the_request_future_is_dropped() {
+    hook_runs_before_the_future_is_dropped(close_fin).await;
+}
+
+#[tokio::test]
+async fn a_client_left_hook_runs_on_a_reset_before_the_request_future_is_dropped() {
+    hook_runs_before_the_future_is_dropped(close_rst).await;
+}
+
+#[tokio::test]
+async fn a_hook_dropped_with_its_request_never_runs() {
+    let ran = Arc::new(AtomicBool::new(false));
+    let (addr, registry) = serve_app(|metrics| {
+        Router::new()
+            .route(
+                "/quick",
+                get(
+                    |ConnectInfo(connection): ConnectInfo<TrackedConnection>,
+                     State(ran): State<Arc<AtomicBool>>| async move {
+                        let _hook =
+                            connection.on_client_left(move || ran.store(true, Ordering::Release));
+                        "quick"
+                    },
+                ),
+            )
+            .route("/slow", get(|| tokio::time::sleep(Duration::from_secs(60))))
+            .with_state(ran.clone())
+            .layer(DisconnectLayer::new(metrics))
+    })
+    .await;
+    // The hook's request completes; the next one on the same connection breaks.
+    let mut stream = send_raw(addr, b"GET /quick HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    read_until(&mut stream, b"quick").await;
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    wait_for_registry_value(&registry, "http_server_active_requests", &[], 1.0).await;
+    close_fin(stream);
+    wait_for_registry_value(
+        &registry,
+        "http_server_client_disconnects_total",
+        &[("http_route", "/slow")],
+        1.0,
+    )
+    .await;
+    assert!(
+        !ran.load(Ordering::Acquire),
+        "a hook ran for a request that had completed"
+    );
 }

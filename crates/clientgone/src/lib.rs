@@ -52,7 +52,8 @@ pub use classify::{
 };
 pub use client_gone::{ClientGone, MissingDisconnectLayer};
 pub use connection::{
-    ConnectionOptions, ConnectionState, TrackedConnection, TrackedListener, TrackedStream,
+    ClientLeftHook, ConnectionOptions, ConnectionState, TrackedConnection, TrackedListener,
+    TrackedStream,
 };
 pub use layer::{
     DISCONNECT_EVENT, DisconnectLayer, DisconnectService, RequestBody, ResponseBody, ResponseFuture,

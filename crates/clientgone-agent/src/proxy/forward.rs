@@ -17,12 +17,13 @@ use bytes::Bytes;
 use clientgone::{TrackedConnection, method_label};
 use http_body::{Frame, SizeHint};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
 use opentelemetry::propagation::Injector;
 use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
 
 use super::Upstream;
+use super::connector::UpstreamConnector;
 use super::upstream::{UpstreamBody, UpstreamMetrics, UpstreamOutcome};
 
 /// What the forwarding handler needs; cheap to clone.
@@ -31,7 +32,7 @@ pub(crate) struct Forwarder(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
-    client: Client<HttpConnector, Body>,
+    client: Client<UpstreamConnector, Body>,
     upstream: Upstream,
     timeout: Duration,
     metrics: UpstreamMetrics,
@@ -45,7 +46,7 @@ impl Forwarder {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .http2_only(upstream.h2c)
-            .build(connector);
+            .build(UpstreamConnector::new(connector));
         Forwarder(Arc::new(Inner {
             client,
             upstream,
@@ -110,10 +111,11 @@ pub(crate) async fn forward(
     req: Request,
 ) -> Response {
     let f = &forwarder.0;
-    let client_ip = req
+    let client = req
         .extensions()
         .get::<ConnectInfo<TrackedConnection>>()
-        .map(|ConnectInfo(conn)| conn.remote_addr().ip());
+        .map(|ConnectInfo(conn)| conn.clone());
+    let client_ip = client.as_ref().map(|conn| conn.remote_addr().ip());
     if req.headers().contains_key(header::UPGRADE) || req.method() == http::Method::CONNECT {
         return plain(
             StatusCode::NOT_IMPLEMENTED,
@@ -121,6 +123,7 @@ pub(crate) async fn forward(
         );
     }
     let method = method_label(req.method());
+    let client_version = req.version();
     let (mut parts, body) = req.into_parts();
 
     let uri = match upstream_uri(&f.upstream, &parts.uri) {
@@ -168,12 +171,15 @@ pub(crate) async fn forward(
         inner: body,
         failed: client_body_failed.clone(),
     });
+    let mut request = http::Request::from_parts(parts, body);
     let mut guard = f.metrics.start(method, matched);
-    let result = tokio::time::timeout(
-        f.timeout,
-        f.client.request(http::Request::from_parts(parts, body)),
-    )
-    .await;
+    if !f.upstream.h2c {
+        // The early shutdown is for HTTP/1 clients only: an HTTP/2 client's
+        // socket is read on another task than this request's (see `watch_connection`).
+        let http1_client = client.as_ref().filter(|_| client_version < Version::HTTP_2);
+        guard.watch_connection(capture_connection(&mut request), http1_client);
+    }
+    let result = tokio::time::timeout(f.timeout, f.client.request(request)).await;
     match result {
         Err(_) => {
             guard.end(UpstreamOutcome::Error);

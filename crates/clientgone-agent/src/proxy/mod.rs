@@ -2,6 +2,7 @@
 //! as a reverse proxy in front of it — the same listener, layer and metrics as
 //! `demo`, and the upstream request dropped the moment the client is gone.
 
+mod connector;
 mod forward;
 mod routes;
 mod upstream;

@@ -1,11 +1,13 @@
 //! The socket side: accept, set options, record what the socket says.
 
+mod hooks;
 mod listener;
 mod options;
 mod send_queue;
 mod state;
 mod stream;
 
+pub use hooks::ClientLeftHook;
 pub use listener::TrackedListener;
 pub use options::ConnectionOptions;
 pub use state::ConnectionState;

@@ -9,6 +9,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::hooks::ClientLeftHooks;
 use crate::classify::{Cause, ClientEvent, CloseFacts, CloseReason, PeerSignal, close_reason};
 
 const NO_CAUSE: u8 = u8::MAX;
@@ -42,6 +43,8 @@ pub struct ConnectionState {
     bytes_written: AtomicU64,
     /// The send queue's size when the first client event was seen (`u64::MAX`: unknown).
     unacked_at_event: AtomicU64,
+    /// Run when the client leaves mid-request (`TrackedConnection::on_client_left`).
+    hooks: ClientLeftHooks,
 }
 
 impl ConnectionState {
@@ -62,6 +65,7 @@ impl ConnectionState {
             client_asked_close: AtomicBool::new(false),
             bytes_written: AtomicU64::new(0),
             unacked_at_event: AtomicU64::new(u64::MAX),
+            hooks: ClientLeftHooks::default(),
         }
     }
 
@@ -160,12 +164,20 @@ impl ConnectionState {
             .compare_exchange(NO_CAUSE, cause as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
-            self.event_in_flight
-                .store(self.in_flight() > 0, Ordering::Release);
+            let in_flight = self.in_flight() > 0;
+            self.event_in_flight.store(in_flight, Ordering::Release);
             self.event_partial_head
                 .store(self.partial_head.load(Ordering::Relaxed), Ordering::Release);
+            if in_flight {
+                // Before hyper tears anything down: see `hooks.rs`.
+                self.hooks.fire();
+            }
         }
         first
+    }
+
+    pub(crate) fn hooks(&self) -> &ClientLeftHooks {
+        &self.hooks
     }
 
     /// The client left (EOF or error) while a request was in flight.

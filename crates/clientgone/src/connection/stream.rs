@@ -14,6 +14,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::hooks::ClientLeftHook;
 use super::send_queue::unacked_bytes;
 use super::state::ConnectionState;
 use crate::classify::{Cause, Direction};
@@ -47,6 +48,37 @@ impl TrackedConnection {
     /// The connection's shared state.
     pub fn state(&self) -> &Arc<ConnectionState> {
         &self.state
+    }
+
+    /// Runs `callback` once, the instant this connection shows its client
+    /// leaving (FIN, reset, write error) while a request is in flight — on
+    /// the task that read the socket, before hyper drops any request future.
+    /// If the client has already left mid-request, it runs at once.
+    ///
+    /// For work that must stop sooner than the request's future is dropped,
+    /// such as an upstream request to shut down (Go's `context.AfterFunc`).
+    /// The callback must be quick and must not block: it runs inside a socket
+    /// read. Keep the returned hook while the request runs; dropping it
+    /// unregisters the callback. For a cancellation *signal*, use
+    /// [`ClientGone`](crate::ClientGone) instead.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use axum::extract::ConnectInfo;
+    /// use clientgone::TrackedConnection;
+    ///
+    /// async fn handler(ConnectInfo(connection): ConnectInfo<TrackedConnection>) -> &'static str {
+    ///     let stop = Arc::new(AtomicBool::new(false));
+    ///     let flag = stop.clone();
+    ///     let _hook = connection.on_client_left(move || flag.store(true, Ordering::Release));
+    ///     // … work that checks `stop` …
+    ///     "done"
+    /// } // `_hook` dropped: the request ended, the callback is unregistered.
+    /// # let _ = handler;
+    /// ```
+    pub fn on_client_left(&self, callback: impl FnOnce() + Send + 'static) -> ClientLeftHook {
+        ClientLeftHook::register(&self.state, Box::new(callback))
     }
 }
 
