@@ -41,10 +41,10 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                     e.to_string().lines().next().unwrap_or_default()
                 )
             })?;
-    // What `clientgone`'s main builds: a default multi-thread runtime. Pinned
-    // by `taskset` to one CPU, it has one worker.
+    // What `clientgone`'s main builds: pinned by `taskset` to one CPU, that is
+    // tokio's single-threaded scheduler.
     let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+        clientgone_agent::runtime::build().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let registry = prometheus::Registry::new();
         let running: RunningServer = match cli.command {

@@ -6,5 +6,6 @@
 pub mod cli;
 pub mod demo;
 pub mod proxy;
+pub mod runtime;
 pub mod server;
 pub mod traffic;

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match clientgone_agent::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
             say!("clientgone: cannot start the runtime: {e}");
@@ -87,10 +87,15 @@ fn main() -> ExitCode {
     let tracer = pipeline.as_ref().map(OtlpPipeline::tracer);
     let code = runtime.block_on(run(cli, registry, tracer));
     if let Some(pipeline) = pipeline {
-        // On this thread, not the runtime's: the flush waits for exports that
-        // run on the runtime.
-        if let Err(e) = pipeline.shutdown(FLUSH_TIMEOUT) {
-            say!("clientgone: traces not flushed: {e}");
+        // The flush blocks until the exports it waits for have run on the
+        // runtime: it waits on a blocking thread while this one drives the
+        // runtime (on one CPU the runtime has no thread of its own).
+        let flush = runtime.spawn_blocking(move || pipeline.shutdown(FLUSH_TIMEOUT));
+        let flushed = runtime.block_on(flush);
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => say!("clientgone: traces not flushed: {e}"),
+            Err(e) => say!("clientgone: traces not flushed: {e}"),
         }
     }
     code

@@ -192,13 +192,26 @@ fn terminate(demo: &mut Demo) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_sigterm_the_demo_flushes_queued_spans_to_the_collector() {
+    flushes_queued_spans_on_sigterm(&[]).await;
+}
+
+/// On one CPU the runtime is tokio's single-threaded one, which runs nothing
+/// unless driven: the flush must still get its exports through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_worker_the_demo_still_flushes_queued_spans_on_sigterm() {
+    flushes_queued_spans_on_sigterm(&[("TOKIO_WORKER_THREADS", "1")]).await;
+}
+
+async fn flushes_queued_spans_on_sigterm(extra_env: &[(&str, &str)]) {
     let (endpoint, mut received) = clientgone_tests::otlp::grpc_receiver().await;
-    let mut demo = Demo::start_with_env(&[
+    let mut env = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_SERVICE_NAME", "demo-under-test"),
         // Nothing is exported on a schedule: only the shutdown flush sends it.
         ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
-    ]);
+    ];
+    env.extend_from_slice(extra_env);
+    let mut demo = Demo::start_with_env(&env);
     let stream = send_raw(demo.addr, b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n").await;
     wait_for_value(demo.metrics_addr, "http_server_active_requests", &[], 1.0).await;
     close_fin(stream);
