@@ -195,6 +195,43 @@ async fn breaks_are_counted_under_the_template_and_the_upstream_sees_its_request
     }
 }
 
+/// A client that stops mid-upload: the proxy ends the upstream request on its
+/// behalf, so whatever the upstream side reports next (an error on the shut
+/// down connection, or the body's failure) is a cancel, never an upstream error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_broken_midway_is_a_cancel_not_an_upstream_error() {
+    let upstream = PythonUpstream::start();
+    let proxy = start_proxy(&format!("http://{}", upstream.addr), ROUTES, DEADLINE).await;
+    for (n, (close, cause)) in [
+        (close_fin as fn(tokio::net::TcpStream), "closed"),
+        (close_rst, "reset"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = format!("/upload?n={n}");
+        let head = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n");
+        let mut stream = send_raw(proxy.addr, head.as_bytes()).await;
+        stream.write_all(&[b'x'; 1000]).await.unwrap();
+        wait_until("the upstream got the request", || upstream.requested(&path)).await;
+        close(stream);
+        let labels = [
+            ("http_route", "/upload"),
+            ("phase", "request_body"),
+            ("cause", cause),
+        ];
+        wait_for_value(proxy.metrics_addr, DISCONNECTS, &labels, 1.0).await;
+        let cancelled = [("http_route", "/upload"), ("outcome", "cancelled")];
+        let s = wait_for_value(proxy.metrics_addr, UPSTREAM, &cancelled, (n + 1) as f64).await;
+        assert_eq!(
+            s.value(UPSTREAM, &[("outcome", "error")]),
+            0.0,
+            "an upstream error counted for a client's break: {}",
+            s.text
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_response_broken_midway_is_response_body_with_its_status() {
     let upstream = PythonUpstream::start();

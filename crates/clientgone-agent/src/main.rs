@@ -53,6 +53,10 @@ fn main() -> ExitCode {
     };
     let runtime = match clientgone_agent::runtime::build() {
         Ok(rt) => rt,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            say!("clientgone: {e}");
+            return ExitCode::from(USAGE);
+        }
         Err(e) => {
             say!("clientgone: cannot start the runtime: {e}");
             return ExitCode::FAILURE;

@@ -18,7 +18,7 @@ use std::num::NonZeroUsize;
 /// assert_eq!(runtime.block_on(async { 1 + 1 }), 2);
 /// ```
 pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
-    if workers() == 1 {
+    if workers()? == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -28,11 +28,17 @@ pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-/// The worker count a multi-thread runtime would pick.
-fn workers() -> usize {
-    std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
+/// The worker count a multi-thread runtime would pick; a bad
+/// `TOKIO_WORKER_THREADS` is an error here rather than tokio's panic.
+fn workers() -> std::io::Result<usize> {
+    match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("TOKIO_WORKER_THREADS={v:?} is not a positive whole number"),
+            )),
+        },
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),
+    }
 }

@@ -238,6 +238,20 @@ async fn flushes_queued_spans_on_sigterm(extra_env: &[(&str, &str)]) {
 }
 
 #[test]
+fn a_bad_worker_count_is_one_line_and_exit_2() {
+    let out = Command::new(BIN)
+        .args(DEMO_ON_ANY_PORT)
+        .env("TOKIO_WORKER_THREADS", "lots")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{stderr}");
+}
+
+#[test]
 fn a_bad_otel_variable_is_one_line_and_exit_2() {
     let out = Command::new(BIN)
         .args(DEMO_ON_ANY_PORT)

@@ -1,22 +1,23 @@
-//! The upstream connector: hyper-util's `HttpConnector`, plus a handle on each
-//! upstream socket so that a request whose client is gone can shut its
-//! connection down at once, from the task that saw the client leave.
+//! Ending an upstream request's connection the moment its client is gone:
+//! hyper-util's `HttpConnector` plus a handle on each upstream socket, and
+//! [`InFlight`], the request until its response head arrives.
 //!
-//! Without it, the upstream hears of the cancel only after hyper's upstream
+//! Without them, the upstream hears of the cancel only after hyper's upstream
 //! connection task has been woken, scheduled and has noticed the dropped
 //! request — a task switch and a teardown later. `shutdown(2)` sends the FIN
-//! right away; hyper's task then finds the socket closed and drops the
-//! connection, which it would have done anyway (an HTTP/1.1 connection whose
-//! request was abandoned mid-way is never reused).
+//! right away; the connection is poisoned first, so hyper-util's pool never
+//! hands it out again, and hyper's task then finds it closed and drops it.
 
 use std::future::Future;
 use std::io;
 use std::net::{Shutdown, TcpStream as StdTcpStream};
 use std::os::fd::AsFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
+use clientgone::{ClientLeftHook, TrackedConnection};
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{
@@ -77,9 +78,9 @@ pub(crate) struct SocketHandle(Arc<Mutex<Option<StdTcpStream>>>);
 impl SocketHandle {
     /// Sends the upstream a FIN now, unless the connection is already closed.
     fn shutdown(&self) {
-        // The duplicate leaves the mutex only when the stream is dropped, so
-        // under the lock the descriptor is ours and still open.
-        // Taken out: a second cancel of the same connection costs nothing.
+        // The duplicate is still in the mutex until the stream is dropped (or
+        // a cancel took it), so under the lock it is open and ours. Taken
+        // out: a second cancel of the same connection costs nothing.
         if let Ok(mut socket) = self.0.lock()
             && let Some(socket) = socket.take()
         {
@@ -88,7 +89,7 @@ impl SocketHandle {
     }
 
     /// Shuts down the connection that `capture` says the request went out on.
-    pub(crate) fn shutdown_captured(capture: &CaptureConnection) {
+    fn shutdown_captured(capture: &CaptureConnection) {
         let mut extensions = http::Extensions::new();
         if let Some(connected) = capture.connection_metadata().as_ref() {
             // Never to be reused, whatever hyper learns first.
@@ -98,6 +99,77 @@ impl SocketHandle {
         if let Some(handle) = extensions.get::<SocketHandle>() {
             handle.shutdown();
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream request until its response head arrives. Ended before that
+    /// — its client is gone, or it timed out — it shuts its HTTP/1.1
+    /// connection down, *before* hyper-util's request future (dropped after
+    /// this `drop`) can release the connection to the pool.
+    ///
+    /// Until the head, the request owns its connection: the pool cannot hand
+    /// it to another request while the request future holds it. After the
+    /// head the connection may go back to the pool at any moment, so nothing
+    /// here touches it any more; a response body dropped mid-way is hyper's
+    /// to deal with (it closes or drains the connection).
+    pub(crate) struct InFlight<F> {
+        #[pin]
+        inner: F,
+        connection: Option<CaptureConnection>,
+        hook: Option<ClientLeftHook>,
+    }
+
+    impl<F> PinnedDrop for InFlight<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(connection) = &this.connection {
+                SocketHandle::shutdown_captured(connection);
+            }
+        }
+    }
+}
+
+impl<F> InFlight<F> {
+    /// `connection`: where the request goes out (`None` for h2c upstreams,
+    /// whose connection carries other streams; hyper resets just the one).
+    /// `client`: the client's HTTP/1 connection; its socket is read on the
+    /// task that polls this request, so a hook on it can shut the upstream
+    /// connection down from the very read that shows the break — it cannot
+    /// run between the head's arrival and `poll` returning it. `client_gone`
+    /// is set when that hook runs, so an upstream error that follows is not
+    /// blamed on the upstream.
+    pub(crate) fn new(
+        inner: F,
+        connection: Option<CaptureConnection>,
+        client: Option<&TrackedConnection>,
+        client_gone: &Arc<AtomicBool>,
+    ) -> Self {
+        let hook = connection.as_ref().zip(client).map(|(connection, client)| {
+            let connection = connection.clone();
+            let client_gone = client_gone.clone();
+            client.on_client_left(move || {
+                client_gone.store(true, Ordering::Release);
+                SocketHandle::shutdown_captured(&connection);
+            })
+        });
+        InFlight {
+            inner,
+            connection,
+            hook,
+        }
+    }
+}
+
+impl<F: Future> Future for InFlight<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = ready!(this.inner.poll(cx));
+        // The head (or an error) is here: the connection is no longer ours to end.
+        *this.hook = None;
+        *this.connection = None;
+        Poll::Ready(output)
     }
 }
 

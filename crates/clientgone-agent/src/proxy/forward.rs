@@ -23,7 +23,7 @@ use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
 
 use super::Upstream;
-use super::connector::UpstreamConnector;
+use super::connector::{InFlight, UpstreamConnector};
 use super::upstream::{UpstreamBody, UpstreamMetrics, UpstreamOutcome};
 
 /// What the forwarding handler needs; cheap to clone.
@@ -166,20 +166,24 @@ pub(crate) async fn forward(
         Version::HTTP_11
     };
 
-    let client_body_failed = Arc::new(AtomicBool::new(false));
+    // Set when the client's body fails or its socket shows it left: an
+    // upstream error after that is the client's doing, not the upstream's.
+    let client_gone = Arc::new(AtomicBool::new(false));
     let body = Body::new(WatchedBody {
         inner: body,
-        failed: client_body_failed.clone(),
+        failed: client_gone.clone(),
     });
     let mut request = http::Request::from_parts(parts, body);
+    let connection = (!f.upstream.h2c).then(|| capture_connection(&mut request));
+    let http1_client = client.as_ref().filter(|_| client_version < Version::HTTP_2);
     let mut guard = f.metrics.start(method, matched);
-    if !f.upstream.h2c {
-        // The early shutdown is for HTTP/1 clients only: an HTTP/2 client's
-        // socket is read on another task than this request's (see `watch_connection`).
-        let http1_client = client.as_ref().filter(|_| client_version < Version::HTTP_2);
-        guard.watch_connection(capture_connection(&mut request), http1_client);
-    }
-    let result = tokio::time::timeout(f.timeout, f.client.request(request)).await;
+    let in_flight = InFlight::new(
+        f.client.request(request),
+        connection,
+        http1_client,
+        &client_gone,
+    );
+    let result = tokio::time::timeout(f.timeout, in_flight).await;
     match result {
         Err(_) => {
             guard.end(UpstreamOutcome::Error);
@@ -188,13 +192,13 @@ pub(crate) async fn forward(
                 format!("the upstream did not answer within {:?}", f.timeout),
             )
         }
-        Ok(Err(_)) if client_body_failed.load(Ordering::Acquire) => {
-            // The client stopped sending its body: its own break, recorded by
-            // the layer; the upstream request was dropped on its behalf.
+        Ok(Err(_)) if client_gone.load(Ordering::Acquire) => {
+            // The client stopped sending its body or left: its own break,
+            // recorded by the layer; the upstream request was ended on its behalf.
             guard.end(UpstreamOutcome::Cancelled);
             plain(
                 StatusCode::BAD_REQUEST,
-                "the request body ended early".into(),
+                "the client broke off the request".into(),
             )
         }
         Ok(Err(e)) => {

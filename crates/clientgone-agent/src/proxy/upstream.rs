@@ -3,8 +3,7 @@
 //! request was dropped) or `error` (the upstream refused, reset or timed out).
 
 use axum::extract::MatchedPath;
-use clientgone::{ClientLeftHook, TrackedConnection, UNMATCHED_ROUTE};
-use hyper_util::client::legacy::connect::CaptureConnection;
+use clientgone::UNMATCHED_ROUTE;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
@@ -12,8 +11,6 @@ use std::time::Instant;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use prometheus::{HistogramOpts, HistogramVec, Registry};
-
-use super::connector::SocketHandle;
 
 /// How an upstream request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,8 +73,6 @@ impl UpstreamMetrics {
             status: None,
             start: Instant::now(),
             ended: false,
-            connection: None,
-            hook: None,
         }
     }
 }
@@ -91,47 +86,11 @@ pub(crate) struct UpstreamGuard {
     status: Option<http::StatusCode>,
     start: Instant,
     ended: bool,
-    /// The HTTP/1.1 connection the request goes out on, while the request
-    /// owns it (see `watch_connection`).
-    connection: Option<CaptureConnection>,
-    /// Shuts that connection down the instant the client's socket shows it left.
-    hook: Option<ClientLeftHook>,
 }
 
 impl UpstreamGuard {
-    /// Lets a cancel shut the upstream connection down at once (HTTP/1.1
-    /// upstreams only: an h2 connection carries other streams, and hyper resets
-    /// just the one stream). `client` is the client's HTTP/1 connection: the
-    /// shutdown then happens as soon as its socket shows the break, before
-    /// hyper drops this request.
-    ///
-    /// Only until the response head arrives: until then hyper-util's pool
-    /// cannot hand the connection to another request (the request future
-    /// holds it), and an HTTP/1 client connection's socket is read on the same
-    /// task that polls this request, so the hook cannot run in between. After
-    /// the head the connection may go back to the pool at any time; dropping
-    /// the response body mid-way makes hyper close it.
-    pub(crate) fn watch_connection(
-        &mut self,
-        connection: CaptureConnection,
-        client: Option<&TrackedConnection>,
-    ) {
-        self.hook = client.map(|client| {
-            let connection = connection.clone();
-            client.on_client_left(move || SocketHandle::shutdown_captured(&connection))
-        });
-        self.connection = Some(connection);
-    }
-
-    /// The response head arrived: the connection is no longer this request's to end.
     pub(crate) fn head(&mut self, status: http::StatusCode) {
         self.status = Some(status);
-        self.release_connection();
-    }
-
-    fn release_connection(&mut self) {
-        self.hook = None;
-        self.connection = None;
     }
 
     pub(crate) fn end(&mut self, outcome: UpstreamOutcome) {
@@ -139,7 +98,6 @@ impl UpstreamGuard {
             return;
         }
         self.ended = true;
-        self.release_connection();
         // No answer, no status: an empty label value is an absent label.
         let status = self.status.as_ref().map_or("", http::StatusCode::as_str);
         let route = self
@@ -155,12 +113,6 @@ impl UpstreamGuard {
 
 impl Drop for UpstreamGuard {
     fn drop(&mut self) {
-        if !self.ended
-            && let Some(connection) = &self.connection
-        {
-            // Dropped unfinished: the client is gone. Tell the upstream first.
-            SocketHandle::shutdown_captured(connection);
-        }
         self.end(UpstreamOutcome::Cancelled);
     }
 }

@@ -73,8 +73,8 @@ impl ClientLeftHooks {
 
 /// A callback registered with
 /// [`TrackedConnection::on_client_left`](super::TrackedConnection::on_client_left).
-/// Dropping it unregisters the callback (if it has not run yet): drop it when
-/// the request it guards has ended.
+/// Dropping it unregisters the callback (if it has not started yet): drop it
+/// when the request it guards has ended.
 #[must_use = "dropping the hook unregisters its callback at once"]
 pub struct ClientLeftHook {
     registration: Option<(Arc<ConnectionState>, u64)>,

@@ -50,10 +50,10 @@ impl TrackedConnection {
         &self.state
     }
 
-    /// Runs `callback` once, the instant this connection shows its client
-    /// leaving (FIN, reset, write error) while a request is in flight — on
-    /// the task that read the socket, before hyper drops any request future.
-    /// If the client has already left mid-request, it runs at once.
+    /// Runs `callback` once, the instant this connection first shows its
+    /// client leaving (FIN, reset, write error) while a request is in flight,
+    /// on the task that reads the socket. If the client has already left
+    /// mid-request, it runs synchronously inside this call.
     ///
     /// For work that must stop sooner than the request's future is dropped,
     /// such as an upstream request to shut down (Go's `context.AfterFunc`).
@@ -61,6 +61,14 @@ impl TrackedConnection {
     /// read. Keep the returned hook while the request runs; dropping it
     /// unregisters the callback. For a cancellation *signal*, use
     /// [`ClientGone`](crate::ClientGone) instead.
+    ///
+    /// On HTTP/1 the socket is read on the request's own task, so the
+    /// callback runs before hyper drops the request's future and never after
+    /// the request's code has moved on. On HTTP/2 it runs on the connection's
+    /// task, concurrently with the streams: it may run just as a request
+    /// ends, and dropping the hook then does not wait for it. A stream reset
+    /// (`RST_STREAM`) of one HTTP/2 request is not a connection event and
+    /// does not run it; the request's future is dropped as usual.
     ///
     /// ```
     /// use std::sync::Arc;
