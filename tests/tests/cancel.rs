@@ -175,3 +175,48 @@ async fn a_hook_dropped_with_its_request_never_runs() {
         "a hook ran for a request that had completed"
     );
 }
+
+/// Notes, when the handler's future is dropped, whether its token had fired.
+struct NoteTokenAtDrop(
+    tokio_util::sync::CancellationToken,
+    Arc<Mutex<Option<bool>>>,
+);
+
+impl Drop for NoteTokenAtDrop {
+    fn drop(&mut self) {
+        *self.1.lock().unwrap() = Some(self.0.is_cancelled());
+    }
+}
+
+#[tokio::test]
+async fn the_token_fires_before_the_handler_is_dropped() {
+    let seen = Arc::new(Mutex::new(None));
+    let (addr, registry) = serve_app(|metrics| {
+        Router::new()
+            .route(
+                "/wait",
+                get(
+                    |gone: ClientGone, State(seen): State<Arc<Mutex<Option<bool>>>>| async move {
+                        let _note = NoteTokenAtDrop(gone.token(), seen);
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        "done"
+                    },
+                ),
+            )
+            .with_state(seen.clone())
+            .layer(DisconnectLayer::new(metrics))
+    })
+    .await;
+    let stream = send_raw(addr, b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    wait_for_registry_value(&registry, "http_server_active_requests", &[], 1.0).await;
+    close_fin(stream);
+    wait_until("the handler to be dropped", || async {
+        seen.lock().unwrap().is_some()
+    })
+    .await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        Some(true),
+        "the token had not fired when the handler was dropped"
+    );
+}

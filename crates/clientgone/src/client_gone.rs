@@ -13,6 +13,9 @@ use crate::layer::RequestHandle;
 ///
 /// This is the Rust answer to Go's `r.Context().Done()`. The handler's own
 /// future is simply dropped on a break; the token reaches what it spawned.
+/// Behind `TrackedListener` it is cancelled by the very socket read that shows
+/// the FIN or reset, before hyper drops the handler; an HTTP/2 stream reset
+/// cancels it when the request's future is dropped.
 ///
 /// ```
 /// use axum::{routing::get, Router};

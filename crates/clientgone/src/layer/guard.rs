@@ -8,14 +8,14 @@
 //! state at that moment, builds the [`Record`] and hands it to the sinks.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
 use opentelemetry::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::classify::{BodyProgress, Cause, Phase, break_cause, break_phase, recorded_status};
-use crate::connection::TrackedConnection;
+use crate::connection::{ClientLeftHook, TrackedConnection};
 use crate::metrics::RouteMetrics;
 use crate::record::{End, Record};
 
@@ -27,6 +27,10 @@ use super::span::RequestSpan;
 pub(crate) struct RequestShared {
     body: AtomicU8,
     token: OnceLock<CancellationToken>,
+    /// Cancels `token` from the socket read that shows the client leaving
+    /// (see `connection/hooks.rs`); registered with the token, released when
+    /// the request ends.
+    early_cancel: Mutex<Option<ClientLeftHook>>,
     connection: Option<TrackedConnection>,
 }
 
@@ -40,6 +44,7 @@ impl RequestShared {
         RequestShared {
             body: AtomicU8::new(body as u8),
             token: OnceLock::new(),
+            early_cancel: Mutex::new(None),
             connection,
         }
     }
@@ -68,8 +73,36 @@ impl RequestShared {
     }
 
     /// The token handed to handlers; created only if a handler asks for it.
+    /// It is cancelled as soon as the connection shows the client leaving
+    /// (before hyper drops the request), and in any case when the request
+    /// ends as a break.
     pub(crate) fn token(&self) -> CancellationToken {
-        self.token.get_or_init(CancellationToken::new).clone()
+        self.token
+            .get_or_init(|| {
+                let token = CancellationToken::new();
+                if let Some(connection) = &self.connection {
+                    let hook = connection.on_client_left({
+                        let token = token.clone();
+                        move || token.cancel()
+                    });
+                    *self
+                        .early_cancel
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(hook);
+                }
+                token
+            })
+            .clone()
+    }
+
+    /// The request is over: a later client event is no longer its business.
+    fn release_early_cancel(&self) {
+        if self.token.get().is_some() {
+            self.early_cancel
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+        }
     }
 
     fn cancel(&self) {
@@ -171,6 +204,7 @@ impl RequestGuard {
 
     fn end(&mut self, end: End) {
         self.ended = true;
+        self.shared.release_early_cancel();
         let phase = match end {
             End::Completed => None,
             End::Disconnect { phase, .. } => Some(phase),
