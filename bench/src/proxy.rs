@@ -54,6 +54,12 @@ pub struct Args {
     #[arg(long, default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub proxy_rounds: u32,
+    /// Side-by-side rounds: both proxies driven at the same moment, each by
+    /// its own wrk, both on CPU 0 — CPU per request compared within the same
+    /// phase of the machine (0: none).
+    #[arg(long, default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub proxy_side_by_side_rounds: u32,
     /// wrk connections, the same for both proxies.
     #[arg(long, default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -140,6 +146,7 @@ pub fn run(args: &Args) -> Result<String, String> {
             results[i].push(result);
         }
     }
+    let side_by_side = side_by_side(args, &proxies, pids)?;
     nginx.guard.check_alive()?;
     // nginx's worker is its master's child, not ours, so the snapshot counts
     // it as another program; take it out again.
@@ -157,14 +164,99 @@ pub fn run(args: &Args) -> Result<String, String> {
     );
     let cancel = runtime.block_on(cancel_series(&proxies, args.cancel_samples, &mut events))?;
 
-    Ok(tables(
-        args,
-        &results,
-        &cpu_per_req,
-        &opened,
-        &cancel,
-        foreign_wrk,
-    ))
+    let mut out = tables(args, &results, &cpu_per_req, &opened, &cancel, foreign_wrk);
+    out.push_str(&side_by_side_table(args, &side_by_side));
+    Ok(out)
+}
+
+/// One side-by-side round: per proxy, req/s and CPU per request.
+struct SideBySide {
+    rps: [f64; 2],
+    cpu_per_req: [f64; 2],
+}
+
+/// Both proxies under load at once, each by its own wrk: they share every fast
+/// and slow phase of this VM, so their CPU per request compares steadily.
+fn side_by_side(
+    args: &Args,
+    proxies: &[(&str, SocketAddr); 2],
+    pids: [u32; 2],
+) -> Result<Vec<SideBySide>, String> {
+    let load = Load {
+        threads: 1,
+        connections: args.proxy_connections,
+        seconds: args.proxy_duration,
+        cpu: Some(1),
+    };
+    let mut rounds = Vec::new();
+    for round in 1..=args.proxy_side_by_side_rounds {
+        eprintln!(
+            "proxy: side by side {round}/{}",
+            args.proxy_side_by_side_rounds
+        );
+        let before = [tree_cpu_time(pids[0])?, tree_cpu_time(pids[1])?];
+        let results = std::thread::scope(|scope| {
+            let runs = proxies.map(|(_, addr)| {
+                scope.spawn(move || wrk::run(&format!("http://{addr}/hello"), load))
+            });
+            runs.map(|run| {
+                run.join()
+                    .unwrap_or_else(|_| Err("wrk thread panicked".into()))
+            })
+        });
+        let [clientgone, nginx] = results;
+        let (clientgone, nginx) = (clientgone?, nginx?);
+        let used = [
+            tree_cpu_time(pids[0])?.saturating_sub(before[0]),
+            tree_cpu_time(pids[1])?.saturating_sub(before[1]),
+        ];
+        rounds.push(SideBySide {
+            rps: [clientgone.rps, nginx.rps],
+            cpu_per_req: [
+                used[0].as_secs_f64() / clientgone.requests.max(1) as f64,
+                used[1].as_secs_f64() / nginx.requests.max(1) as f64,
+            ],
+        });
+    }
+    Ok(rounds)
+}
+
+fn side_by_side_table(args: &Args, rounds: &[SideBySide]) -> String {
+    let mut out = String::new();
+    if rounds.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\n### Side by side: both proxies under load at the same moment\n\n\
+         {} round(s) of {} s: each proxy driven by its own wrk (-t1 -c{}), both on CPU 0, so \
+         they share every fast and slow phase of the machine. CPU per request is the \
+         steadiest comparison; req/s only says how the scheduler split CPU 0.\n",
+        rounds.len(),
+        args.proxy_duration,
+        args.proxy_connections
+    );
+    let _ = writeln!(
+        out,
+        "| round | CPU/req clientgone | CPU/req nginx | CPU/req ratio | req/s clientgone | req/s nginx |"
+    );
+    let _ = writeln!(out, "|--:|--:|--:|--:|--:|--:|");
+    let mut ratios = Vec::new();
+    for (i, r) in rounds.iter().enumerate() {
+        let ratio = r.cpu_per_req[0] / r.cpu_per_req[1];
+        ratios.push(ratio);
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} µs | {:.2} µs | {ratio:.3} | {:.0} | {:.0} |",
+            i + 1,
+            r.cpu_per_req[0] * 1e6,
+            r.cpu_per_req[1] * 1e6,
+            r.rps[0],
+            r.rps[1]
+        );
+    }
+    let _ = writeln!(out, "| **median** | | | **{:.3}** | | |", median(&ratios));
+    out
 }
 
 /// Binds the upstream and spawns its accept loop on the current runtime.
