@@ -169,3 +169,42 @@ async fn a_client_that_asks_for_the_close_closes_idle_even_though_the_server_clo
     assert_eq!(s.value(CLOSES, &[]), 3.0, "{}", s.text);
     assert_eq!(s.value("http_server_client_disconnects_total", &[]), 0.0);
 }
+
+/// The same under `axum::serve`, as the README allows: the layer reads the
+/// requests for the client's close.
+#[tokio::test]
+async fn under_axum_serve_a_client_that_asks_for_the_close_closes_idle() {
+    let registry = prometheus::Registry::new();
+    let metrics = clientgone::Metrics::new(&registry).unwrap();
+    let listener = clientgone::TrackedListener::bind("127.0.0.1:0", &metrics)
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route("/items/{id}", axum::routing::get(|| async { "item" }))
+        .layer(clientgone::DisconnectLayer::new(metrics));
+    tokio::spawn(
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<clientgone::TrackedConnection>(),
+        )
+        .into_future(),
+    );
+    for request in [
+        "GET /items/1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "GET /items/2 HTTP/1.0\r\n\r\n",
+    ] {
+        let mut stream = send_raw(addr, request.as_bytes()).await;
+        let answer = read_to_close(&mut stream).await;
+        assert!(answer.starts_with(b"HTTP/1."), "{answer:?}");
+    }
+    let s = clientgone_tests::wait_for_registry_value(
+        &registry,
+        "http_server_open_connections",
+        &[],
+        0.0,
+    )
+    .await;
+    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 2.0, "{}", s.text);
+    assert_eq!(s.value(CLOSES, &[]), 2.0, "{}", s.text);
+}

@@ -331,6 +331,21 @@ pub(crate) const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
 ];
 
+/// An HTTP/1 request whose client wants the connection closed after it.
+pub(crate) fn asks_to_close<B>(req: &http::Request<B>) -> bool {
+    let connection = req.headers().get(http::header::CONNECTION);
+    let says = |token: &str| {
+        connection
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    match req.version() {
+        http::Version::HTTP_10 => !says("keep-alive"),
+        http::Version::HTTP_11 => says("close"),
+        _ => false,
+    }
+}
+
 pub(crate) fn method_index(method: &http::Method) -> usize {
     use http::Method as M;
     match *method {
@@ -503,5 +518,31 @@ mod tests {
         assert_eq!(method_label(&http::Method::PATCH), "PATCH");
         let odd = http::Method::from_bytes(b"PROPFIND").unwrap();
         assert_eq!(method_label(&odd), "_OTHER");
+    }
+}
+
+#[cfg(test)]
+mod close_request_tests {
+    use super::asks_to_close;
+
+    #[test]
+    fn a_close_is_asked_by_connection_close_or_http_1_0_without_keep_alive() {
+        let cases = [
+            (http::Version::HTTP_11, None, false),
+            (http::Version::HTTP_11, Some("close"), true),
+            (http::Version::HTTP_11, Some("Keep-Alive, Close"), true),
+            (http::Version::HTTP_11, Some("keep-alive"), false),
+            (http::Version::HTTP_10, None, true),
+            (http::Version::HTTP_10, Some("keep-alive"), false),
+            (http::Version::HTTP_2, Some("close"), false),
+        ];
+        for (version, connection, expected) in cases {
+            let mut req = http::Request::builder().version(version);
+            if let Some(value) = connection {
+                req = req.header(http::header::CONNECTION, value);
+            }
+            let req = req.body(()).unwrap();
+            assert_eq!(asks_to_close(&req), expected, "{version:?} {connection:?}");
+        }
     }
 }

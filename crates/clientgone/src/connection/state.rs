@@ -40,6 +40,9 @@ pub struct ConnectionState {
     /// The client asked for the close in the protocol (`Connection: close`,
     /// HTTP/1.0 without keep-alive, HTTP/2 GOAWAY).
     client_asked_close: AtomicBool,
+    /// `clientgone::serve` reads every request for `client_asked_close`
+    /// itself; under another server the layer does.
+    requests_checked_for_close: AtomicBool,
     bytes_written: AtomicU64,
     /// The send queue's size when the first client event was seen (`u64::MAX`: unknown).
     unacked_at_event: AtomicU64,
@@ -63,6 +66,7 @@ impl ConnectionState {
             http2: AtomicBool::new(false),
             server_closing: AtomicBool::new(false),
             client_asked_close: AtomicBool::new(false),
+            requests_checked_for_close: AtomicBool::new(false),
             bytes_written: AtomicU64::new(0),
             unacked_at_event: AtomicU64::new(u64::MAX),
             hooks: ClientLeftHooks::default(),
@@ -202,6 +206,15 @@ impl ConnectionState {
 
     pub(crate) fn mark_client_asked_close(&self) {
         self.client_asked_close.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn mark_requests_checked_for_close(&self) {
+        self.requests_checked_for_close
+            .store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn are_requests_checked_for_close(&self) -> bool {
+        self.requests_checked_for_close.load(Ordering::Relaxed)
     }
 
     /// An HTTP/2 request was seen on this connection.

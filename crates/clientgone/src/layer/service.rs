@@ -16,7 +16,7 @@ use super::guard::{RequestGuard, RequestShared};
 use super::request_body::RequestBody;
 use super::span::{RequestSpan, SharedTracer};
 use crate::BoxError;
-use crate::classify::{BodyProgress, METHODS, method_index};
+use crate::classify::{BodyProgress, METHODS, asks_to_close, method_index};
 use crate::connection::TrackedConnection;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 
@@ -80,6 +80,14 @@ where
             .extensions()
             .get::<ConnectInfo<TrackedConnection>>()
             .map(|info| info.0.clone());
+        // Under `axum::serve` nothing else reads the request for a close the
+        // client asked for (`clientgone::serve` does it itself).
+        if let Some(connection) = &connection {
+            let state = connection.state();
+            if !state.are_requests_checked_for_close() && asks_to_close(&req) {
+                state.mark_client_asked_close();
+            }
+        }
         let http2 = req.version() == Version::HTTP_2;
         let head_request = req.method() == Method::HEAD;
         let span = self.tracer.as_ref().map(|tracer| {

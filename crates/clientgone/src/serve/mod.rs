@@ -18,6 +18,7 @@ use hyper_util::server::conn::auto::Builder;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
+use crate::classify::asks_to_close;
 use crate::connection::{TrackedListener, TrackedStream};
 use connections::{Connections, Controlled, Ended, Stop};
 
@@ -156,21 +157,6 @@ fn builder() -> Builder<TokioExecutor> {
     builder
 }
 
-/// An HTTP/1 request whose client wants the connection closed after it.
-fn asks_to_close<B>(req: &http::Request<B>) -> bool {
-    let connection = req.headers().get(http::header::CONNECTION);
-    let says = |token: &str| {
-        connection
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    match req.version() {
-        http::Version::HTTP_10 => !says("keep-alive"),
-        http::Version::HTTP_11 => says("close"),
-        _ => false,
-    }
-}
-
 async fn serve_connection(
     stream: TrackedStream,
     router: Router,
@@ -180,6 +166,9 @@ async fn serve_connection(
     let state = stream.connection().state().clone();
     let info = ConnectInfo(stream.connection().clone());
     let requests_state = state.clone();
+    // Requests are read here, with or without `DisconnectLayer`; the layer
+    // then leaves the check to us.
+    state.mark_requests_checked_for_close();
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         if asks_to_close(&req) {
             requests_state.mark_client_asked_close();
