@@ -146,7 +146,6 @@ pub fn run(args: &Args) -> Result<String, String> {
             results[i].push(result);
         }
     }
-    let side_by_side = side_by_side(args, &proxies, pids)?;
     nginx.guard.check_alive()?;
     // nginx's worker is its master's child, not ours, so the snapshot counts
     // it as another program; take it out again.
@@ -155,6 +154,8 @@ pub fn run(args: &Args) -> Result<String, String> {
         .saturating_sub(nginx_cpu)
         .as_secs_f64()
         / start.elapsed().as_secs_f64();
+    let side_by_side = side_by_side(args, &proxies, pids)?;
+    nginx.guard.check_alive()?;
 
     // Cancel latency: samples interleaved over proxies and closes, so drift
     // affects all four series alike.
@@ -173,6 +174,8 @@ pub fn run(args: &Args) -> Result<String, String> {
 struct SideBySide {
     rps: [f64; 2],
     cpu_per_req: [f64; 2],
+    /// Socket errors and non-2xx answers: cheap failures would flatter CPU per request.
+    errors: [u64; 2],
 }
 
 /// Both proxies under load at once, each by its own wrk: they share every fast
@@ -216,6 +219,10 @@ fn side_by_side(
                 used[0].as_secs_f64() / clientgone.requests.max(1) as f64,
                 used[1].as_secs_f64() / nginx.requests.max(1) as f64,
             ],
+            errors: [
+                clientgone.socket_errors + clientgone.non_2xx,
+                nginx.socket_errors + nginx.non_2xx,
+            ],
         });
     }
     Ok(rounds)
@@ -238,21 +245,23 @@ fn side_by_side_table(args: &Args, rounds: &[SideBySide]) -> String {
     );
     let _ = writeln!(
         out,
-        "| round | CPU/req clientgone | CPU/req nginx | CPU/req ratio | req/s clientgone | req/s nginx |"
+        "| round | CPU/req clientgone | CPU/req nginx | CPU/req ratio | req/s clientgone | req/s nginx | errors (cg / nginx) |"
     );
-    let _ = writeln!(out, "|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(out, "|--:|--:|--:|--:|--:|--:|--:|");
     let mut ratios = Vec::new();
     for (i, r) in rounds.iter().enumerate() {
         let ratio = r.cpu_per_req[0] / r.cpu_per_req[1];
         ratios.push(ratio);
         let _ = writeln!(
             out,
-            "| {} | {:.2} µs | {:.2} µs | {ratio:.3} | {:.0} | {:.0} |",
+            "| {} | {:.2} µs | {:.2} µs | {ratio:.3} | {:.0} | {:.0} | {} / {} |",
             i + 1,
             r.cpu_per_req[0] * 1e6,
             r.cpu_per_req[1] * 1e6,
             r.rps[0],
-            r.rps[1]
+            r.rps[1],
+            r.errors[0],
+            r.errors[1]
         );
     }
     let _ = writeln!(out, "| **median** | | | **{:.3}** | | |", median(&ratios));

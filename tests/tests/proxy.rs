@@ -196,8 +196,9 @@ async fn breaks_are_counted_under_the_template_and_the_upstream_sees_its_request
 }
 
 /// A client that stops mid-upload: the proxy ends the upstream request on its
-/// behalf, so whatever the upstream side reports next (an error on the shut
-/// down connection, or the body's failure) is a cancel, never an upstream error.
+/// behalf, and that is a cancel, never an upstream error. (Usually the body's
+/// failure reaches the upstream request first; the hook's own "client gone"
+/// mark covers the rarer order, which this test does not force.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_broken_midway_is_a_cancel_not_an_upstream_error() {
     let upstream = PythonUpstream::start();

@@ -18,13 +18,14 @@ use std::num::NonZeroUsize;
 /// assert_eq!(runtime.block_on(async { 1 + 1 }), 2);
 /// ```
 pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
-    if workers()? == 1 {
-        tokio::runtime::Builder::new_current_thread()
+    match workers()? {
+        1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-    } else {
-        // Reads `TOKIO_WORKER_THREADS` itself, like `#[tokio::main]`.
-        tokio::runtime::Runtime::new()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
     }
 }
 

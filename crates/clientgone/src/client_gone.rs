@@ -15,7 +15,9 @@ use crate::layer::RequestHandle;
 /// future is simply dropped on a break; the token reaches what it spawned.
 /// Behind `TrackedListener` it is cancelled by the very socket read that shows
 /// the FIN or reset, before hyper drops the handler; an HTTP/2 stream reset
-/// cancels it when the request's future is dropped.
+/// cancels it when the request's future is dropped. On HTTP/2 a broken
+/// connection cancels the tokens of all its requests, including one that was
+/// finishing at that very moment.
 ///
 /// ```
 /// use axum::{routing::get, Router};

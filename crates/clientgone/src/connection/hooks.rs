@@ -146,6 +146,27 @@ mod tests {
 
     #[test]
     fn a_callback_may_register_another_without_deadlock() {
+        // On a thread of its own: a deadlock fails the test instead of hanging it.
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            register_from_a_callback();
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(()) => {}
+            // The worker panicked (an assertion): pass its panic on.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if let Err(panic) = worker.join() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("fire() deadlocked on a callback that registers a hook")
+            }
+        }
+    }
+
+    fn register_from_a_callback() {
         let state = Arc::new(ConnectionState::new());
         let (count, callback) = counter();
         let inner_state = state.clone();

@@ -57,6 +57,8 @@ impl TrackedConnection {
     ///
     /// For work that must stop sooner than the request's future is dropped,
     /// such as an upstream request to shut down (Go's `context.AfterFunc`).
+    /// Requests count as in flight while [`DisconnectLayer`](crate::DisconnectLayer)
+    /// tracks them: without the layer the callback never runs.
     /// The callback must be quick and must not block: it runs inside a socket
     /// read. Keep the returned hook while the request runs; dropping it
     /// unregisters the callback. For a cancellation *signal*, use
