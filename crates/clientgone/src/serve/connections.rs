@@ -97,6 +97,9 @@ impl Control {
 /// 1.25 (at most 1.5, right after a request) times the timeout — never sooner.
 const HEAD_TICKS: u32 = 4;
 
+/// Connections checked per hold of the lock by the head watcher.
+const SCAN_SLICE: usize = 1024;
+
 #[derive(Debug)]
 struct Entry {
     state: Arc<ConnectionState>,
@@ -105,6 +108,22 @@ struct Entry {
     pending_ticks: u32,
     /// Requests seen at the last tick: a new one means the head arrived.
     requests_seen: u64,
+}
+
+impl Entry {
+    /// One tick of the head watcher for this connection.
+    fn watch_head(&mut self) {
+        let requests = self.state.requests();
+        if self.state.is_waiting_for_head() && requests == self.requests_seen {
+            self.pending_ticks += 1;
+        } else {
+            self.pending_ticks = 0;
+        }
+        self.requests_seen = requests;
+        if self.pending_ticks > HEAD_TICKS {
+            self.control.head_overdue();
+        }
+    }
 }
 
 /// The live connections of one server.
@@ -167,17 +186,26 @@ impl Connections {
             let Some(this) = connections.upgrade() else {
                 return;
             };
-            for (_, entry) in this.lock().iter_mut() {
-                let requests = entry.state.requests();
-                if entry.state.is_waiting_for_head() && requests == entry.requests_seen {
-                    entry.pending_ticks += 1;
-                } else {
-                    entry.pending_ticks = 0;
+            // In slices, letting go of the lock (and the worker) in between:
+            // with 100k connections one pass would hold up accepts and closes
+            // for about a millisecond.
+            let mut next = 0;
+            loop {
+                let done = {
+                    let mut entries = this.lock();
+                    let end = (next + SCAN_SLICE).min(entries.capacity());
+                    for key in next..end {
+                        if let Some(entry) = entries.get_mut(key) {
+                            entry.watch_head();
+                        }
+                    }
+                    next = end;
+                    end >= entries.capacity()
+                };
+                if done {
+                    break;
                 }
-                entry.requests_seen = requests;
-                if entry.pending_ticks > HEAD_TICKS {
-                    entry.control.head_overdue();
-                }
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -273,5 +301,45 @@ impl<C: GracefulConnection> Future for Controlled<C> {
             Stop::Force => return Poll::Ready(Ended::Forced),
         }
         this.conn.poll(cx).map(Ended::Finished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More connections than one slice of the watcher's scan: every silent one
+    /// is found overdue, and one that got its request is left alone.
+    #[tokio::test]
+    async fn the_head_watcher_reaches_every_connection_across_slices() {
+        let connections = Arc::new(Connections::default());
+        let timeout = Duration::from_millis(40);
+        let count = 2 * SCAN_SLICE + 7;
+        let mut registered = Vec::new();
+        for _ in 0..count {
+            let state = Arc::new(ConnectionState::new());
+            let (control, registration) = connections.register(state.clone());
+            registered.push((state, control, registration));
+        }
+        // The last one has a request in flight: it waits for no head.
+        registered[count - 1].0.request_started(false);
+        tokio::spawn(Connections::watch_heads(
+            Arc::downgrade(&connections),
+            timeout,
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let silent = &registered[..count - 1];
+        while !silent
+            .iter()
+            .all(|(_, control, _)| control.head_overdue.load(Ordering::Acquire))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher never reached every silent connection"
+            );
+            tokio::time::sleep(timeout / 4).await;
+        }
+        let busy = &registered[count - 1].1;
+        assert!(!busy.head_overdue.load(Ordering::Acquire));
     }
 }
