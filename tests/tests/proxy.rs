@@ -195,10 +195,12 @@ async fn breaks_are_counted_under_the_template_and_the_upstream_sees_its_request
     }
 }
 
-/// A client that stops mid-upload: the proxy ends the upstream request on its
-/// behalf, and that is a cancel, never an upstream error. (Usually the body's
-/// failure reaches the upstream request first; the hook's own "client gone"
-/// mark covers the rarer order, which this test does not force.)
+/// A client that stops mid-upload: the body's failure ends the upstream
+/// request — a cancel, never an upstream error — and the layer counts a
+/// `request_body` break. (The early shutdown leaves a mid-upload request
+/// alone: cutting the upstream first once ended the request before anyone
+/// read the body's error, and it was counted as a completed 400. This test
+/// caught that under load.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_broken_midway_is_a_cancel_not_an_upstream_error() {
     let upstream = PythonUpstream::start();

@@ -129,27 +129,44 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// What an upstream request knows of its client's side.
+#[derive(Debug, Default)]
+pub(crate) struct ClientSide {
+    /// The client's body failed, or its socket showed it left: an upstream
+    /// error after that is the client's doing, not the upstream's.
+    pub(crate) gone: AtomicBool,
+    /// The client's request body has gone upstream to its end.
+    pub(crate) body_sent: AtomicBool,
+}
+
 impl<F> InFlight<F> {
     /// `connection`: where the request goes out (`None` for h2c upstreams,
     /// whose connection carries other streams; hyper resets just the one).
     /// `client`: the client's HTTP/1 connection; its socket is read on the
     /// task that polls this request, so a hook on it can shut the upstream
     /// connection down from the very read that shows the break — it cannot
-    /// run between the head's arrival and `poll` returning it. `client_gone`
-    /// is set when that hook runs, so an upstream error that follows is not
-    /// blamed on the upstream.
+    /// run between the head's arrival and `poll` returning it.
+    ///
+    /// The hook acts only once the request body has gone upstream whole (the
+    /// upstream is working on its answer). A client that leaves mid-upload
+    /// ends the upstream request through its body instead: hyper hands the
+    /// body the error, the upstream request fails on it, and the layer sees
+    /// the failed body and counts a `request_body` break. Cutting the upstream
+    /// first would end the request before anyone read that error.
     pub(crate) fn new(
         inner: F,
         connection: Option<CaptureConnection>,
         client: Option<&TrackedConnection>,
-        client_gone: &Arc<AtomicBool>,
+        side: &Arc<ClientSide>,
     ) -> Self {
         let hook = connection.as_ref().zip(client).map(|(connection, client)| {
             let connection = connection.clone();
-            let client_gone = client_gone.clone();
+            let side = side.clone();
             client.on_client_left(move || {
-                client_gone.store(true, Ordering::Release);
-                SocketHandle::shutdown_captured(&connection);
+                if side.body_sent.load(Ordering::Acquire) {
+                    side.gone.store(true, Ordering::Release);
+                    SocketHandle::shutdown_captured(&connection);
+                }
             })
         });
         InFlight {

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
 
 use super::Upstream;
-use super::connector::{InFlight, UpstreamConnector};
+use super::connector::{ClientSide, InFlight, UpstreamConnector};
 use super::upstream::{UpstreamBody, UpstreamMetrics, UpstreamOutcome};
 
 /// What the forwarding handler needs; cheap to clone.
@@ -166,23 +166,18 @@ pub(crate) async fn forward(
         Version::HTTP_11
     };
 
-    // Set when the client's body fails or its socket shows it left: an
-    // upstream error after that is the client's doing, not the upstream's.
-    let client_gone = Arc::new(AtomicBool::new(false));
+    let side = Arc::new(ClientSide::default());
+    side.body_sent
+        .store(http_body::Body::is_end_stream(&body), Ordering::Release);
     let body = Body::new(WatchedBody {
         inner: body,
-        failed: client_gone.clone(),
+        side: side.clone(),
     });
     let mut request = http::Request::from_parts(parts, body);
     let connection = (!f.upstream.h2c).then(|| capture_connection(&mut request));
     let http1_client = client.as_ref().filter(|_| client_version < Version::HTTP_2);
     let mut guard = f.metrics.start(method, matched);
-    let in_flight = InFlight::new(
-        f.client.request(request),
-        connection,
-        http1_client,
-        &client_gone,
-    );
+    let in_flight = InFlight::new(f.client.request(request), connection, http1_client, &side);
     let result = tokio::time::timeout(f.timeout, in_flight).await;
     match result {
         Err(_) => {
@@ -192,7 +187,7 @@ pub(crate) async fn forward(
                 format!("the upstream did not answer within {:?}", f.timeout),
             )
         }
-        Ok(Err(_)) if client_gone.load(Ordering::Acquire) => {
+        Ok(Err(_)) if side.gone.load(Ordering::Acquire) => {
             // The client stopped sending its body or left: its own break,
             // recorded by the layer; the upstream request was ended on its behalf.
             guard.end(UpstreamOutcome::Cancelled);
@@ -258,12 +253,13 @@ impl Injector for HeaderInjector<'_> {
 }
 
 pin_project! {
-    /// The client's request body on its way upstream; notes whether it failed,
-    /// so a client that stopped sending is not blamed on the upstream.
+    /// The client's request body on its way upstream; notes whether it failed
+    /// (a client that stopped sending is not blamed on the upstream) and when
+    /// it has gone whole.
     struct WatchedBody {
         #[pin]
         inner: Body,
-        failed: Arc<AtomicBool>,
+        side: Arc<ClientSide>,
     }
 }
 
@@ -275,10 +271,15 @@ impl http_body::Body for WatchedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if matches!(frame, Some(Err(_))) {
-            this.failed.store(true, Ordering::Release);
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Err(_)) => this.side.gone.store(true, Ordering::Release),
+            None => this.side.body_sent.store(true, Ordering::Release),
+            Some(Ok(_)) if this.inner.is_end_stream() => {
+                this.side.body_sent.store(true, Ordering::Release)
+            }
+            Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
     }
