@@ -13,6 +13,18 @@ use clientgone_tests::{DEADLINE, serve_app, wait_for_registry_value, wait_until}
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+/// Sends `GET path` and returns the client's socket once the request is in flight.
+async fn request_in_flight(
+    addr: std::net::SocketAddr,
+    registry: &prometheus::Registry,
+    path: &str,
+) -> tokio::net::TcpStream {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    let stream = send_raw(addr, request.as_bytes()).await;
+    wait_for_registry_value(registry, "http_server_active_requests", &[], 1.0).await;
+    stream
+}
+
 async fn wait_for_client(
     gone: ClientGone,
     State(tx): State<mpsc::UnboundedSender<Instant>>,
@@ -38,8 +50,7 @@ async fn the_token_fires_within_100ms_of_a_fin() {
     })
     .await;
 
-    let stream = send_raw(addr, b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    wait_for_registry_value(&registry, "http_server_active_requests", &[], 1.0).await;
+    let stream = request_in_flight(addr, &registry, "/wait").await;
     let closed_at = Instant::now();
     close_fin(stream);
     let fired_at = tokio::time::timeout(DEADLINE, rx.recv())
@@ -113,8 +124,7 @@ async fn hook_runs_before_the_future_is_dropped(close: fn(tokio::net::TcpStream)
             .layer(DisconnectLayer::new(metrics))
     })
     .await;
-    let stream = send_raw(addr, b"GET /hooked HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    wait_for_registry_value(&registry, "http_server_active_requests", &[], 1.0).await;
+    let stream = request_in_flight(addr, &registry, "/hooked").await;
     close(stream);
     wait_until("the future to be dropped", || async {
         events.lock().unwrap().contains(&"future dropped")
@@ -207,8 +217,7 @@ async fn the_token_fires_before_the_handler_is_dropped() {
             .layer(DisconnectLayer::new(metrics))
     })
     .await;
-    let stream = send_raw(addr, b"GET /wait HTTP/1.1\r\nHost: t\r\n\r\n").await;
-    wait_for_registry_value(&registry, "http_server_active_requests", &[], 1.0).await;
+    let stream = request_in_flight(addr, &registry, "/wait").await;
     close_fin(stream);
     wait_until("the handler to be dropped", || async {
         seen.lock().unwrap().is_some()

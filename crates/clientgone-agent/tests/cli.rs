@@ -237,33 +237,34 @@ async fn flushes_queued_spans_on_sigterm(extra_env: &[(&str, &str)]) {
     );
 }
 
-#[test]
-fn a_bad_worker_count_is_one_line_and_exit_2() {
+/// Starts the demo with `env` and checks it refuses in one line naming `culprit`, exit 2.
+fn refuses_bad_environment(env: &[(&str, &str)], culprit: &str) {
     let out = Command::new(BIN)
         .args(DEMO_ON_ANY_PORT)
-        .env("TOKIO_WORKER_THREADS", "lots")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{stderr}");
+    assert!(stderr.contains(culprit), "{stderr}");
+}
+
+#[test]
+fn a_bad_worker_count_is_one_line_and_exit_2() {
+    refuses_bad_environment(&[("TOKIO_WORKER_THREADS", "lots")], "TOKIO_WORKER_THREADS");
 }
 
 #[test]
 fn a_bad_otel_variable_is_one_line_and_exit_2() {
-    let out = Command::new(BIN)
-        .args(DEMO_ON_ANY_PORT)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
-        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{stderr}");
+    refuses_bad_environment(
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
+        ],
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    );
 }
 
 #[tokio::test]
