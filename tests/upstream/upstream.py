@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""An upstream service that is not ours and not Rust, for the proxy tests.
+"""An upstream service that is not ours and not Rust, for the proxy tests and
+the README's "Watch a service in any language".
 
-Binds 127.0.0.1:0 and prints its port on the first line of stdout. It records
+Usage: upstream.py [PORT]   (default 0: any free port)
+
+Binds 127.0.0.1:PORT and prints its port on the first line of stdout. It records
 every connection and request, and notices when a client (the proxy) goes away
-while a request is being worked on. GET /__events returns all of it as JSON.
+while a request is being worked on — saying so on stderr. GET /__events returns
+all of it as JSON.
 
 Routes:
   GET  /users/{id}?delay_ms=N   answer after N ms, watching the socket meanwhile
@@ -89,6 +93,8 @@ class Handler(BaseHTTPRequestHandler):
             while time.time() < deadline:
                 if self.peer_gone(min(0.005, max(0.0, deadline - time.time()))):
                     record("cancelled", {"path": self.path, "t": time.time()})
+                    sys.stderr.write("upstream: GET %s cancelled: the connection closed "
+                                     "before the answer was ready\n" % self.path)
                     self.close_connection = True
                     return
             return self.send_text(200, "user %s\n" % url.path[len("/users/"):])
@@ -108,6 +114,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
             except OSError:
                 record("cancelled", {"path": self.path, "t": time.time()})
+                sys.stderr.write("upstream: GET %s cancelled mid-stream\n" % self.path)
                 self.close_connection = True
             return
         if url.path.startswith("/echo/"):
@@ -131,7 +138,11 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    try:
+        port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    except ValueError:
+        sys.exit("usage: upstream.py [PORT]")
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
     server.serve_forever()
