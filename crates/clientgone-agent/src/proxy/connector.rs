@@ -130,13 +130,23 @@ pin_project_lite::pin_project! {
 }
 
 /// What an upstream request knows of its client's side.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ClientSide {
     /// The client's body failed, or its socket showed it left: an upstream
     /// error after that is the client's doing, not the upstream's.
     pub(crate) gone: AtomicBool,
     /// The client's request body has gone upstream to its end.
     pub(crate) body_sent: AtomicBool,
+}
+
+impl ClientSide {
+    /// `body_sent`: the request has no body left to send (an empty one).
+    pub(crate) fn new(body_sent: bool) -> Self {
+        ClientSide {
+            gone: AtomicBool::new(false),
+            body_sent: AtomicBool::new(body_sent),
+        }
+    }
 }
 
 impl<F> InFlight<F> {

@@ -166,9 +166,7 @@ pub(crate) async fn forward(
         Version::HTTP_11
     };
 
-    let side = Arc::new(ClientSide::default());
-    side.body_sent
-        .store(http_body::Body::is_end_stream(&body), Ordering::Release);
+    let side = Arc::new(ClientSide::new(http_body::Body::is_end_stream(&body)));
     let body = Body::new(WatchedBody {
         inner: body,
         side: side.clone(),
