@@ -68,7 +68,10 @@ others at OTEL_TRACES_SAMPLER_ARG (default 1.0). Honoured variables:
   OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_SERVICE_NAME,
   OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER_ARG, OTEL_BSP_MAX_QUEUE_SIZE,
   OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_SDK_DISABLED,
-  OTEL_TRACES_EXPORTER (otlp | none)";
+  OTEL_TRACES_EXPORTER (otlp | none)
+
+TOKIO_WORKER_THREADS sets the number of worker threads (default: the CPUs this
+process may use); with one, the runtime is single-threaded.";
 
 /// Flags of `clientgone demo`.
 #[derive(Debug, Args)]
