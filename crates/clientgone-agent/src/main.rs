@@ -95,11 +95,12 @@ fn main() -> ExitCode {
         // runtime: it waits on a blocking thread while this one drives the
         // runtime (on one CPU the runtime has no thread of its own).
         let flush = runtime.spawn_blocking(move || pipeline.shutdown(FLUSH_TIMEOUT));
-        let flushed = runtime.block_on(flush);
-        match flushed {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => say!("clientgone: traces not flushed: {e}"),
-            Err(e) => say!("clientgone: traces not flushed: {e}"),
+        let flushed = runtime
+            .block_on(flush)
+            .map_err(|e| e.to_string())
+            .and_then(|flushed| flushed);
+        if let Err(e) = flushed {
+            say!("clientgone: traces not flushed: {e}");
         }
     }
     code

@@ -76,14 +76,16 @@ impl tower::Service<Uri> for UpstreamConnector {
 pub(crate) struct SocketHandle(Arc<Mutex<Option<StdTcpStream>>>);
 
 impl SocketHandle {
+    /// Takes the duplicate out: it is still there until the stream is dropped
+    /// (or a cancel took it), so what comes out is open and ours.
+    fn take(&self) -> Option<StdTcpStream> {
+        self.0.lock().ok()?.take()
+    }
+
     /// Sends the upstream a FIN now, unless the connection is already closed.
+    /// A second cancel of the same connection finds nothing to take.
     fn shutdown(&self) {
-        // The duplicate is still in the mutex until the stream is dropped (or
-        // a cancel took it), so under the lock it is open and ours. Taken
-        // out: a second cancel of the same connection costs nothing.
-        if let Ok(mut socket) = self.0.lock()
-            && let Some(socket) = socket.take()
-        {
+        if let Some(socket) = self.take() {
             let _ = socket.shutdown(Shutdown::Both);
         }
     }
@@ -211,9 +213,7 @@ impl Drop for UpstreamStream {
     fn drop(&mut self) {
         // The duplicate goes with the stream: the socket closes when hyper
         // lets go of it, as it would without the handle.
-        if let Ok(mut socket) = self.handle.0.lock() {
-            socket.take();
-        }
+        drop(self.handle.take());
     }
 }
 
