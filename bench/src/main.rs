@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod bare_proxy;
 mod breaks;
 mod close;
 mod detect;
@@ -49,7 +50,8 @@ enum Command {
     Memory(memory::Args),
     /// The demo server under break-heavy load: highest rate with exact counters.
     Breaks(breaks::Args),
-    /// `clientgone proxy` against nginx: throughput, p99, upstream-cancel latency.
+    /// `clientgone proxy` against nginx and the bare hyper stack: throughput,
+    /// p99, upstream-cancel latency.
     Proxy(proxy::Args),
     /// Runs overhead, detect, scrape, memory, breaks and proxy in that order.
     All(AllArgs),
@@ -63,6 +65,10 @@ enum Command {
     /// re-executes itself with this).
     #[command(hide = true)]
     Agent(agent::AgentArgs),
+    /// Runs the bare axum + hyper-util proxy the `proxy` part compares with
+    /// (the bench re-executes itself with this).
+    #[command(hide = true)]
+    BareProxy(bare_proxy::BareProxyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +100,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => servers::serve(&args),
         Command::Receive => receiver::receive(),
         Command::Agent(args) => agent::serve(&args),
+        Command::BareProxy(args) => bare_proxy::serve(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

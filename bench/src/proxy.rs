@@ -1,6 +1,8 @@
 //! `proxy`: `clientgone proxy` against nginx, both on one CPU in front of the
 //! same upstream — throughput and p99 under wrk, and how fast each one drops
-//! the upstream request once its client is gone (issue 8).
+//! the upstream request once its client is gone (issue 8). A third proxy, the
+//! bare stack clientgone is built on (`bare_proxy.rs`), splits the gap to
+//! nginx into the stack's share and clientgone's own.
 //!
 //! The upstream is a tiny hand-written HTTP/1.1 server on tokio in *this*
 //! process (pinned to CPU 1 with wrk): `/hello` answers a fixed 13-byte body
@@ -23,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::agent::{AgentProcess, ChildGuard, PinSelf, tree_cpu_time};
 use crate::close::Close;
-use crate::servers::{CpuSnapshot, http_get, wait_for_quiet};
+use crate::servers::{ChildProcess, CpuSnapshot, http_get, wait_for_quiet};
 use crate::wrk::{self, Load, WrkResult};
 use crate::{fmt_duration, median, parse_seconds, quantile};
 
@@ -79,6 +81,23 @@ enum Event {
     Closed(u64, Instant),
 }
 
+/// The proxies compared, in table order; nginx, the reference, last.
+const NAMES: [&str; 3] = ["clientgone", "bare hyper", "nginx"];
+/// Index of nginx in [`NAMES`].
+const NGINX: usize = 2;
+/// Index of the bare-stack proxy in [`NAMES`].
+const BARE: usize = 1;
+/// The ratios the tables report: (numerator, denominator) indices.
+const PAIRS: [(usize, usize); 3] = [(0, NGINX), (BARE, NGINX), (0, BARE)];
+
+/// One proxy under test.
+#[derive(Clone, Copy)]
+struct Proxy {
+    name: &'static str,
+    addr: SocketAddr,
+    pid: u32,
+}
+
 /// Runs the benchmark and returns its Markdown tables.
 pub fn run(args: &Args) -> Result<String, String> {
     // Upstream, client and wrk on CPU 1; the runtime is built after the
@@ -102,12 +121,33 @@ pub fn run(args: &Args) -> Result<String, String> {
             "127.0.0.1:0",
         ],
     )?;
+    let bare = ChildProcess::spawn(
+        &["bare-proxy", "--upstream", &upstream.to_string()],
+        Some(0),
+        "bare hyper proxy",
+    )?;
     let mut nginx = Nginx::start(0, upstream)?;
-    let proxies = [("clientgone", clientgone.addr), ("nginx", nginx.addr)];
-    for (name, addr) in proxies {
-        let body = http_get(addr, "/hello").map_err(|e| format!("{name}: {e}"))?;
+    let proxies = [
+        Proxy {
+            name: NAMES[0],
+            addr: clientgone.addr,
+            pid: clientgone.pid(),
+        },
+        Proxy {
+            name: NAMES[BARE],
+            addr: bare.addr,
+            pid: bare.pid(),
+        },
+        Proxy {
+            name: NAMES[NGINX],
+            addr: nginx.addr,
+            pid: nginx.guard.pid(),
+        },
+    ];
+    for p in &proxies {
+        let body = http_get(p.addr, "/hello").map_err(|e| format!("{}: {e}", p.name))?;
         if body != "Hello, World!" {
-            return Err(format!("{name} answered /hello with {body:?}"));
+            return Err(format!("{} answered /hello with {body:?}", p.name));
         }
     }
 
@@ -118,33 +158,37 @@ pub fn run(args: &Args) -> Result<String, String> {
         seconds,
         cpu: Some(1),
     };
-    for (name, addr) in proxies {
-        eprintln!("proxy: warm-up {name}");
-        wrk::run(&format!("http://{addr}/hello"), load(1))?;
+    for p in &proxies {
+        eprintln!("proxy: warm-up {}", p.name);
+        wrk::run(&format!("http://{}/hello", p.addr), load(1))?;
     }
     wait_for_quiet(Duration::from_secs(120));
     let before = CpuSnapshot::take();
     let start = Instant::now();
-    let mut results: [Vec<WrkResult>; 2] = [Vec::new(), Vec::new()];
-    // CPU per request, per run: the proxy's own processes, from /proc.
-    let mut cpu_per_req: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    let pids = [clientgone.pid(), nginx.guard.pid()];
+    let mut runs: Vec<[Run; 3]> = Vec::new();
     let mut nginx_cpu = Duration::ZERO;
-    let mut opened: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=args.proxy_rounds {
-        for (i, (name, addr)) in proxies.iter().enumerate() {
-            eprintln!("proxy: round {round}/{} {name}", args.proxy_rounds);
-            let cpu_before = tree_cpu_time(pids[i])?;
+        let mut row = Vec::with_capacity(3);
+        for (i, p) in proxies.iter().enumerate() {
+            eprintln!("proxy: round {round}/{} {}", args.proxy_rounds, p.name);
+            let cpu_before = tree_cpu_time(p.pid)?;
             let accepted_before = ACCEPTED.load(Ordering::Relaxed);
-            let result = wrk::run(&format!("http://{addr}/hello"), load(args.proxy_duration))?;
-            let used = tree_cpu_time(pids[i])?.saturating_sub(cpu_before);
-            opened[i].push(ACCEPTED.load(Ordering::Relaxed) - accepted_before);
-            if i == 1 {
+            let wrk = wrk::run(
+                &format!("http://{}/hello", p.addr),
+                load(args.proxy_duration),
+            )?;
+            // CPU per request, per run: the proxy's own processes, from /proc.
+            let used = tree_cpu_time(p.pid)?.saturating_sub(cpu_before);
+            if i == NGINX {
                 nginx_cpu += used;
             }
-            cpu_per_req[i].push(used.as_secs_f64() / result.requests.max(1) as f64);
-            results[i].push(result);
+            row.push(Run {
+                cpu_per_req: used.as_secs_f64() / wrk.requests.max(1) as f64,
+                opened: ACCEPTED.load(Ordering::Relaxed) - accepted_before,
+                wrk,
+            });
         }
+        runs.push(row.try_into().map_err(|_| "three runs per round")?);
     }
     nginx.guard.check_alive()?;
     // nginx's worker is its master's child, not ours, so the snapshot counts
@@ -154,37 +198,51 @@ pub fn run(args: &Args) -> Result<String, String> {
         .saturating_sub(nginx_cpu)
         .as_secs_f64()
         / start.elapsed().as_secs_f64();
-    let side_by_side = side_by_side(args, &proxies, pids)?;
+    let side_by_side = side_by_side(args, &proxies)?;
     nginx.guard.check_alive()?;
 
     // Cancel latency: samples interleaved over proxies and closes, so drift
-    // affects all four series alike.
+    // affects all series alike.
     eprintln!(
         "proxy: cancel latency, {} samples per series",
         args.cancel_samples
     );
     let cancel = runtime.block_on(cancel_series(&proxies, args.cancel_samples, &mut events))?;
 
-    let mut out = tables(args, &results, &cpu_per_req, &opened, &cancel, foreign_wrk);
+    let mut out = tables(args, &runs, &cancel, foreign_wrk);
     out.push_str(&side_by_side_table(args, &side_by_side));
     Ok(out)
 }
 
-/// One side-by-side round: per proxy, req/s and CPU per request.
+/// One proxy's wrk run in one interleaved round.
+struct Run {
+    wrk: WrkResult,
+    /// The proxy's CPU time (all its processes) per completed request.
+    cpu_per_req: f64,
+    /// Connections the upstream accepted during the run.
+    opened: u64,
+}
+
+impl Run {
+    fn errors(&self) -> u64 {
+        self.wrk.socket_errors + self.wrk.non_2xx
+    }
+}
+
+/// One side-by-side run: a proxy and nginx under load at the same moment.
 struct SideBySide {
+    /// Index of the proxy run beside nginx.
+    proxy: usize,
     rps: [f64; 2],
     cpu_per_req: [f64; 2],
     /// Socket errors and non-2xx answers: cheap failures would flatter CPU per request.
     errors: [u64; 2],
 }
 
-/// Both proxies under load at once, each by its own wrk: they share every fast
-/// and slow phase of this VM, so their CPU per request compares steadily.
-fn side_by_side(
-    args: &Args,
-    proxies: &[(&str, SocketAddr); 2],
-    pids: [u32; 2],
-) -> Result<Vec<SideBySide>, String> {
+/// Each proxy and nginx under load at once, each by its own wrk: they share
+/// every fast and slow phase of this VM, so their CPU per request compares
+/// steadily. Every round runs clientgone beside nginx, then the bare stack.
+fn side_by_side(args: &Args, proxies: &[Proxy; 3]) -> Result<Vec<SideBySide>, String> {
     let load = Load {
         threads: 1,
         connections: args.proxy_connections,
@@ -193,37 +251,41 @@ fn side_by_side(
     };
     let mut rounds = Vec::new();
     for round in 1..=args.proxy_side_by_side_rounds {
-        eprintln!(
-            "proxy: side by side {round}/{}",
-            args.proxy_side_by_side_rounds
-        );
-        let before = [tree_cpu_time(pids[0])?, tree_cpu_time(pids[1])?];
-        let results = std::thread::scope(|scope| {
-            let runs = proxies.map(|(_, addr)| {
-                scope.spawn(move || wrk::run(&format!("http://{addr}/hello"), load))
+        for proxy in [0, BARE] {
+            eprintln!(
+                "proxy: side by side {round}/{}, {} beside nginx",
+                args.proxy_side_by_side_rounds, proxies[proxy].name
+            );
+            let pair = [proxies[proxy], proxies[NGINX]];
+            let before = [tree_cpu_time(pair[0].pid)?, tree_cpu_time(pair[1].pid)?];
+            let results = std::thread::scope(|scope| {
+                let runs = pair.map(|p| {
+                    scope.spawn(move || wrk::run(&format!("http://{}/hello", p.addr), load))
+                });
+                runs.map(|run| {
+                    run.join()
+                        .unwrap_or_else(|_| Err("wrk thread panicked".into()))
+                })
             });
-            runs.map(|run| {
-                run.join()
-                    .unwrap_or_else(|_| Err("wrk thread panicked".into()))
-            })
-        });
-        let [clientgone, nginx] = results;
-        let (clientgone, nginx) = (clientgone?, nginx?);
-        let used = [
-            tree_cpu_time(pids[0])?.saturating_sub(before[0]),
-            tree_cpu_time(pids[1])?.saturating_sub(before[1]),
-        ];
-        rounds.push(SideBySide {
-            rps: [clientgone.rps, nginx.rps],
-            cpu_per_req: [
-                used[0].as_secs_f64() / clientgone.requests.max(1) as f64,
-                used[1].as_secs_f64() / nginx.requests.max(1) as f64,
-            ],
-            errors: [
-                clientgone.socket_errors + clientgone.non_2xx,
-                nginx.socket_errors + nginx.non_2xx,
-            ],
-        });
+            let [ours, nginx] = results;
+            let (ours, nginx) = (ours?, nginx?);
+            let used = [
+                tree_cpu_time(pair[0].pid)?.saturating_sub(before[0]),
+                tree_cpu_time(pair[1].pid)?.saturating_sub(before[1]),
+            ];
+            rounds.push(SideBySide {
+                proxy,
+                rps: [ours.rps, nginx.rps],
+                cpu_per_req: [
+                    used[0].as_secs_f64() / ours.requests.max(1) as f64,
+                    used[1].as_secs_f64() / nginx.requests.max(1) as f64,
+                ],
+                errors: [
+                    ours.socket_errors + ours.non_2xx,
+                    nginx.socket_errors + nginx.non_2xx,
+                ],
+            });
+        }
     }
     Ok(rounds)
 }
@@ -235,27 +297,27 @@ fn side_by_side_table(args: &Args, rounds: &[SideBySide]) -> String {
     }
     let _ = writeln!(
         out,
-        "\n### Side by side: both proxies under load at the same moment\n\n\
-         {} round(s) of {} s: each proxy driven by its own wrk (-t1 -c{}), both on CPU 0, so \
-         they share every fast and slow phase of the machine. CPU per request is the \
-         steadiest comparison; req/s only says how the scheduler split CPU 0.\n",
-        rounds.len(),
-        args.proxy_duration,
-        args.proxy_connections
+        "\n### Side by side: each proxy and nginx under load at the same moment\n\n\
+         {} round(s) of {} s per proxy: the proxy and nginx each driven by its own wrk \
+         (-t1 -c{}), both on CPU 0, so they share every fast and slow phase of the machine. \
+         CPU per request is the steadiest comparison; req/s only says how the scheduler \
+         split CPU 0.\n",
+        args.proxy_side_by_side_rounds, args.proxy_duration, args.proxy_connections
     );
     let _ = writeln!(
         out,
-        "| round | CPU/req clientgone | CPU/req nginx | CPU/req ratio | req/s clientgone | req/s nginx | errors (cg / nginx) |"
+        "| round | proxy | CPU/req proxy | CPU/req nginx | CPU/req ×nginx | req/s proxy | req/s nginx | errors (proxy / nginx) |"
     );
-    let _ = writeln!(out, "|--:|--:|--:|--:|--:|--:|--:|");
-    let mut ratios = Vec::new();
+    let _ = writeln!(out, "|--:|---|--:|--:|--:|--:|--:|--:|");
+    let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for (i, r) in rounds.iter().enumerate() {
         let ratio = r.cpu_per_req[0] / r.cpu_per_req[1];
-        ratios.push(ratio);
+        ratios[usize::from(r.proxy == BARE)].push(ratio);
         let _ = writeln!(
             out,
-            "| {} | {:.2} µs | {:.2} µs | {ratio:.3} | {:.0} | {:.0} | {} / {} |",
-            i + 1,
+            "| {} | {} | {:.2} µs | {:.2} µs | {ratio:.3} | {:.0} | {:.0} | {} / {} |",
+            i / 2 + 1,
+            NAMES[r.proxy],
             r.cpu_per_req[0] * 1e6,
             r.cpu_per_req[1] * 1e6,
             r.rps[0],
@@ -264,8 +326,25 @@ fn side_by_side_table(args: &Args, rounds: &[SideBySide]) -> String {
             r.errors[1]
         );
     }
-    let _ = writeln!(out, "| **median** | | | **{:.3}** | | |", median(&ratios));
+    let (ours, bare) = (median(&ratios[0]), median(&ratios[1]));
+    let _ = writeln!(
+        out,
+        "\nMedian CPU per request ×nginx: clientgone **{ours:.3}** ({}), bare hyper **{bare:.3}** ({}); \
+         clientgone ×bare hyper (ratio of the two medians): **{:.3}**.",
+        iqr(&ratios[0]),
+        iqr(&ratios[1]),
+        ours / bare
+    );
     out
+}
+
+/// The interquartile range of `values` as "low–high".
+fn iqr(values: &[f64]) -> String {
+    let mut v = values.to_vec();
+    match (quantile(&mut v, 0.25), quantile(&mut v, 0.75)) {
+        (Some(low), Some(high)) => format!("{low:.2}–{high:.2}"),
+        _ => "—".to_owned(),
+    }
 }
 
 /// Binds the upstream and spawns its accept loop on the current runtime.
@@ -334,6 +413,7 @@ async fn upstream_connection(mut stream: TcpStream, events: mpsc::UnboundedSende
 /// series was given up.
 struct Series {
     proxy: &'static str,
+    addr: SocketAddr,
     close: Close,
     times: Vec<Duration>,
     missed: u32,
@@ -341,15 +421,16 @@ struct Series {
 }
 
 async fn cancel_series(
-    proxies: &[(&'static str, SocketAddr); 2],
+    proxies: &[Proxy; 3],
     samples: u32,
     events: &mut mpsc::UnboundedReceiver<Event>,
 ) -> Result<Vec<Series>, String> {
     let mut series: Vec<Series> = proxies
         .iter()
-        .flat_map(|&(proxy, _)| {
+        .flat_map(|p| {
             [Close::Fin, Close::Rst].map(|close| Series {
-                proxy,
+                proxy: p.name,
+                addr: p.addr,
                 close,
                 times: Vec::new(),
                 missed: 0,
@@ -364,13 +445,8 @@ async fn cancel_series(
             if s.given_up {
                 continue;
             }
-            let addr = proxies
-                .iter()
-                .find(|(p, _)| *p == s.proxy)
-                .map(|(_, a)| *a)
-                .ok_or("unknown proxy")?;
             id += 1;
-            let sample = cancel_sample(addr, s.close, id, events).await?;
+            let sample = cancel_sample(s.addr, s.close, id, events).await?;
             match sample {
                 Some(d) => {
                     *streak = 0;
@@ -548,77 +624,73 @@ http {{
     }
 }
 
-fn tables(
-    args: &Args,
-    results: &[Vec<WrkResult>; 2],
-    cpu_per_req: &[Vec<f64>; 2],
-    opened: &[Vec<u64>; 2],
-    cancel: &[Series],
-    foreign: f64,
-) -> String {
+fn tables(args: &Args, runs: &[[Run; 3]], cancel: &[Series], foreign: f64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## Proxy: clientgone proxy against nginx (both on CPU 0; upstream and wrk on CPU 1)\n"
+        "## Proxy: clientgone proxy, the bare hyper stack and nginx (all on CPU 0; upstream and wrk on CPU 1)\n"
     );
     let _ = writeln!(
         out,
         "`GET /hello`, wrk -t1 -c{} keep-alive, {} s per run, {} interleaved rounds \
-         (clientgone, nginx, …). Ratios are clientgone / nginx within a round, median over rounds.\n",
+         (clientgone, bare hyper, nginx, …). \"bare hyper\" is the stack clientgone proxy is \
+         built on without clientgone: axum::serve and hyper-util's legacy client on the same \
+         runtime, forwarding as nginx does.\n",
         args.proxy_connections, args.proxy_duration, args.proxy_rounds
     );
     let _ = writeln!(
         out,
-        "| round | clientgone req/s | nginx req/s | req/s ratio | clientgone p99 | nginx p99 | \
-         p99 ratio | CPU/req clientgone | CPU/req nginx | CPU/req ratio | upstream connections \
-         opened (cg / nginx) | errors (cg / nginx) |"
+        "| round | req/s clientgone | req/s bare | req/s nginx | p99 clientgone | p99 bare | p99 nginx | \
+         CPU/req clientgone | CPU/req bare | CPU/req nginx | upstream connections opened | errors |"
     );
     let _ = writeln!(out, "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-    let (mut rps_ratio, mut p99_ratio) = (Vec::new(), Vec::new());
-    let mut cpu_ratio = Vec::new();
-    for (i, (c, n)) in results[0].iter().zip(&results[1]).enumerate() {
-        let r = c.rps / n.rps;
-        let p = c.p99.as_secs_f64() / n.p99.as_secs_f64();
-        let (cc, nc) = (cpu_per_req[0][i], cpu_per_req[1][i]);
-        rps_ratio.push(r);
-        p99_ratio.push(p);
-        cpu_ratio.push(cc / nc);
+    let join = |f: &dyn Fn(&Run) -> String, row: &[Run; 3]| {
+        row.iter().map(f).collect::<Vec<_>>().join(" / ")
+    };
+    for (i, row) in runs.iter().enumerate() {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.0} | {r:.3} | {} | {} | {p:.3} | {:.2} µs | {:.2} µs | {:.3} | {} / {} | {} / {} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.2} µs | {:.2} µs | {:.2} µs | {} | {} |",
             i + 1,
-            c.rps,
-            n.rps,
-            fmt_duration(c.p99),
-            fmt_duration(n.p99),
-            cc * 1e6,
-            nc * 1e6,
-            cc / nc,
-            opened[0][i],
-            opened[1][i],
-            c.socket_errors + c.non_2xx,
-            n.socket_errors + n.non_2xx
+            row[0].wrk.rps,
+            row[1].wrk.rps,
+            row[2].wrk.rps,
+            fmt_duration(row[0].wrk.p99),
+            fmt_duration(row[1].wrk.p99),
+            fmt_duration(row[2].wrk.p99),
+            row[0].cpu_per_req * 1e6,
+            row[1].cpu_per_req * 1e6,
+            row[2].cpu_per_req * 1e6,
+            join(&|r| r.opened.to_string(), row),
+            join(&|r| r.errors().to_string(), row),
         );
     }
-    let med =
-        |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
     let _ = writeln!(
         out,
-        "| **median** | {:.0} | {:.0} | **{:.3}** | {} | {} | **{:.3}** | {:.2} µs | {:.2} µs | **{:.3}** | | |",
-        med(&results[0], |r| r.rps),
-        med(&results[1], |r| r.rps),
-        median(&rps_ratio),
-        fmt_duration(Duration::from_secs_f64(med(&results[0], |r| r
-            .p99
-            .as_secs_f64()))),
-        fmt_duration(Duration::from_secs_f64(med(&results[1], |r| r
-            .p99
-            .as_secs_f64()))),
-        median(&p99_ratio),
-        median(&cpu_per_req[0]) * 1e6,
-        median(&cpu_per_req[1]) * 1e6,
-        median(&cpu_ratio)
+        "\nRatios within each round, median over rounds (interquartile range):\n"
     );
+    let _ = writeln!(out, "| ratio | req/s | p99 | CPU/req |");
+    let _ = writeln!(out, "|---|--:|--:|--:|");
+    for (a, b) in PAIRS {
+        let ratio = |f: fn(&Run) -> f64| -> Vec<f64> {
+            runs.iter().map(|row| f(&row[a]) / f(&row[b])).collect()
+        };
+        let rps = ratio(|r| r.wrk.rps);
+        let p99 = ratio(|r| r.wrk.p99.as_secs_f64());
+        let cpu = ratio(|r| r.cpu_per_req);
+        let _ = writeln!(
+            out,
+            "| {} / {} | **{:.3}** ({}) | {:.3} ({}) | **{:.3}** ({}) |",
+            NAMES[a],
+            NAMES[b],
+            median(&rps),
+            iqr(&rps),
+            median(&p99),
+            iqr(&p99),
+            median(&cpu),
+            iqr(&cpu)
+        );
+    }
     let _ = writeln!(
         out,
         "\nOther programs used {:.0} % of a CPU during the wrk rounds.\n",
@@ -631,30 +703,41 @@ fn tables(
     );
     let _ = writeln!(
         out,
-        "{} samples per row after {WARMUP} warm-ups; a sample is missed if the upstream \
-         sees no close within {} s, and a row is given up after {GIVE_UP_AFTER} misses in a row.\n",
+        "{} samples per row after {WARMUP} warm-ups, interleaved over the rows; a sample is \
+         missed if the upstream sees no close within {} s, and a row is given up after \
+         {GIVE_UP_AFTER} misses in a row. The brackets give a distribution-free 95 % \
+         confidence interval of each percentile (order statistics): two rows whose p99 \
+         intervals overlap are not told apart by this many samples.\n",
         args.cancel_samples,
         CANCEL_PATIENCE.as_secs()
     );
     let _ = writeln!(
         out,
-        "| proxy | client close | samples | p50 | p99 | max | missed |"
+        "| proxy | client close | samples | p50 (95 % CI) | p99 (95 % CI) | max | missed |"
     );
     let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|");
     for s in cancel {
         let mut t = s.times.clone();
-        let q = |t: &mut Vec<Duration>, q: f64| {
-            quantile(t, q).map_or_else(|| "—".to_owned(), fmt_duration)
+        t.sort();
+        let q = |q: f64| match quantile_ci(&t, q) {
+            Some((at, low, high)) => format!(
+                "{} ({}–{})",
+                fmt_duration(at),
+                fmt_duration(low),
+                fmt_duration(high)
+            ),
+            None => "—".to_owned(),
         };
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {}{} |",
             s.proxy,
             s.close.label(),
-            s.times.len(),
-            q(&mut t, 0.5),
-            q(&mut t, 0.99),
-            q(&mut t, 1.0),
+            t.len(),
+            q(0.5),
+            q(0.99),
+            t.last()
+                .map_or_else(|| "—".to_owned(), |&d| fmt_duration(d)),
             s.missed,
             if s.given_up {
                 " (never cancels: given up)"
@@ -664,4 +747,41 @@ fn tables(
         );
     }
     out
+}
+
+/// The `q`-quantile of `sorted` (nearest rank) with a distribution-free 95 %
+/// confidence interval: the order statistics whose ranks lie 1.96 binomial
+/// standard deviations either side of `n·q` (normal approximation, fine for
+/// the hundreds of samples taken here).
+fn quantile_ci<T: Copy + Ord>(sorted: &[T], q: f64) -> Option<(T, T, T)> {
+    let n = sorted.len();
+    if n == 0 {
+        return None;
+    }
+    let nf = n as f64;
+    let spread = 1.96 * (nf * q * (1.0 - q)).sqrt();
+    // 1-based ranks, clamped to the samples there are.
+    let rank = |r: f64| (r.max(1.0) as usize).min(n) - 1;
+    Some((
+        sorted[rank((q * nf).ceil())],
+        sorted[rank((q * nf - spread).floor())],
+        sorted[rank((q * nf + spread).ceil())],
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile_ci;
+
+    #[test]
+    fn quantile_confidence_intervals() {
+        let v: Vec<u32> = (1..=1000).collect();
+        // n·q = 990, spread 1.96·√9.9 ≈ 6.2: ranks 983 and 997.
+        assert_eq!(quantile_ci(&v, 0.99), Some((990, 983, 997)));
+        // The median: 500 ± 31 → ranks 469 and 531.
+        assert_eq!(quantile_ci(&v, 0.5), Some((500, 469, 531)));
+        // Few samples: the interval reaches the ends.
+        assert_eq!(quantile_ci(&[7u32, 8, 9], 0.99), Some((9, 8, 9)));
+        assert_eq!(quantile_ci::<u32>(&[], 0.5), None);
+    }
 }

@@ -64,9 +64,12 @@ Traces (OTLP) are exported when OTEL_EXPORTER_OTLP_ENDPOINT or
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set. Every broken request's span is kept;
 others at OTEL_TRACES_SAMPLER_ARG (default 1.0). Honoured variables:
   OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-  OTEL_EXPORTER_OTLP_PROTOCOL / _TRACES_PROTOCOL (grpc | http/protobuf),
-  OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_SERVICE_NAME,
-  OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER_ARG, OTEL_BSP_MAX_QUEUE_SIZE,
+  OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
+  (grpc | http/protobuf), OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT,
+  OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER
+  (parentbased_traceidratio | traceidratio | always_on | always_off |
+  parentbased_always_on | parentbased_always_off), OTEL_TRACES_SAMPLER_ARG,
+  OTEL_BSP_MAX_QUEUE_SIZE,
   OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_SDK_DISABLED,
   OTEL_TRACES_EXPORTER (otlp | none)
 
@@ -229,6 +232,18 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn help_names_every_honoured_variable() {
+        for variable in clientgone_exporter::otlp::HONOURED_VARIABLES {
+            // Whole words: OTEL_TRACES_SAMPLER must not pass as the prefix of
+            // OTEL_TRACES_SAMPLER_ARG.
+            let named = OTEL_HELP
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .any(|word| word == *variable);
+            assert!(named, "--help does not name {variable}");
+        }
+    }
 
     #[test]
     fn defaults_match_the_contract() {

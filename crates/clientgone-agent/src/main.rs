@@ -1,4 +1,4 @@
-//! `clientgone`: the demo server (and, later, traffic generator and proxy).
+//! `clientgone`: the demo server, the break generator and the proxy.
 
 use std::process::ExitCode;
 use std::time::Duration;
