@@ -309,6 +309,57 @@ async fn a_thousand_keep_alive_requests_pass_byte_identical_over_reused_connecti
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_stay_behind_and_forwarded_headers_are_added() {
+    let upstream = PythonUpstream::start();
+    let proxy = start_proxy(&format!("http://{}", upstream.addr), ROUTES, DEADLINE).await;
+    let mut stream = send_raw(
+        proxy.addr,
+        b"GET /users/1?probe=headers HTTP/1.1\r\n\
+          Host: shop.example\r\n\
+          Connection: keep-alive, X-Hop\r\n\
+          X-Hop: secret\r\n\
+          Keep-Alive: timeout=5\r\n\
+          Proxy-Connection: keep-alive\r\n\
+          TE: trailers\r\n\
+          X-Forwarded-For: 203.0.113.9\r\n\
+          X-Kept: yes\r\n\r\n",
+    )
+    .await;
+    let answer = read_until(&mut stream, b"\r\n\r\n").await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let events = upstream.events().await;
+    let request = events["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "/users/1?probe=headers")
+        .expect("the upstream got the request")
+        .clone();
+    let headers = request["headers"].as_object().unwrap();
+    for gone in [
+        "connection",
+        "x-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+    ] {
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} reached the upstream: {headers:?}"
+        );
+    }
+    assert_eq!(headers["x-kept"], "yes");
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "shop.example");
+    assert_eq!(headers["host"], upstream.addr.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failures_are_502_or_504_never_client_disconnects() {
     let upstream = PythonUpstream::start();
     let proxy = start_proxy(
