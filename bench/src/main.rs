@@ -152,6 +152,46 @@ pub(crate) fn quantile<T: Copy + PartialOrd>(values: &mut [T], q: f64) -> Option
     Some(values[rank.clamp(1, values.len()) - 1])
 }
 
+/// One end of a confidence interval from [`quantile_ci`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Bound<T> {
+    /// The order statistic at the end's rank.
+    Within(T),
+    /// The rank falls outside the samples: the true end lies beyond this,
+    /// the smallest or largest sample.
+    Beyond(T),
+}
+
+/// The `q`-quantile of `sorted` (nearest rank) with a distribution-free 95 %
+/// confidence interval: the order statistics whose ranks lie 1.96 binomial
+/// standard deviations either side of `n·q` (normal approximation to the
+/// binomial). With few samples for the tail asked about (200 samples for a
+/// p99) a rank falls outside them; that end is then [`Bound::Beyond`], not a
+/// false bound.
+pub(crate) fn quantile_ci<T: Copy + Ord>(sorted: &[T], q: f64) -> Option<(T, Bound<T>, Bound<T>)> {
+    let n = sorted.len();
+    if n == 0 {
+        return None;
+    }
+    let nf = n as f64;
+    let spread = 1.96 * (nf * q * (1.0 - q)).sqrt();
+    let at = sorted[((q * nf).ceil().max(1.0) as usize).min(n) - 1];
+    // 1-based ranks.
+    let low = (q * nf - spread).floor();
+    let high = (q * nf + spread).ceil();
+    let low = if low >= 1.0 {
+        Bound::Within(sorted[low as usize - 1])
+    } else {
+        Bound::Beyond(sorted[0])
+    };
+    let high = if high <= nf {
+        Bound::Within(sorted[high as usize - 1])
+    } else {
+        Bound::Beyond(sorted[n - 1])
+    };
+    Some((at, low, high))
+}
+
 /// The median, averaging the two middle values of an even count (rounds are
 /// few, so nearest rank would just pick the lower one).
 pub(crate) fn median(values: &[f64]) -> f64 {
@@ -197,6 +237,25 @@ mod tests {
         assert_eq!(quantile(&mut v, 0.0), Some(1.0));
         assert_eq!(median(&[1.0, 2.0, 3.0, 4.0]), 2.5);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn quantile_confidence_intervals() {
+        use Bound::{Beyond, Within};
+        let v: Vec<u32> = (1..=1000).collect();
+        // n·q = 990, spread 1.96·√9.9 ≈ 6.2: ranks 983 and 997.
+        assert_eq!(quantile_ci(&v, 0.99), Some((990, Within(983), Within(997))));
+        // The median: 500 ± 31 → ranks 469 and 531.
+        assert_eq!(quantile_ci(&v, 0.5), Some((500, Within(469), Within(531))));
+        // 200 samples for a p99: the upper rank (201) lies past the largest.
+        let v: Vec<u32> = (1..=200).collect();
+        assert_eq!(quantile_ci(&v, 0.99), Some((198, Within(195), Beyond(200))));
+        // And a low quantile of few samples, past the smallest.
+        assert_eq!(
+            quantile_ci(&[7u32, 8, 9], 0.01),
+            Some((7, Beyond(7), Within(7)))
+        );
+        assert_eq!(quantile_ci::<u32>(&[], 0.5), None);
     }
 
     #[test]

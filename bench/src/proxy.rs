@@ -27,7 +27,7 @@ use crate::agent::{AgentProcess, ChildGuard, PinSelf, tree_cpu_time};
 use crate::close::Close;
 use crate::servers::{ChildProcess, CpuSnapshot, http_get, wait_for_quiet};
 use crate::wrk::{self, Load, WrkResult};
-use crate::{fmt_duration, median, parse_seconds, quantile};
+use crate::{Bound, fmt_duration, median, parse_seconds, quantile, quantile_ci};
 
 /// Connections the upstream has accepted: shows whether a proxy reuses its
 /// upstream connections under load (a proxy that reconnects per request
@@ -52,17 +52,17 @@ pub struct Args {
     /// Seconds of each wrk run.
     #[arg(long, default_value = "5", value_parser = parse_seconds)]
     pub proxy_duration: u64,
-    /// Interleaved rounds (clientgone, nginx, clientgone, nginx, …).
+    /// Interleaved rounds (clientgone, bare hyper, nginx, clientgone, …).
     #[arg(long, default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub proxy_rounds: u32,
-    /// Side-by-side rounds: both proxies driven at the same moment, each by
-    /// its own wrk, both on CPU 0 — CPU per request compared within the same
-    /// phase of the machine (0: none).
+    /// Side-by-side rounds: in each, clientgone and then the bare stack driven
+    /// at the same moment as nginx, each by its own wrk, both on CPU 0 — CPU per
+    /// request compared within the same phase of the machine (0: none).
     #[arg(long, default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(0..=100))]
     pub proxy_side_by_side_rounds: u32,
-    /// wrk connections, the same for both proxies.
+    /// wrk connections, the same for every proxy.
     #[arg(long, default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub proxy_connections: u32,
@@ -641,7 +641,7 @@ fn tables(args: &Args, runs: &[[Run; 3]], cancel: &[Series], foreign: f64) -> St
     let _ = writeln!(
         out,
         "| round | req/s clientgone | req/s bare | req/s nginx | p99 clientgone | p99 bare | p99 nginx | \
-         CPU/req clientgone | CPU/req bare | CPU/req nginx | upstream connections opened | errors |"
+         CPU/req clientgone | CPU/req bare | CPU/req nginx | upstream connections opened (cg / bare / nginx) | errors (cg / bare / nginx) |"
     );
     let _ = writeln!(out, "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     let join = |f: &dyn Fn(&Run) -> String, row: &[Run; 3]| {
@@ -667,7 +667,8 @@ fn tables(args: &Args, runs: &[[Run; 3]], cancel: &[Series], foreign: f64) -> St
     }
     let _ = writeln!(
         out,
-        "\nRatios within each round, median over rounds (interquartile range):\n"
+        "\nRatios within each round, median over rounds (interquartile range; with fewer \
+         than four rounds, the whole range):\n"
     );
     let _ = writeln!(out, "| ratio | req/s | p99 | CPU/req |");
     let _ = writeln!(out, "|---|--:|--:|--:|");
@@ -707,7 +708,9 @@ fn tables(args: &Args, runs: &[[Run; 3]], cancel: &[Series], foreign: f64) -> St
          missed if the upstream sees no close within {} s, and a row is given up after \
          {GIVE_UP_AFTER} misses in a row. The brackets give a distribution-free 95 % \
          confidence interval of each percentile (order statistics): two rows whose p99 \
-         intervals overlap are not told apart by this many samples.\n",
+         intervals overlap are not told apart by this many samples (which does not make them \
+         equal). An end marked ≤ or ≥ lies beyond the samples taken: more are needed to \
+         bound it.\n",
         args.cancel_samples,
         CANCEL_PATIENCE.as_secs()
     );
@@ -720,12 +723,17 @@ fn tables(args: &Args, runs: &[[Run; 3]], cancel: &[Series], foreign: f64) -> St
         let mut t = s.times.clone();
         t.sort();
         let q = |q: f64| match quantile_ci(&t, q) {
-            Some((at, low, high)) => format!(
-                "{} ({}–{})",
-                fmt_duration(at),
-                fmt_duration(low),
-                fmt_duration(high)
-            ),
+            Some((at, low, high)) => {
+                let low = match low {
+                    Bound::Within(d) => fmt_duration(d),
+                    Bound::Beyond(d) => format!("≤ {}", fmt_duration(d)),
+                };
+                let high = match high {
+                    Bound::Within(d) => fmt_duration(d),
+                    Bound::Beyond(d) => format!("≥ {}", fmt_duration(d)),
+                };
+                format!("{} ({low}–{high})", fmt_duration(at))
+            }
             None => "—".to_owned(),
         };
         let _ = writeln!(
@@ -747,41 +755,4 @@ fn tables(args: &Args, runs: &[[Run; 3]], cancel: &[Series], foreign: f64) -> St
         );
     }
     out
-}
-
-/// The `q`-quantile of `sorted` (nearest rank) with a distribution-free 95 %
-/// confidence interval: the order statistics whose ranks lie 1.96 binomial
-/// standard deviations either side of `n·q` (normal approximation, fine for
-/// the hundreds of samples taken here).
-fn quantile_ci<T: Copy + Ord>(sorted: &[T], q: f64) -> Option<(T, T, T)> {
-    let n = sorted.len();
-    if n == 0 {
-        return None;
-    }
-    let nf = n as f64;
-    let spread = 1.96 * (nf * q * (1.0 - q)).sqrt();
-    // 1-based ranks, clamped to the samples there are.
-    let rank = |r: f64| (r.max(1.0) as usize).min(n) - 1;
-    Some((
-        sorted[rank((q * nf).ceil())],
-        sorted[rank((q * nf - spread).floor())],
-        sorted[rank((q * nf + spread).ceil())],
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::quantile_ci;
-
-    #[test]
-    fn quantile_confidence_intervals() {
-        let v: Vec<u32> = (1..=1000).collect();
-        // n·q = 990, spread 1.96·√9.9 ≈ 6.2: ranks 983 and 997.
-        assert_eq!(quantile_ci(&v, 0.99), Some((990, 983, 997)));
-        // The median: 500 ± 31 → ranks 469 and 531.
-        assert_eq!(quantile_ci(&v, 0.5), Some((500, 469, 531)));
-        // Few samples: the interval reaches the ends.
-        assert_eq!(quantile_ci(&[7u32, 8, 9], 0.99), Some((9, 8, 9)));
-        assert_eq!(quantile_ci::<u32>(&[], 0.5), None);
-    }
 }

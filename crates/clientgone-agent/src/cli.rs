@@ -62,7 +62,8 @@ pub struct ProxyArgs {
 const OTEL_HELP: &str = "\
 Traces (OTLP) are exported when OTEL_EXPORTER_OTLP_ENDPOINT or
 OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set. Every broken request's span is kept;
-others at OTEL_TRACES_SAMPLER_ARG (default 1.0). Honoured variables:
+others as OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG say (default: all of
+them). Honoured variables:
   OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
   OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_EXPORTER_OTLP_TRACES_PROTOCOL
   (grpc | http/protobuf), OTEL_EXPORTER_OTLP_HEADERS, OTEL_EXPORTER_OTLP_TIMEOUT,

@@ -75,7 +75,8 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes the hop-by-hop headers and those the client's `Connection` names.
+/// Removes the hop-by-hop headers and those the message's own `Connection`
+/// header names (requests on the way up, responses on the way back).
 ///
 /// Most requests carry none of them: one pass over the headers present finds
 /// that, where removing each of the nine by name would hash and probe nine
