@@ -10,7 +10,6 @@
 //! listener, `DisconnectLayer`, the upstream metrics, header handling, the
 //! early cancel).
 
-use std::io::Read;
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -43,10 +42,7 @@ struct Forward {
 
 /// Runs the proxy until its launcher goes away (its stdin closes).
 pub fn serve(args: &BareProxyArgs) -> Result<(), String> {
-    std::thread::spawn(|| {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-        std::process::exit(0);
-    });
+    crate::servers::exit_with_launcher();
     let runtime =
         clientgone_agent::runtime::build().map_err(|e| format!("cannot start the runtime: {e}"))?;
     let upstream = args.upstream.to_string();

@@ -7,7 +7,6 @@
 //! load generator, passes its endpoint to the server, and asks it afterwards
 //! how many spans arrived (`GET /spans`).
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,12 +44,7 @@ impl TraceService for Discard {
 
 /// Runs the receiver until its launcher goes away (its stdin closes).
 pub fn receive() -> Result<(), String> {
-    // The launcher holds our stdin open; when it exits, even killed, the pipe
-    // closes and the receiver must not outlive it.
-    std::thread::spawn(|| {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-        std::process::exit(0);
-    });
+    crate::servers::exit_with_launcher();
     let runtime = crate::runtime(None)?;
     runtime.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0")

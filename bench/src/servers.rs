@@ -348,6 +348,16 @@ async fn serve_axum(listener: TcpListener, app: Router) -> Result<(), String> {
     axum::serve(listener, app).await.map_err(|e| e.to_string())
 }
 
+/// Ends this child process when its launcher goes away. The launcher holds
+/// our stdin open ([`ChildProcess`]); when it exits, even killed, the pipe
+/// closes, and a helper server must not outlive the benchmark.
+pub(crate) fn exit_with_launcher() {
+    std::thread::spawn(|| {
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        std::process::exit(0);
+    });
+}
+
 pub(crate) fn announce(addr: SocketAddr) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on {addr}");
