@@ -148,8 +148,12 @@ pub(crate) fn quantile<T: Copy + PartialOrd>(values: &mut [T], q: f64) -> Option
         return None;
     }
     values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let rank = (q * values.len() as f64).ceil() as usize;
-    Some(values[rank.clamp(1, values.len()) - 1])
+    Some(values[nearest_rank(values.len(), q)])
+}
+
+/// The index of the `q`-quantile among `n` sorted values, by nearest rank.
+fn nearest_rank(n: usize, q: f64) -> usize {
+    ((q * n as f64).ceil() as usize).clamp(1, n) - 1
 }
 
 /// One end of a confidence interval from [`quantile_ci`].
@@ -175,7 +179,7 @@ pub(crate) fn quantile_ci<T: Copy + Ord>(sorted: &[T], q: f64) -> Option<(T, Bou
     }
     let nf = n as f64;
     let spread = 1.96 * (nf * q * (1.0 - q)).sqrt();
-    let at = sorted[((q * nf).ceil().max(1.0) as usize).min(n) - 1];
+    let at = sorted[nearest_rank(n, q)];
     // 1-based ranks.
     let low = (q * nf - spread).floor();
     let high = (q * nf + spread).ceil();

@@ -223,12 +223,6 @@ struct Run {
     opened: u64,
 }
 
-impl Run {
-    fn errors(&self) -> u64 {
-        self.wrk.socket_errors + self.wrk.non_2xx
-    }
-}
-
 /// One side-by-side run: a proxy and nginx under load at the same moment.
 struct SideBySide {
     /// Index of the proxy run beside nginx.
@@ -280,10 +274,7 @@ fn side_by_side(args: &Args, proxies: &[Proxy; 3]) -> Result<Vec<SideBySide>, St
                     used[0].as_secs_f64() / ours.requests.max(1) as f64,
                     used[1].as_secs_f64() / nginx.requests.max(1) as f64,
                 ],
-                errors: [
-                    ours.socket_errors + ours.non_2xx,
-                    nginx.socket_errors + nginx.non_2xx,
-                ],
+                errors: [ours.errors(), nginx.errors()],
             });
         }
     }
@@ -662,7 +653,7 @@ fn tables(args: &Args, runs: &[[Run; 3]], cancel: &[Series], foreign: f64) -> St
             row[1].cpu_per_req * 1e6,
             row[2].cpu_per_req * 1e6,
             join(&|r| r.opened.to_string(), row),
-            join(&|r| r.errors().to_string(), row),
+            join(&|r| r.wrk.errors().to_string(), row),
         );
     }
     let _ = writeln!(

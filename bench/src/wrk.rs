@@ -33,6 +33,13 @@ pub struct WrkResult {
     pub non_2xx: u64,
 }
 
+impl WrkResult {
+    /// Failed requests of either kind: cheap failures would flatter CPU per request.
+    pub fn errors(&self) -> u64 {
+        self.socket_errors + self.non_2xx
+    }
+}
+
 /// Runs wrk against `url` and parses its report.
 pub fn run(url: &str, load: Load) -> Result<WrkResult, String> {
     let mut command = match load.cpu {
