@@ -15,6 +15,7 @@ mod bare_proxy;
 mod breaks;
 mod close;
 mod detect;
+mod instructions;
 mod memory;
 mod overhead;
 mod proxy;
@@ -53,6 +54,9 @@ enum Command {
     /// `clientgone proxy` against nginx and the bare hyper stack: throughput,
     /// p99, upstream-cancel latency.
     Proxy(proxy::Args),
+    /// User-space instructions per request under valgrind's callgrind:
+    /// deterministic where CPU time is noisy (needs valgrind).
+    Instructions(instructions::Args),
     /// Runs overhead, detect, scrape, memory, breaks and proxy in that order.
     All(AllArgs),
     /// Runs one server configuration (the bench re-executes itself with this).
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
         Command::Memory(args) => memory::run(&args).map(|t| print!("{t}")),
         Command::Breaks(args) => breaks::run(&args).map(|t| print!("{t}")),
         Command::Proxy(args) => proxy::run(&args).map(|t| print!("{t}")),
+        Command::Instructions(args) => instructions::run(&args).map(|t| print!("{t}")),
         Command::All(args) => all(&args),
         Command::Serve(args) => servers::serve(&args),
         Command::Receive => receiver::receive(),

@@ -182,7 +182,7 @@ async fn open_with_one_request(addr: SocketAddr) -> Result<TcpStream, String> {
 }
 
 /// Whether `response` holds a whole head and a body of its `content-length`.
-fn complete(response: &[u8]) -> bool {
+pub(crate) fn complete(response: &[u8]) -> bool {
     let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
         return false;
     };

@@ -172,6 +172,8 @@ pub fn serve(args: &ServeArgs) -> Result<(), String> {
     // A multi-thread runtime, as a user's `#[tokio::main]` would build. Pinned
     // by `taskset`, it sizes itself to the one CPU it may use.
     let runtime = crate::runtime(None)?;
+    // Exiting (not being killed) lets `instructions` read callgrind's count.
+    exit_with_launcher();
     runtime.block_on(serve_async(args))
 }
 

@@ -80,6 +80,27 @@ async fn the_token_stays_quiet_for_a_completed_request() {
     conn.close().await;
 }
 
+/// Under a server that gives no `ConnectInfo<TrackedConnection>` (plain
+/// `axum::serve` on a `TcpListener`), the layer still hands the extractor its
+/// request: it finds it in an extension of its own.
+#[tokio::test]
+async fn the_extractor_works_without_a_tracked_connection() {
+    let metrics = clientgone::Metrics::new(&prometheus::Registry::new()).unwrap();
+    let app = Router::new()
+        .route(
+            "/quick",
+            get(|gone: ClientGone| async move { if gone.is_gone() { "gone" } else { "here" } }),
+        )
+        .layer(DisconnectLayer::new(metrics));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let mut conn = Http1Connection::open(addr).await;
+    let (status, body) = conn.request("GET", "/quick").await;
+    assert_eq!((status, &body[..]), (200, &b"here"[..]));
+    conn.close().await;
+}
+
 #[tokio::test]
 async fn without_the_layer_the_extractor_says_what_to_do() {
     let app = Router::new().route("/x", get(|_gone: ClientGone| async { "x" }));

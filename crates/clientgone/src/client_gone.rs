@@ -78,9 +78,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientGone {
     type Rejection = MissingDisconnectLayer;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<RequestHandle>()
+        RequestHandle::find(&parts.extensions)
             .map(|handle| ClientGone(handle.0.token()))
             .ok_or(MissingDisconnectLayer)
     }

@@ -18,6 +18,7 @@ use super::hooks::ClientLeftHook;
 use super::send_queue::unacked_bytes;
 use super::state::ConnectionState;
 use crate::classify::{Cause, Direction};
+use crate::layer::RequestHandle;
 use crate::metrics::Metrics;
 
 /// An accepted TCP connection whose reads and writes feed a [`ConnectionState`].
@@ -37,6 +38,11 @@ pub struct TrackedStream {
 pub struct TrackedConnection {
     remote_addr: SocketAddr,
     state: Arc<ConnectionState>,
+    /// The request this copy travels with, set by `DisconnectLayer` on the
+    /// copy in the request's extensions (for `ClientGone`). Carried here, not
+    /// as an extension of its own: a fourth extension makes hyper's request
+    /// allocate twice more (the value's box and a bigger map), on every request.
+    pub(crate) request: Option<RequestHandle>,
 }
 
 impl TrackedConnection {
@@ -102,6 +108,7 @@ impl TrackedStream {
             connection: TrackedConnection {
                 remote_addr,
                 state: Arc::new(ConnectionState::new()),
+                request: None,
             },
             metrics,
         }

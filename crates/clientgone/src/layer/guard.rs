@@ -124,7 +124,9 @@ pub(crate) struct RequestGuard {
     status: Option<u16>,
     body_bytes_sent: u64,
     ended: bool,
-    span: Option<RequestSpan>,
+    /// Boxed: the guard moves from the future into the body, and an untraced
+    /// request should not copy a span's worth of nothing along.
+    span: Option<Box<RequestSpan>>,
 }
 
 impl RequestGuard {
@@ -135,7 +137,7 @@ impl RequestGuard {
         start: Instant,
         http2: bool,
         shared: Arc<RequestShared>,
-        span: Option<RequestSpan>,
+        span: Option<Box<RequestSpan>>,
     ) -> Self {
         route.request_started(method);
         if let Some(conn) = &shared.connection {
@@ -157,7 +159,7 @@ impl RequestGuard {
 
     /// The OpenTelemetry context of the request's span, if it is traced.
     pub(crate) fn trace_context(&self) -> Option<&Context> {
-        self.span.as_ref().map(RequestSpan::context)
+        self.span.as_deref().map(RequestSpan::context)
     }
 
     /// The response head was produced with this status.

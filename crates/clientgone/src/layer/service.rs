@@ -1,6 +1,6 @@
 //! [`DisconnectService`]: starts the request guard for each request.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -18,22 +18,50 @@ use super::span::{RequestSpan, SharedTracer};
 use crate::BoxError;
 use crate::classify::{BodyProgress, METHODS, asks_to_close, method_index};
 use crate::connection::TrackedConnection;
-use crate::metrics::{Metrics, UNMATCHED_ROUTE};
+use crate::metrics::{Metrics, RouteMetrics, UNMATCHED_ROUTE};
 
 /// The service made by [`DisconnectLayer`](super::DisconnectLayer).
 #[derive(Clone)]
 pub struct DisconnectService<S> {
     inner: S,
+    /// One `Arc` for what every clone shares: axum clones the service for
+    /// each request.
+    shared: Arc<ServiceShared>,
+}
+
+struct ServiceShared {
     metrics: Metrics,
     tracer: Option<SharedTracer>,
+    /// The children of the first route this service saw. `Router::layer`
+    /// wraps each route's endpoint in a service of its own, so every request
+    /// it sees has that same template: no lookup in the metrics' route map
+    /// (a lock and a string hash) on the hot path. A service that sees other
+    /// templates still finds them there.
+    route: OnceLock<Arc<RouteMetrics>>,
+}
+
+impl ServiceShared {
+    fn route(&self, template: &str) -> Arc<RouteMetrics> {
+        if let Some(route) = self.route.get()
+            && route.route() == template
+        {
+            return Arc::clone(route);
+        }
+        let route = self.metrics.route(template);
+        let _ = self.route.set(Arc::clone(&route));
+        route
+    }
 }
 
 impl<S> DisconnectService<S> {
     pub(crate) fn new(inner: S, metrics: Metrics, tracer: Option<SharedTracer>) -> Self {
         DisconnectService {
             inner,
-            metrics,
-            tracer,
+            shared: Arc::new(ServiceShared {
+                metrics,
+                tracer,
+                route: OnceLock::new(),
+            }),
         }
     }
 }
@@ -42,16 +70,28 @@ impl<S: std::fmt::Debug> std::fmt::Debug for DisconnectService<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DisconnectService")
             .field("inner", &self.inner)
-            .field("metrics", &self.metrics)
-            .field("traced", &self.tracer.is_some())
+            .field("metrics", &self.shared.metrics)
+            .field("traced", &self.shared.tracer.is_some())
             .finish()
     }
 }
 
-/// Handed to handlers through request extensions; read by
+/// Handed to handlers inside the request's `ConnectInfo<TrackedConnection>`,
+/// or as an extension of its own where there is none; read by
 /// [`ClientGone`](crate::ClientGone).
 #[derive(Clone, Debug)]
 pub(crate) struct RequestHandle(pub(crate) Arc<RequestShared>);
+
+impl RequestHandle {
+    /// The handle of the request these extensions belong to, if
+    /// `DisconnectLayer` tracks it.
+    pub(crate) fn find(extensions: &http::Extensions) -> Option<&RequestHandle> {
+        extensions
+            .get::<ConnectInfo<TrackedConnection>>()
+            .and_then(|ConnectInfo(connection)| connection.request.as_ref())
+            .or_else(|| extensions.get::<RequestHandle>())
+    }
+}
 
 impl<S, B, ResBody> Service<Request<B>> for DisconnectService<S>
 where
@@ -75,7 +115,7 @@ where
             .extensions()
             .get::<MatchedPath>()
             .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
-        let route = self.metrics.route(route);
+        let route = self.shared.route(route);
         let connection = req
             .extensions()
             .get::<ConnectInfo<TrackedConnection>>()
@@ -90,13 +130,13 @@ where
         }
         let http2 = req.version() == Version::HTTP_2;
         let head_request = req.method() == Method::HEAD;
-        let span = self.tracer.as_ref().map(|tracer| {
-            RequestSpan::start(
+        let span = self.shared.tracer.as_ref().map(|tracer| {
+            Box::new(RequestSpan::start(
                 tracer,
                 route.span_name(method),
                 &req,
                 connection.as_ref().map(TrackedConnection::remote_addr),
-            )
+            ))
         });
         let shared = Arc::new(RequestShared::new(connection, req.body().is_end_stream()));
         let guard = RequestGuard::new(
@@ -109,7 +149,16 @@ where
             span,
         );
 
-        req.extensions_mut().insert(RequestHandle(shared.clone()));
+        let handle = RequestHandle(shared.clone());
+        match req
+            .extensions_mut()
+            .get_mut::<ConnectInfo<TrackedConnection>>()
+        {
+            Some(ConnectInfo(connection)) => connection.request = Some(handle),
+            None => {
+                req.extensions_mut().insert(handle);
+            }
+        }
         let req = if shared.body_progress() == BodyProgress::Done {
             // Nothing to watch in an empty body; an axum body passes unboxed.
             req.map(AxumBody::new)

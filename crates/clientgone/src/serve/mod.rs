@@ -96,6 +96,10 @@ impl Serve {
             shutdown,
             grace_period,
         } = self;
+        // Handlers become routes once here, not on every request: a `Router`
+        // called without its state converts each boxed handler (and every
+        // layer on it) per call, as `axum::serve` avoids the same way.
+        let router = router.with_state(());
         let builder = Arc::new(builder());
         let connections = Arc::new(Connections::default());
         // One task for all connections' head timeouts; it ends when the
