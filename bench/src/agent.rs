@@ -12,7 +12,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
@@ -41,6 +41,9 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                     e.to_string().lines().next().unwrap_or_default()
                 )
             })?;
+    // A helper server must not outlive the bench; exiting (not being killed)
+    // also lets `instructions` read callgrind's count.
+    crate::servers::exit_with_launcher();
     // What `clientgone`'s main builds: pinned by `taskset` to one CPU, that is
     // tokio's single-threaded scheduler.
     let runtime =
@@ -98,19 +101,23 @@ pub struct ChildGuard {
     name: String,
     /// Kept open: a closed pipe would make the child's next print fail.
     _stdout: Option<BufReader<ChildStdout>>,
+    /// Kept open for the child's life: our helpers exit when it closes
+    /// (`servers::exit_with_launcher`), so none outlives a killed bench.
+    _stdin: Option<ChildStdin>,
     /// Send SIGTERM first and wait for the child (nginx: its master then stops
     /// its worker; SIGKILL would orphan the worker).
     graceful: bool,
 }
 
 impl ChildGuard {
-    /// Starts `command` with stdin closed and stderr inherited.
+    /// Starts `command` with stdin a pipe held open and stderr inherited.
     pub fn spawn(mut command: Command, name: &str, graceful: bool) -> Result<Self, String> {
-        command.stdin(Stdio::null()).stderr(Stdio::inherit());
-        let child = command
+        command.stdin(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start {name}: {e}"))?;
         Ok(ChildGuard {
+            _stdin: child.stdin.take(),
             child,
             name: name.to_owned(),
             _stdout: None,

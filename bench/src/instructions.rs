@@ -25,7 +25,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use clap::ValueEnum;
+
+use crate::agent::PinSelf;
 use crate::memory::complete;
+use crate::proxy::{nginx_conf, start_upstream};
 use crate::servers::Config;
 
 /// The routes measured, in table order (as in `overhead`).
@@ -54,13 +58,59 @@ pub struct Args {
         default_values_t = [Config::Bare, Config::Metrics, Config::MetricsAxumServe, Config::EarlyDrop, Config::AxumPrometheus]
     )]
     pub configs: Vec<Config>,
-    /// CPU the server (under valgrind) is pinned to.
+    /// Proxies to count, comma-separated (`GET /hello` through each to the
+    /// bench's upstream, as in `proxy`); ratios are to nginx.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = ProxyKind::ALL)]
+    pub proxies: Vec<ProxyKind>,
+    /// CPU the server (under valgrind) is pinned to; the proxies' upstream
+    /// runs on the other one.
     #[arg(long, default_value_t = 0)]
     pub server_cpu: u32,
     /// Keep callgrind's output files in this directory (for
     /// `callgrind_annotate`); by default they are deleted.
     #[arg(long)]
     pub keep: Option<PathBuf>,
+}
+
+/// A proxy the `proxy` part compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProxyKind {
+    /// `clientgone proxy`.
+    Clientgone,
+    /// The bare axum + hyper-util proxy (`bare_proxy.rs`).
+    Bare,
+    /// nginx, one process (`master_process off`).
+    Nginx,
+}
+
+impl ProxyKind {
+    const ALL: [ProxyKind; 3] = [ProxyKind::Clientgone, ProxyKind::Bare, ProxyKind::Nginx];
+
+    fn label(self) -> &'static str {
+        match self {
+            ProxyKind::Clientgone => "proxy: clientgone",
+            ProxyKind::Bare => "proxy: bare hyper",
+            ProxyKind::Nginx => "proxy: nginx",
+        }
+    }
+
+    fn file_name(self) -> &'static str {
+        match self {
+            ProxyKind::Clientgone => "proxy-clientgone",
+            ProxyKind::Bare => "proxy-bare",
+            ProxyKind::Nginx => "proxy-nginx",
+        }
+    }
+}
+
+/// One counted row.
+struct Row {
+    label: &'static str,
+    route: &'static str,
+    per_request: f64,
+    /// The row the others' ratios are to: (a) for servers, nginx for proxies.
+    baseline: bool,
+    proxy: bool,
 }
 
 /// Runs the benchmark and returns its Markdown table.
@@ -81,17 +131,33 @@ pub fn run(args: &Args) -> Result<String, String> {
         None => std::env::temp_dir().join(format!("clientgone-callgrind-{}", std::process::id())),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let mut rows: Vec<(Config, &str, f64)> = Vec::new();
+    let mut rows = Vec::new();
     for &config in &args.configs {
         for route in ROUTES {
-            let short = count(args, config, route, args.warmup + args.requests, &dir)?;
-            let long = count(args, config, route, args.warmup + 2 * args.requests, &dir)?;
-            let per_request = long.saturating_sub(short) as f64 / f64::from(args.requests);
-            eprintln!(
-                "  {:<48} {route:<6} {per_request:>9.0} instructions/request",
-                config.label()
-            );
-            rows.push((config, route, per_request));
+            let per_request = per_request(args, &Subject::Server(config), route, &dir)?;
+            rows.push(Row {
+                label: config.label(),
+                route,
+                per_request,
+                baseline: config == Config::Bare,
+                proxy: false,
+            });
+        }
+    }
+    if !args.proxies.is_empty() {
+        // The proxies' upstream runs in this process, on the other CPU.
+        let _pin = PinSelf::to(u32::from(args.server_cpu == 0))?;
+        let runtime = crate::runtime(Some(1))?;
+        let (upstream, _events) = runtime.block_on(start_upstream())?;
+        for &kind in &args.proxies {
+            let per_request = per_request(args, &Subject::Proxy(kind, upstream), "/hello", &dir)?;
+            rows.push(Row {
+                label: kind.label(),
+                route: "/hello",
+                per_request,
+                baseline: kind == ProxyKind::Nginx,
+                proxy: true,
+            });
         }
     }
     if args.keep.is_none() {
@@ -100,10 +166,46 @@ pub fn run(args: &Args) -> Result<String, String> {
     Ok(table(args, &rows))
 }
 
+/// What runs under callgrind.
+enum Subject {
+    /// One of the `overhead` configurations.
+    Server(Config),
+    /// A proxy in front of the upstream at this address.
+    Proxy(ProxyKind, SocketAddr),
+}
+
+impl Subject {
+    fn label(&self) -> &'static str {
+        match self {
+            Subject::Server(config) => config.label(),
+            Subject::Proxy(kind, _) => kind.label(),
+        }
+    }
+
+    fn file_name(&self) -> String {
+        match self {
+            Subject::Server(config) => config.name(),
+            Subject::Proxy(kind, _) => kind.file_name().to_owned(),
+        }
+    }
+}
+
+/// Instructions of one request: two counts, `requests` apart.
+fn per_request(args: &Args, subject: &Subject, route: &str, dir: &Path) -> Result<f64, String> {
+    let short = count(args, subject, route, args.warmup + args.requests, dir)?;
+    let long = count(args, subject, route, args.warmup + 2 * args.requests, dir)?;
+    let per_request = long.saturating_sub(short) as f64 / f64::from(args.requests);
+    eprintln!(
+        "  {:<48} {route:<6} {per_request:>9.0} instructions/request",
+        subject.label()
+    );
+    Ok(per_request)
+}
+
 /// Total instructions of one server process that served `requests` requests.
 fn count(
     args: &Args,
-    config: Config,
+    subject: &Subject,
     route: &str,
     requests: u32,
     dir: &Path,
@@ -111,13 +213,13 @@ fn count(
     let route_name = route.trim_start_matches('/');
     let out = dir.join(format!(
         "callgrind.{}.{route_name}.{requests}",
-        config.name()
+        subject.file_name()
     ));
     eprintln!(
         "instructions: {} {route}, {requests} requests",
-        config.label()
+        subject.label()
     );
-    let mut server = CallgrindServer::spawn(config, args.server_cpu, &out)?;
+    let mut server = CallgrindServer::spawn(subject, args.server_cpu, &out, dir)?;
     let served = drive(server.addr, route, requests, args.connections);
     let totals = server.finish();
     served?;
@@ -125,24 +227,79 @@ fn count(
     read_total(&out)
 }
 
-/// A server configuration under `valgrind --tool=callgrind`. Its output file
-/// is written when the server exits, which it does when its stdin closes.
+/// A server under `valgrind --tool=callgrind`. Callgrind writes its output
+/// file when the server exits: ours exit when their stdin closes, nginx on
+/// SIGTERM.
 struct CallgrindServer {
     child: Option<Child>,
     addr: SocketAddr,
+    nginx: bool,
 }
 
 impl CallgrindServer {
-    fn spawn(config: Config, cpu: u32, out: &Path) -> Result<Self, String> {
+    fn spawn(subject: &Subject, cpu: u32, out: &Path, dir: &Path) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
-        let mut child = Command::new("taskset")
+        let mut command = Command::new("taskset");
+        command
             .arg("-c")
             .arg(cpu.to_string())
             .arg("valgrind")
             .arg("--tool=callgrind")
-            .arg(format!("--callgrind-out-file={}", out.display()))
-            .arg(exe)
-            .args(["serve", "--config", &config.name(), "--port", "0"])
+            .arg(format!("--callgrind-out-file={}", out.display()));
+        // Where nginx will listen: known before it starts. Ours say it.
+        let mut known = None;
+        match *subject {
+            Subject::Server(config) => {
+                command
+                    .arg(exe)
+                    .args(["serve", "--config", &config.name(), "--port", "0"]);
+            }
+            Subject::Proxy(ProxyKind::Clientgone, upstream) => {
+                command.arg(exe).args([
+                    "agent",
+                    "proxy",
+                    "--upstream",
+                    &format!("http://{upstream}"),
+                    "--route",
+                    "/users/{id}",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--metrics-listen",
+                    "127.0.0.1:0",
+                ]);
+            }
+            Subject::Proxy(ProxyKind::Bare, upstream) => {
+                command
+                    .arg(exe)
+                    .args(["bare-proxy", "--upstream", &upstream.to_string()]);
+            }
+            Subject::Proxy(ProxyKind::Nginx, upstream) => {
+                // A free port: bind, read it, let go. nginx binds it a moment later.
+                let addr = std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map_err(|e| format!("cannot find a free port: {e}"))?;
+                let nginx_dir = dir.join("nginx");
+                std::fs::create_dir_all(&nginx_dir)
+                    .map_err(|e| format!("cannot create {}: {e}", nginx_dir.display()))?;
+                let conf = nginx_dir.join("nginx.conf");
+                std::fs::write(
+                    &conf,
+                    nginx_conf(&nginx_dir, addr, upstream, "master_process off;\n"),
+                )
+                .map_err(|e| format!("cannot write the nginx config: {e}"))?;
+                command
+                    .arg("nginx")
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-p")
+                    .arg(&nginx_dir)
+                    .arg("-e")
+                    .arg(nginx_dir.join("error.log"))
+                    .args(["-g", "daemon off;"]);
+                known = Some(addr);
+            }
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -153,21 +310,15 @@ impl CallgrindServer {
                 }
                 _ => format!("cannot start valgrind: {e}"),
             })?;
-        let mut stdout = child.stdout.take().ok_or("no stdout from valgrind")?;
-        // The first line is the server's `listening on ADDR`; byte by byte, so
-        // nothing after it is read away.
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while stdout.read(&mut byte).map_err(|e| e.to_string())? == 1 && byte[0] != b'\n' {
-            line.push(byte[0]);
-        }
-        let addr = String::from_utf8_lossy(&line)
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse::<SocketAddr>().ok());
+        let stdout = child.stdout.take();
         let mut server = CallgrindServer {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            nginx: known.is_some(),
+        };
+        let addr = match known {
+            Some(addr) => wait_until_listening(addr).then_some(addr),
+            None => stdout.and_then(first_line_addr),
         };
         match addr {
             Some(addr) => {
@@ -177,21 +328,26 @@ impl CallgrindServer {
             None => {
                 let _ = server.finish();
                 Err(format!(
-                    "{} did not start under valgrind (is valgrind installed? \
-                     apt-get install valgrind)",
-                    config.name()
+                    "{} did not start under valgrind (apt-get install valgrind{})",
+                    subject.label(),
+                    if server.nginx { " nginx" } else { "" }
                 ))
             }
         }
     }
 
-    /// Closes the server's stdin (it exits, and callgrind writes its file)
-    /// and waits for it.
+    /// Stops the server (callgrind writes its file) and waits for it.
     fn finish(&mut self) -> Result<(), String> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
         drop(child.stdin.take());
+        if self.nginx {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
         let status = child.wait().map_err(|e| e.to_string())?;
         if status.success() {
             Ok(())
@@ -208,6 +364,36 @@ impl Drop for CallgrindServer {
             let _ = child.wait();
         }
     }
+}
+
+/// The address on the child's first line, `listening on ADDR[ …]`. Read byte
+/// by byte, so nothing after it is taken from the pipe.
+fn first_line_addr(mut stdout: std::process::ChildStdout) -> Option<SocketAddr> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte).ok()? == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line)
+        .trim()
+        .strip_prefix("listening on ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Waits until something accepts on `addr`: nginx under valgrind takes a
+/// few seconds to start.
+fn wait_until_listening(addr: SocketAddr) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if TcpStream::connect(addr).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// Sends `requests` keep-alive `GET route` requests over `connections`
@@ -283,7 +469,7 @@ fn parse_total(text: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn table(args: &Args, rows: &[(Config, &str, f64)]) -> String {
+fn table(args: &Args, rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -294,29 +480,30 @@ fn table(args: &Args, rows: &[(Config, &str, f64)]) -> String {
         out,
         "User-space instructions the server executed per request: the difference of two runs' \
          totals (warm-up + N and warm-up + 2N requests) over N. Deterministic on this VM; the \
-         kernel's share, cache misses and the price of atomics are not in it.\n"
+         kernel's share, cache misses and the price of atomics are not in it. Servers are \
+         compared with (a), proxies with nginx.\n"
     );
     let _ = writeln!(
         out,
-        "| configuration | route | instructions/request ×(a) | instructions/request | over (a) |"
+        "| configuration | route | instructions/request × baseline | instructions/request | over baseline |"
     );
     let _ = writeln!(out, "|---|---|--:|--:|--:|");
-    for &(config, route, per_request) in rows {
-        let bare = rows
+    for row in rows {
+        let baseline = rows
             .iter()
-            .find(|(c, r, _)| *c == Config::Bare && *r == route)
-            .map(|(_, _, n)| *n);
-        let (ratio, over) = match bare {
+            .find(|b| b.baseline && b.proxy == row.proxy && b.route == row.route)
+            .map(|b| b.per_request);
+        let (ratio, over) = match baseline {
             Some(b) if b > 0.0 => (
-                format!("{:.3}", per_request / b),
-                format!("{:+.0}", per_request - b),
+                format!("{:.3}", row.per_request / b),
+                format!("{:+.0}", row.per_request - b),
             ),
             _ => ("–".into(), "–".into()),
         };
         let _ = writeln!(
             out,
-            "| {} | `{route}` | {ratio} | {per_request:.0} | {over} |",
-            config.label()
+            "| {} | `{}` | {ratio} | {:.0} | {over} |",
+            row.label, row.route, row.per_request
         );
     }
     out

@@ -14,7 +14,7 @@
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -74,7 +74,7 @@ pub struct Args {
 
 /// What the upstream tells the client side.
 #[derive(Debug)]
-enum Event {
+pub(crate) enum Event {
     /// `/slow?n=ID` arrived.
     Got(u64),
     /// The connection that carried `/slow?n=ID` saw EOF or an error, at this instant.
@@ -339,7 +339,8 @@ fn iqr(values: &[f64]) -> String {
 }
 
 /// Binds the upstream and spawns its accept loop on the current runtime.
-async fn start_upstream() -> Result<(SocketAddr, mpsc::UnboundedReceiver<Event>), String> {
+pub(crate) async fn start_upstream() -> Result<(SocketAddr, mpsc::UnboundedReceiver<Event>), String>
+{
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot bind the upstream: {e}"))?;
@@ -547,37 +548,7 @@ impl Nginx {
         let addr = StdListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("cannot find a free port: {e}"))?;
-        let d = dir.0.display();
-        // Defaults everywhere the comparison does not need a setting: in
-        // particular `proxy_ignore_client_abort off`, so nginx watches the
-        // client's socket while it waits for the upstream.
-        let conf = format!(
-            "worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    upstream app {{
-        server {upstream};
-        keepalive 32;
-    }}
-    server {{
-        listen {addr};
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-        }}
-    }}
-}}
-"
-        );
+        let conf = nginx_conf(&dir.0, addr, upstream, "");
         let conf_path = dir.0.join("nginx.conf");
         std::fs::write(&conf_path, conf)
             .map_err(|e| format!("cannot write the nginx config: {e}"))?;
@@ -613,6 +584,48 @@ http {{
             addr,
         })
     }
+}
+
+/// The bench's nginx configuration: a reverse proxy on `addr` to `upstream`
+/// with a pool of 32 keep-alive connections, files under `dir`. `extra` goes
+/// first (`master_process off;` for one process under valgrind).
+pub(crate) fn nginx_conf(
+    dir: &Path,
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    extra: &str,
+) -> String {
+    let d = dir.display();
+    // Defaults everywhere the comparison does not need a setting: in
+    // particular `proxy_ignore_client_abort off`, so nginx watches the
+    // client's socket while it waits for the upstream.
+    format!(
+        "{extra}worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream app {{
+        server {upstream};
+        keepalive 32;
+    }}
+    server {{
+        listen {addr};
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }}
+    }}
+}}
+"
+    )
 }
 
 fn tables(args: &Args, runs: &[[Run; 3]], cancel: &[Series], foreign: f64) -> String {

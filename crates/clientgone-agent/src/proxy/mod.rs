@@ -7,19 +7,22 @@ mod forward;
 mod routes;
 mod upstream;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::http::uri::Authority;
 use axum::routing::any;
-use clientgone::DisconnectLayer;
+use clientgone::{DisconnectLayer, UNMATCHED_ROUTE};
 
 pub use routes::{RouteError, RouteTable, openapi_paths};
 pub use upstream::{UpstreamMetrics, UpstreamOutcome};
 
 use crate::server::{self, RunningServer, ServerConfig, StartError};
 use forward::{Forwarder, forward};
+use upstream::UpstreamRoute;
 
 /// Where the proxied service lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,12 +91,19 @@ pub fn app(
     timeout: Duration,
     layer: DisconnectLayer,
 ) -> Router {
-    let forwarder = Forwarder::new(upstream, timeout, forwarder_metrics);
+    let forwarder = Forwarder::new(upstream, timeout);
+    // Each route's handler carries its route's upstream metrics.
+    let handler = |route: Arc<UpstreamRoute>| {
+        move |state: State<Forwarder>, req: Request| forward(state, route.clone(), req)
+    };
     let mut router = Router::new();
     for template in routes.templates() {
-        router = router.route(template, any(forward));
+        router = router.route(template, any(handler(forwarder_metrics.route(template))));
     }
-    router.fallback(forward).with_state(forwarder).layer(layer)
+    router
+        .fallback(handler(forwarder_metrics.route(UNMATCHED_ROUTE)))
+        .with_state(forwarder)
+        .layer(layer)
 }
 
 /// Starts the proxy. Fails with a one-line message on a bad address.

@@ -2,15 +2,14 @@
 //! with `outcome` = `completed`, `cancelled` (the client broke off and the upstream
 //! request was dropped) or `error` (the upstream refused, reset or timed out).
 
-use axum::extract::MatchedPath;
-use clientgone::UNMATCHED_ROUTE;
 use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use prometheus::{HistogramOpts, HistogramVec, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, Registry};
 
 /// How an upstream request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,27 +61,93 @@ impl UpstreamMetrics {
         Ok(UpstreamMetrics { duration })
     }
 
+    /// The children of one route template (`unmatched` included), made
+    /// once when the router is built: a request finds them through its
+    /// route's handler, with no lookup by label values.
+    pub(crate) fn route(&self, template: &str) -> Arc<UpstreamRoute> {
+        Arc::new(UpstreamRoute {
+            duration: self.duration.clone(),
+            route: template.into(),
+            children: RwLock::new(Vec::new()),
+        })
+    }
+}
+
+/// `http_client_request_duration_seconds` of one route.
+#[derive(Debug)]
+pub(crate) struct UpstreamRoute {
+    duration: HistogramVec,
+    route: Box<str>,
+    /// The (method, status, outcome) children seen so far: a handful per
+    /// route, scanned under the read lock, where `with_label_values` would
+    /// hash four strings and clone the child on every request.
+    children: RwLock<Vec<Child>>,
+}
+
+#[derive(Debug)]
+struct Child {
+    method: &'static str,
+    status: Option<http::StatusCode>,
+    outcome: UpstreamOutcome,
+    histogram: Histogram,
+}
+
+impl UpstreamRoute {
     /// Starts timing one upstream request.
-    /// `route` is the matched template (`None`: `unmatched`); kept as axum's
-    /// shared string, so starting a guard allocates nothing.
-    pub(crate) fn start(&self, method: &'static str, route: Option<MatchedPath>) -> UpstreamGuard {
+    pub(crate) fn start(self: &Arc<Self>, method: &'static str) -> UpstreamGuard {
         UpstreamGuard {
-            metrics: self.clone(),
+            route: Arc::clone(self),
             method,
-            route,
             status: None,
             start: Instant::now(),
             ended: false,
         }
+    }
+
+    fn observe(
+        &self,
+        method: &'static str,
+        status: Option<http::StatusCode>,
+        outcome: UpstreamOutcome,
+        seconds: f64,
+    ) {
+        let observe = |children: &Vec<Child>| {
+            children
+                .iter()
+                .find(|c| c.method == method && c.status == status && c.outcome == outcome)
+                .map(|c| c.histogram.observe(seconds))
+                .is_some()
+        };
+        if observe(&self.children.read().unwrap_or_else(PoisonError::into_inner)) {
+            return;
+        }
+        let mut children = self
+            .children
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if observe(&children) {
+            return;
+        }
+        // No answer, no status: an empty label value is an absent label.
+        let status_label = status.as_ref().map_or("", http::StatusCode::as_str);
+        let histogram =
+            self.duration
+                .with_label_values(&[method, &self.route, status_label, outcome.as_str()]);
+        histogram.observe(seconds);
+        children.push(Child {
+            method,
+            status,
+            outcome,
+            histogram,
+        });
     }
 }
 
 /// Records one upstream request exactly once; dropped unfinished, it is `cancelled`.
 #[derive(Debug)]
 pub(crate) struct UpstreamGuard {
-    metrics: UpstreamMetrics,
+    route: Arc<UpstreamRoute>,
     method: &'static str,
-    route: Option<MatchedPath>,
     status: Option<http::StatusCode>,
     start: Instant,
     ended: bool,
@@ -98,16 +163,12 @@ impl UpstreamGuard {
             return;
         }
         self.ended = true;
-        // No answer, no status: an empty label value is an absent label.
-        let status = self.status.as_ref().map_or("", http::StatusCode::as_str);
-        let route = self
-            .route
-            .as_ref()
-            .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
-        self.metrics
-            .duration
-            .with_label_values(&[self.method, route, status, outcome.as_str()])
-            .observe(self.start.elapsed().as_secs_f64());
+        self.route.observe(
+            self.method,
+            self.status,
+            outcome,
+            self.start.elapsed().as_secs_f64(),
+        );
     }
 }
 
