@@ -21,6 +21,7 @@
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -31,6 +32,9 @@ use crate::agent::PinSelf;
 use crate::memory::complete;
 use crate::proxy::{nginx_conf, start_upstream};
 use crate::servers::Config;
+
+/// The signal that stops a server whose stdin does not (`kill -TERM`).
+const SIGTERM: i32 = 15;
 
 /// The routes measured, in table order (as in `overhead`).
 const ROUTES: [&str; 2] = ["/hello", "/json"];
@@ -66,6 +70,11 @@ pub struct Args {
     /// runs on the other one.
     #[arg(long, default_value_t = 0)]
     pub server_cpu: u32,
+    /// Count the servers of another build of this bench (say, an earlier
+    /// commit's), whose servers may not exit when their stdin closes: they
+    /// are stopped with SIGTERM, which callgrind survives to write its count.
+    #[arg(long, hide = true)]
+    pub server_exe: Option<PathBuf>,
     /// Keep callgrind's output files in this directory (for
     /// `callgrind_annotate`); by default they are deleted.
     #[arg(long)]
@@ -219,7 +228,12 @@ fn count(
         "instructions: {} {route}, {requests} requests",
         subject.label()
     );
-    let mut server = CallgrindServer::spawn(subject, args.server_cpu, &out, dir)?;
+    let exe = match &args.server_exe {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?,
+    };
+    let mut server = CallgrindServer::spawn(subject, &exe, args.server_cpu, &out, dir)?;
+    server.terminate |= args.server_exe.is_some();
     let served = drive(server.addr, route, requests, args.connections);
     let totals = server.finish();
     served?;
@@ -233,12 +247,18 @@ fn count(
 struct CallgrindServer {
     child: Option<Child>,
     addr: SocketAddr,
-    nginx: bool,
+    /// Stopped with SIGTERM (nginx, and another build's servers).
+    terminate: bool,
 }
 
 impl CallgrindServer {
-    fn spawn(subject: &Subject, cpu: u32, out: &Path, dir: &Path) -> Result<Self, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+    fn spawn(
+        subject: &Subject,
+        exe: &Path,
+        cpu: u32,
+        out: &Path,
+        dir: &Path,
+    ) -> Result<Self, String> {
         let mut command = Command::new("taskset");
         command
             .arg("-c")
@@ -314,7 +334,7 @@ impl CallgrindServer {
         let mut server = CallgrindServer {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            nginx: known.is_some(),
+            terminate: known.is_some(),
         };
         let addr = match known {
             Some(addr) => wait_until_listening(addr).then_some(addr),
@@ -330,7 +350,7 @@ impl CallgrindServer {
                 Err(format!(
                     "{} did not start under valgrind (apt-get install valgrind{})",
                     subject.label(),
-                    if server.nginx { " nginx" } else { "" }
+                    if known.is_some() { " nginx" } else { "" }
                 ))
             }
         }
@@ -342,14 +362,14 @@ impl CallgrindServer {
             return Ok(());
         };
         drop(child.stdin.take());
-        if self.nginx {
+        if self.terminate {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .stderr(Stdio::null())
                 .status();
         }
         let status = child.wait().map_err(|e| e.to_string())?;
-        if status.success() {
+        if status.success() || (self.terminate && status.signal() == Some(SIGTERM)) {
             Ok(())
         } else {
             Err(format!("the server under valgrind ended with {status}"))
