@@ -13,6 +13,10 @@
 //! The difference of the two totals over the `requests` between them is the
 //! cost of one request in steady state — start-up, warm-up and exit cancel.
 //!
+//! Traced configurations export to a discarding receiver (its own process,
+//! not counted): their count includes building, batching and encoding
+//! spans, which is the server's work.
+//!
 //! What it does not see: the kernel (syscalls are the same for every
 //! configuration, see BENCHMARKS.md), cache misses and the price of atomic
 //! instructions, which callgrind counts as one instruction like any other.
@@ -31,6 +35,7 @@ use clap::ValueEnum;
 use crate::agent::PinSelf;
 use crate::memory::complete;
 use crate::proxy::{nginx_conf, start_upstream};
+use crate::receiver::ReceiverProcess;
 use crate::servers::Config;
 
 /// The signal that stops a server whose stdin does not (`kill -TERM`).
@@ -63,8 +68,9 @@ pub struct Args {
     )]
     pub configs: Vec<Config>,
     /// Proxies to count, comma-separated (`GET /hello` through each to the
-    /// bench's upstream, as in `proxy`); ratios are to nginx.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = ProxyKind::ALL)]
+    /// bench's upstream, as in `proxy`); ratios are to nginx. `--proxies`
+    /// alone: none.
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 0.., default_values_t = ProxyKind::ALL)]
     pub proxies: Vec<ProxyKind>,
     /// CPU the server (under valgrind) is pinned to; the proxies' upstream
     /// runs on the other one.
@@ -124,13 +130,6 @@ struct Row {
 
 /// Runs the benchmark and returns its Markdown table.
 pub fn run(args: &Args) -> Result<String, String> {
-    if args.configs.iter().any(|c| c.exports_spans()) {
-        return Err(
-            "instructions counts the configurations without an OTLP receiver; \
-             leave out traces, traces-sampled and trace-layer"
-                .into(),
-        );
-    }
     let dir = match &args.keep {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -232,7 +231,24 @@ fn count(
         Some(exe) => exe.clone(),
         None => std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?,
     };
-    let mut server = CallgrindServer::spawn(subject, &exe, args.server_cpu, &out, dir)?;
+    // Traced configurations export to a discarding receiver of their own,
+    // on the other CPU and not under valgrind: a collector's work is not the
+    // server's.
+    let receiver = match subject {
+        Subject::Server(config) if config.exports_spans() => Some(ReceiverProcess::spawn(Some(
+            u32::from(args.server_cpu == 0),
+        ))?),
+        _ => None,
+    };
+    let endpoint = receiver.as_ref().map(ReceiverProcess::endpoint);
+    let mut server = CallgrindServer::spawn(
+        subject,
+        &exe,
+        args.server_cpu,
+        &out,
+        dir,
+        endpoint.as_deref(),
+    )?;
     server.terminate |= args.server_exe.is_some();
     let served = drive(server.addr, route, requests, args.connections);
     let totals = server.finish();
@@ -258,6 +274,7 @@ impl CallgrindServer {
         cpu: u32,
         out: &Path,
         dir: &Path,
+        otlp_endpoint: Option<&str>,
     ) -> Result<Self, String> {
         let mut command = Command::new("taskset");
         command
@@ -273,6 +290,9 @@ impl CallgrindServer {
                 command
                     .arg(exe)
                     .args(["serve", "--config", &config.name(), "--port", "0"]);
+                if let Some(endpoint) = otlp_endpoint {
+                    command.args(["--otlp-endpoint", endpoint]);
+                }
             }
             Subject::Proxy(ProxyKind::Clientgone, upstream) => {
                 command.arg(exe).args([

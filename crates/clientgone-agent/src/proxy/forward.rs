@@ -2,8 +2,6 @@
 //! the trace context, stream both bodies, and answer 502/504 for the upstream's
 //! failures — which are never client disconnects.
 
-use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -134,30 +132,15 @@ fn upstream_uri(upstream: &Upstream, client_uri: &Uri) -> Result<Uri, http::Erro
         .build()
 }
 
-/// `X-Forwarded-For`: the hops the request already names, then the client.
-/// An IPv4 address is written octet by octet: through `Display` it took
-/// about 2 % of the proxy's instructions per request.
-fn forwarded_for(earlier: Option<&str>, ip: IpAddr) -> Option<HeaderValue> {
-    let mut text = String::with_capacity(earlier.map_or(0, |e| e.len() + 2) + 15);
-    if let Some(earlier) = earlier {
-        text.push_str(earlier);
-        text.push_str(", ");
-    }
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    text.push('.');
-                }
-                text.push_str(digits.format(octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(text, "{v6}");
+/// `X-Forwarded-For`: the hops the request already names, then the client
+/// (its address as text, formatted once per connection).
+fn forwarded_for(earlier: Option<&str>, client: &str) -> Option<HeaderValue> {
+    match earlier {
+        None => HeaderValue::from_str(client).ok(),
+        Some(earlier) => {
+            HeaderValue::from_maybe_shared(Bytes::from(format!("{earlier}, {client}"))).ok()
         }
     }
-    HeaderValue::from_maybe_shared(Bytes::from(text)).ok()
 }
 
 fn plain(status: StatusCode, message: String) -> Response {
@@ -176,7 +159,7 @@ pub(crate) async fn forward(
         .extensions()
         .get::<ConnectInfo<TrackedConnection>>()
         .map(|ConnectInfo(conn)| conn.clone());
-    let client_ip = client.as_ref().map(|conn| conn.remote_addr().ip());
+    let client_ip = client.as_ref().map(TrackedConnection::remote_ip_text);
     if req.headers().contains_key(header::UPGRADE) || req.method() == http::Method::CONNECT {
         return plain(
             StatusCode::NOT_IMPLEMENTED,
@@ -206,7 +189,7 @@ pub(crate) async fn forward(
     let headers = &mut parts.headers;
     if let Some(ip) = client_ip {
         let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-        if let Some(v) = forwarded_for(earlier, ip) {
+        if let Some(v) = forwarded_for(earlier, &ip) {
             headers.insert(X_FORWARDED_FOR, v);
         }
     }
@@ -394,18 +377,12 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends_the_client_to_earlier_hops() {
-        let v4: IpAddr = "10.0.255.7".parse().unwrap();
-        let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(forwarded_for(None, v4).unwrap(), "10.0.255.7");
+        assert_eq!(forwarded_for(None, "10.0.255.7").unwrap(), "10.0.255.7");
         assert_eq!(
-            forwarded_for(Some("203.0.113.9"), v4).unwrap(),
+            forwarded_for(Some("203.0.113.9"), "10.0.255.7").unwrap(),
             "203.0.113.9, 10.0.255.7"
         );
-        assert_eq!(forwarded_for(None, v6).unwrap(), "2001:db8::1");
-        assert_eq!(
-            forwarded_for(None, "0.0.0.0".parse().unwrap()).unwrap(),
-            "0.0.0.0"
-        );
+        assert_eq!(forwarded_for(None, "2001:db8::1").unwrap(), "2001:db8::1");
     }
 
     #[test]

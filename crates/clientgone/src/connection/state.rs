@@ -7,6 +7,7 @@
 //! classification deterministic.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use super::hooks::ClientLeftHooks;
@@ -48,6 +49,9 @@ pub struct ConnectionState {
     unacked_at_event: AtomicU64,
     /// Run when the client leaves mid-request (`TrackedConnection::on_client_left`).
     hooks: ClientLeftHooks,
+    /// The client's IP address as text, made on first use
+    /// (`TrackedConnection::remote_ip_text`).
+    remote_ip_text: OnceLock<Arc<str>>,
 }
 
 impl ConnectionState {
@@ -70,6 +74,7 @@ impl ConnectionState {
             bytes_written: AtomicU64::new(0),
             unacked_at_event: AtomicU64::new(u64::MAX),
             hooks: ClientLeftHooks::default(),
+            remote_ip_text: OnceLock::new(),
         }
     }
 
@@ -180,6 +185,10 @@ impl ConnectionState {
             }
         }
         first
+    }
+
+    pub(crate) fn remote_ip_text(&self, ip: impl FnOnce() -> String) -> Arc<str> {
+        Arc::clone(self.remote_ip_text.get_or_init(|| ip().into()))
     }
 
     pub(crate) fn hooks(&self) -> &ClientLeftHooks {

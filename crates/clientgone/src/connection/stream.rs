@@ -51,6 +51,25 @@ impl TrackedConnection {
         self.remote_addr
     }
 
+    /// The client's IP address as text (`203.0.113.9`, `2001:db8::1`),
+    /// formatted once per connection: spans (`client.address`) and the
+    /// proxy's `X-Forwarded-For` want it on every request, and formatting an
+    /// address costs more than the rest of a span's attributes together.
+    ///
+    /// ```
+    /// use axum::extract::ConnectInfo;
+    /// use clientgone::TrackedConnection;
+    ///
+    /// async fn whoami(ConnectInfo(connection): ConnectInfo<TrackedConnection>) -> String {
+    ///     connection.remote_ip_text().to_string()
+    /// }
+    /// # let _ = whoami;
+    /// ```
+    pub fn remote_ip_text(&self) -> Arc<str> {
+        self.state
+            .remote_ip_text(|| self.remote_addr.ip().to_string())
+    }
+
     /// The connection's shared state.
     pub fn state(&self) -> &Arc<ConnectionState> {
         &self.state

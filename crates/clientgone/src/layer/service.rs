@@ -135,7 +135,7 @@ where
                 tracer,
                 route.span_name(method),
                 &req,
-                connection.as_ref().map(TrackedConnection::remote_addr),
+                connection.as_ref().map(TrackedConnection::remote_ip_text),
             ))
         });
         let shared = Arc::new(RequestShared::new(connection, req.body().is_end_stream()));

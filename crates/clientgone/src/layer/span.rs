@@ -15,11 +15,10 @@
 //! `tracing` with tracing-opentelemetry) and outgoing `traceparent` headers
 //! join the request's trace.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Request, Version};
+use http::{HeaderMap, HeaderName, Request, Version};
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt, Tracer};
@@ -41,7 +40,8 @@ struct RequestFacts {
     /// the span is exported.
     path: Option<PathAndQuery>,
     version: &'static str,
-    client: Option<SocketAddr>,
+    /// The client's address as text, shared with its connection.
+    client: Option<Arc<str>>,
 }
 
 /// The OTel context holding one request's server span, and what its
@@ -60,7 +60,7 @@ impl RequestSpan {
         tracer: &BoxedTracer,
         name: &str,
         req: &Request<B>,
-        client: Option<SocketAddr>,
+        client: Option<Arc<str>>,
     ) -> Self {
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(req.headers()))
@@ -105,8 +105,8 @@ impl RequestSpan {
             KeyValue::new("url.scheme", "http"),
             KeyValue::new("network.protocol.version", self.facts.version),
         ]);
-        if let Some(addr) = self.facts.client {
-            attributes.push(KeyValue::new("client.address", addr.ip().to_string()));
+        if let Some(client) = self.facts.client {
+            attributes.push(KeyValue::new("client.address", StringValue::from(client)));
         }
         match record.end {
             End::Disconnect { phase, cause } => {
@@ -153,9 +153,19 @@ fn protocol_version(version: Version) -> &'static str {
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
 
+// The W3C names the propagator asks for on every request, built once: a
+// `&str` key is parsed into a header name again at each lookup.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        let value = match key {
+            "traceparent" => self.0.get(TRACEPARENT),
+            "tracestate" => self.0.get(TRACESTATE),
+            other => self.0.get(other),
+        };
+        value.and_then(|v| v.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
