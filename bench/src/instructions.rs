@@ -34,7 +34,7 @@ use clap::ValueEnum;
 
 use crate::agent::PinSelf;
 use crate::memory::complete;
-use crate::proxy::{nginx_conf, start_upstream};
+use crate::proxy::{clientgone_proxy_args, nginx_conf, start_upstream};
 use crate::receiver::ReceiverProcess;
 use crate::servers::Config;
 
@@ -295,18 +295,10 @@ impl CallgrindServer {
                 }
             }
             Subject::Proxy(ProxyKind::Clientgone, upstream) => {
-                command.arg(exe).args([
-                    "agent",
-                    "proxy",
-                    "--upstream",
-                    &format!("http://{upstream}"),
-                    "--route",
-                    "/users/{id}",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--metrics-listen",
-                    "127.0.0.1:0",
-                ]);
+                command
+                    .arg(exe)
+                    .arg("agent")
+                    .args(clientgone_proxy_args(upstream));
             }
             Subject::Proxy(ProxyKind::Bare, upstream) => {
                 command

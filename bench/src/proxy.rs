@@ -107,20 +107,8 @@ pub fn run(args: &Args) -> Result<String, String> {
     let (upstream, mut events) = runtime.block_on(start_upstream())?;
     eprintln!("proxy: upstream on {upstream}");
 
-    let clientgone = AgentProcess::spawn(
-        0,
-        &[
-            "proxy",
-            "--upstream",
-            &format!("http://{upstream}"),
-            "--route",
-            "/users/{id}",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    )?;
+    let proxy_args = clientgone_proxy_args(upstream);
+    let clientgone = AgentProcess::spawn(0, &proxy_args.each_ref().map(String::as_str))?;
     let bare = ChildProcess::spawn(
         &["bare-proxy", "--upstream", &upstream.to_string()],
         Some(0),
@@ -584,6 +572,23 @@ impl Nginx {
             addr,
         })
     }
+}
+
+/// The `clientgone proxy` command line (after `agent`) every part that runs
+/// the proxy uses: one route template, both listeners on free ports.
+pub(crate) fn clientgone_proxy_args(upstream: SocketAddr) -> [String; 9] {
+    [
+        "proxy",
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--route",
+        "/users/{id}",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned)
 }
 
 /// The bench's nginx configuration: a reverse proxy on `addr` to `upstream`
