@@ -18,6 +18,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// With `--features mimalloc`: faster allocation for the proxy, at more
+/// memory per idle connection (BENCHMARKS.md, session 5).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `eprintln!` without its panic: a closed stderr must not stop the server.
 macro_rules! say {
     ($($arg:tt)*) => {{
