@@ -201,3 +201,40 @@ async fn a_connection_that_only_sends_part_of_a_head_is_an_incomplete_request() 
         0.0
     );
 }
+
+/// One layered service can sit behind more than one route (`route_service`
+/// with clones of it): each request is still counted under its own template,
+/// not under the first one that service saw.
+#[tokio::test]
+async fn one_layered_service_under_two_routes_counts_each_route_apart() {
+    use tower::Layer;
+    let (addr, registry) = clientgone_tests::serve_app(|metrics| {
+        let service = clientgone::DisconnectLayer::new(metrics)
+            .layer(axum::routing::get(|| async { "x" }).with_state(()));
+        axum::Router::new()
+            .route_service("/a/{id}", service.clone())
+            .route_service("/b", service)
+    })
+    .await;
+    let mut conn = Http1Connection::open(addr).await;
+    for path in ["/a/1", "/b", "/a/2", "/b", "/b"] {
+        assert_eq!(conn.request("GET", path).await.0, 200, "{path}");
+    }
+    conn.close().await;
+    let s = clientgone_tests::wait_for_registry_value(
+        &registry,
+        "http_server_request_duration_seconds_count",
+        &[("http_route", "/b")],
+        3.0,
+    )
+    .await;
+    assert_eq!(
+        s.value(
+            "http_server_request_duration_seconds_count",
+            &[("http_route", "/a/{id}")]
+        ),
+        2.0,
+        "{}",
+        s.text
+    );
+}
