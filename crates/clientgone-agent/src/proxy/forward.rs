@@ -44,6 +44,9 @@ impl Forwarder {
         connector.set_connect_timeout(Some(timeout));
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            // `forward` always sets `Host` itself: no need for the client to
+            // clone the URI and look the header up again on every request.
+            .set_host(false)
             .http2_only(upstream.h2c)
             .build(UpstreamConnector::new(connector));
         Forwarder(Arc::new(Inner {
