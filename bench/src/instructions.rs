@@ -34,7 +34,7 @@ use clap::ValueEnum;
 
 use crate::agent::PinSelf;
 use crate::memory::complete;
-use crate::proxy::{clientgone_proxy_args, nginx_conf, start_upstream};
+use crate::proxy::{clientgone_proxy_args, nginx_setup, start_upstream};
 use crate::receiver::ReceiverProcess;
 use crate::servers::Config;
 
@@ -306,28 +306,12 @@ impl CallgrindServer {
                     .args(["bare-proxy", "--upstream", &upstream.to_string()]);
             }
             Subject::Proxy(ProxyKind::Nginx, upstream) => {
-                // A free port: bind, read it, let go. nginx binds it a moment later.
-                let addr = std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .map_err(|e| format!("cannot find a free port: {e}"))?;
                 let nginx_dir = dir.join("nginx");
                 std::fs::create_dir_all(&nginx_dir)
                     .map_err(|e| format!("cannot create {}: {e}", nginx_dir.display()))?;
-                let conf = nginx_dir.join("nginx.conf");
-                std::fs::write(
-                    &conf,
-                    nginx_conf(&nginx_dir, addr, upstream, "master_process off;\n"),
-                )
-                .map_err(|e| format!("cannot write the nginx config: {e}"))?;
-                command
-                    .arg("nginx")
-                    .arg("-c")
-                    .arg(&conf)
-                    .arg("-p")
-                    .arg(&nginx_dir)
-                    .arg("-e")
-                    .arg(nginx_dir.join("error.log"))
-                    .args(["-g", "daemon off;"]);
+                let (addr, nginx_args) =
+                    nginx_setup(&nginx_dir, upstream, "master_process off;\n")?;
+                command.arg("nginx").args(nginx_args);
                 known = Some(addr);
             }
         }

@@ -12,6 +12,7 @@
 //! same monotonic clock the client uses when it closes, so the difference is
 //! the cancel latency through the proxy.
 
+use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -532,26 +533,13 @@ impl Nginx {
         );
         std::fs::create_dir_all(&dir.0)
             .map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
-        // A free port: bind, read it, let go. nginx binds it a moment later.
-        let addr = StdListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("cannot find a free port: {e}"))?;
-        let conf = nginx_conf(&dir.0, addr, upstream, "");
-        let conf_path = dir.0.join("nginx.conf");
-        std::fs::write(&conf_path, conf)
-            .map_err(|e| format!("cannot write the nginx config: {e}"))?;
+        let (addr, nginx_args) = nginx_setup(&dir.0, upstream, "")?;
         let mut command = Command::new("taskset");
         command
             .arg("-c")
             .arg(cpu.to_string())
             .arg("nginx")
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(&dir.0)
-            .arg("-e")
-            .arg(dir.0.join("error.log"))
-            .args(["-g", "daemon off;"]);
+            .args(nginx_args);
         let mut guard = ChildGuard::spawn(command, "nginx", true)?;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -589,6 +577,34 @@ pub(crate) fn clientgone_proxy_args(upstream: SocketAddr) -> [String; 9] {
         "127.0.0.1:0",
     ]
     .map(str::to_owned)
+}
+
+/// Writes the bench's nginx configuration into `dir` for a free port on
+/// loopback; returns that address and nginx's arguments (after the program
+/// name). `extra` as for [`nginx_conf`].
+pub(crate) fn nginx_setup(
+    dir: &Path,
+    upstream: SocketAddr,
+    extra: &str,
+) -> Result<(SocketAddr, Vec<OsString>), String> {
+    // A free port: bind, read it, let go. nginx binds it a moment later.
+    let addr = StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("cannot find a free port: {e}"))?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(dir, addr, upstream, extra))
+        .map_err(|e| format!("cannot write the nginx config: {e}"))?;
+    let args = vec![
+        "-c".into(),
+        conf.into_os_string(),
+        "-p".into(),
+        dir.into(),
+        "-e".into(),
+        dir.join("error.log").into_os_string(),
+        "-g".into(),
+        "daemon off;".into(),
+    ];
+    Ok((addr, args))
 }
 
 /// The bench's nginx configuration: a reverse proxy on `addr` to `upstream`
