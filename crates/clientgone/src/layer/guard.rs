@@ -49,6 +49,11 @@ impl RequestShared {
         }
     }
 
+    /// The request's connection, where the server gave its `ConnectInfo`.
+    pub(crate) fn connection(&self) -> Option<&TrackedConnection> {
+        self.connection.as_ref()
+    }
+
     pub(crate) fn body_progress(&self) -> BodyProgress {
         BodyProgress::from_u8(self.body.load(Ordering::Acquire))
     }

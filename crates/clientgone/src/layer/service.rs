@@ -116,13 +116,28 @@ where
             .get::<MatchedPath>()
             .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
         let route = self.shared.route(route);
-        let connection = req
-            .extensions()
-            .get::<ConnectInfo<TrackedConnection>>()
-            .map(|info| info.0.clone());
+        // The request's shared state, and its handle for `ClientGone` in the
+        // request's own `ConnectInfo` (one lookup of it; an extension of its
+        // own where there is none).
+        let body_empty = req.body().is_end_stream();
+        let info = req
+            .extensions_mut()
+            .get_mut::<ConnectInfo<TrackedConnection>>();
+        let shared = Arc::new(RequestShared::new(
+            info.as_ref().map(|ConnectInfo(c)| c.clone()),
+            body_empty,
+        ));
+        let handle = RequestHandle(shared.clone());
+        match info {
+            Some(ConnectInfo(connection)) => connection.request = Some(handle),
+            None => {
+                req.extensions_mut().insert(handle);
+            }
+        }
+        let connection = shared.connection();
         // Under `axum::serve` nothing else reads the request for a close the
         // client asked for (`clientgone::serve` does it itself).
-        if let Some(connection) = &connection {
+        if let Some(connection) = connection {
             let state = connection.state();
             if !state.are_requests_checked_for_close() && asks_to_close(&req) {
                 state.mark_client_asked_close();
@@ -135,10 +150,9 @@ where
                 tracer,
                 route.span_name(method),
                 &req,
-                connection.as_ref().map(TrackedConnection::remote_ip_text),
+                connection.map(TrackedConnection::remote_ip_text),
             ))
         });
-        let shared = Arc::new(RequestShared::new(connection, req.body().is_end_stream()));
         let guard = RequestGuard::new(
             route,
             method,
@@ -148,17 +162,6 @@ where
             shared.clone(),
             span,
         );
-
-        let handle = RequestHandle(shared.clone());
-        match req
-            .extensions_mut()
-            .get_mut::<ConnectInfo<TrackedConnection>>()
-        {
-            Some(ConnectInfo(connection)) => connection.request = Some(handle),
-            None => {
-                req.extensions_mut().insert(handle);
-            }
-        }
         let req = if shared.body_progress() == BodyProgress::Done {
             // Nothing to watch in an empty body; an axum body passes unboxed.
             req.map(AxumBody::new)
