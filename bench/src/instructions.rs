@@ -17,8 +17,8 @@
 //! not counted): their count includes building, batching and encoding
 //! spans, which is the server's work.
 //!
-//! What it does not see: the kernel (syscalls are the same for every
-//! configuration, see BENCHMARKS.md), cache misses and the price of atomic
+//! What it does not see: the kernel (syscalls per request are the same for
+//! the servers and the Rust proxies, see BENCHMARKS.md), cache misses and the price of atomic
 //! instructions, which callgrind counts as one instruction like any other.
 //! So it ranks code paths exactly; CPU time still tells what they cost.
 
@@ -131,11 +131,7 @@ struct Row {
 /// Runs the benchmark and returns its Markdown table.
 pub fn run(args: &Args) -> Result<String, String> {
     let dir = match &args.keep {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            dir.clone()
-        }
+        Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("clientgone-callgrind-{}", std::process::id())),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -248,8 +244,8 @@ fn count(
         &out,
         dir,
         endpoint.as_deref(),
+        args.server_exe.is_some(),
     )?;
-    server.terminate |= args.server_exe.is_some();
     let served = drive(server.addr, route, requests, args.connections);
     let totals = server.finish();
     served?;
@@ -275,6 +271,7 @@ impl CallgrindServer {
         out: &Path,
         dir: &Path,
         otlp_endpoint: Option<&str>,
+        foreign: bool,
     ) -> Result<Self, String> {
         let mut command = Command::new("taskset");
         command
@@ -330,7 +327,7 @@ impl CallgrindServer {
         let mut server = CallgrindServer {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            terminate: known.is_some(),
+            terminate: known.is_some() || foreign,
         };
         let addr = match known {
             Some(addr) => wait_until_listening(addr).then_some(addr),
