@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use bytes::Bytes;
 use clientgone::DisconnectLayer;
-use clientgone_tests::client::{Http1Connection, send_raw};
+use clientgone_tests::client::{Http1Connection, read_to_close, send_raw};
 use clientgone_tests::{
     DEADLINE, Scrape, scrape, serve_app, start_demo, wait_for_registry_value, wait_for_value,
 };
@@ -243,4 +244,103 @@ async fn past_the_grace_period_requests_still_running_are_the_servers_doing_not_
     // The server gave up on it: 503, never a client disconnect.
     assert_stopped_cleanly(&registry, "/slow", "503");
     drop(busy);
+}
+
+#[tokio::test]
+async fn a_streamed_body_with_a_content_length_is_completed_when_its_bytes_are_out() {
+    // HTTP/1 hyper stops polling a body once the declared length is written
+    // and drops it without asking for its end (as `ServeFile` bodies are).
+    let (addr, registry) = serve_app(|metrics| {
+        Router::new()
+            .route(
+                "/file",
+                get(|| async {
+                    let chunks = futures_util::stream::iter(
+                        ["hello ", "world"].map(|c| Ok::<_, std::io::Error>(Bytes::from(c))),
+                    );
+                    axum::response::Response::builder()
+                        .header(http::header::CONTENT_LENGTH, "11")
+                        .body(axum::body::Body::from_stream(chunks))
+                        .expect("valid response")
+                }),
+            )
+            .layer(DisconnectLayer::new(metrics))
+    })
+    .await;
+
+    let mut conn = Http1Connection::open(addr).await;
+    for _ in 0..3 {
+        let (status, body) = conn.request("GET", "/file").await;
+        assert_eq!(status, 200);
+        assert_eq!(body, "hello world");
+    }
+    conn.close().await;
+
+    let s = wait_for_registry_value(
+        &registry,
+        "http_server_request_duration_seconds_count",
+        &[],
+        3.0,
+    )
+    .await;
+    let completed = [
+        ("http_route", "/file"),
+        ("http_response_status_code", "200"),
+        ("outcome", "completed"),
+    ];
+    assert_eq!(
+        s.value("http_server_request_duration_seconds_count", &completed),
+        3.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(
+        s.value("http_server_client_disconnects_total", &[]),
+        0.0,
+        "{}",
+        s.text
+    );
+}
+
+#[tokio::test]
+async fn a_handler_that_panics_is_the_servers_failure_not_a_client_leaving() {
+    let (addr, registry) = serve_app(|metrics| {
+        Router::new()
+            .route(
+                "/panics",
+                get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("the handler fails (expected by this test)");
+                    }
+                    "never"
+                }),
+            )
+            .layer(DisconnectLayer::new(metrics))
+    })
+    .await;
+
+    // The panic ends the connection's task: the client sees the connection close.
+    let mut stream = send_raw(addr, b"GET /panics HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let answer = read_to_close(&mut stream).await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+
+    let failed = [
+        ("http_route", "/panics"),
+        ("http_response_status_code", "500"),
+        ("outcome", "completed"),
+    ];
+    let s = wait_for_registry_value(
+        &registry,
+        "http_server_request_duration_seconds_count",
+        &failed,
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        s.value("http_server_client_disconnects_total", &[]),
+        0.0,
+        "{}",
+        s.text
+    );
+    assert_eq!(s.value("http_server_active_requests", &[]), 0.0);
 }

@@ -18,12 +18,20 @@ pin_project! {
         #[pin]
         inner: B,
         guard: Option<RequestGuard>,
+        // The length the response declared (`Content-Length`, or the body's
+        // exact size): HTTP/1 hyper stops polling — and drops the body — once
+        // that many bytes are out, without asking for the end.
+        declared_len: Option<u64>,
     }
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn new(inner: B, guard: Option<RequestGuard>) -> Self {
-        ResponseBody { inner, guard }
+    pub(crate) fn new(inner: B, guard: Option<RequestGuard>, declared_len: Option<u64>) -> Self {
+        ResponseBody {
+            inner,
+            guard,
+            declared_len,
+        }
     }
 }
 
@@ -52,8 +60,12 @@ impl<B: Body> Body for ResponseBody<B> {
                         guard.body_bytes(data.remaining());
                     }
                     // hyper may stop polling once the body says it is at its
-                    // end, so the last data frame is where completion happens.
-                    if this.inner.is_end_stream() {
+                    // end, or once the declared length is out, so the last
+                    // data frame is where completion happens.
+                    let all_declared = this
+                        .declared_len
+                        .is_some_and(|len| guard.body_bytes_sent() >= len);
+                    if all_declared || this.inner.is_end_stream() {
                         guard.complete();
                     }
                 }

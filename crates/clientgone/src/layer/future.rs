@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::{Response, StatusCode};
+use http::{Response, StatusCode, header};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
@@ -53,7 +53,7 @@ where
         drop(entered);
         let Some(mut guard) = this.guard.take() else {
             // Polled after completion; the inner future decides what that means.
-            return Poll::Ready(result.map(|res| res.map(|b| ResponseBody::new(b, None))));
+            return Poll::Ready(result.map(|res| res.map(|b| ResponseBody::new(b, None, None))));
         };
         match result {
             Ok(res) => {
@@ -65,13 +65,14 @@ where
                     || status == StatusCode::NO_CONTENT
                     || status == StatusCode::NOT_MODIFIED
                     || res.body().is_end_stream();
-                let guard = if bodiless {
+                if bodiless {
                     guard.complete();
-                    None
-                } else {
-                    Some(guard)
-                };
-                Poll::Ready(Ok(res.map(|b| ResponseBody::new(b, guard))))
+                    return Poll::Ready(Ok(res.map(|b| ResponseBody::new(b, None, None))));
+                }
+                let declared_len = declared_len(&res);
+                Poll::Ready(Ok(
+                    res.map(|b| ResponseBody::new(b, Some(guard), declared_len))
+                ))
             }
             Err(e) => {
                 // The service failed; hyper will answer 500 or close. Not the client.
@@ -80,5 +81,14 @@ where
                 Poll::Ready(Err(e))
             }
         }
+    }
+}
+
+/// The body length hyper will write: the response's `Content-Length` if it
+/// has a valid one (hyper frames by the header), else the body's exact size.
+fn declared_len<B: Body>(res: &Response<B>) -> Option<u64> {
+    match res.headers().get(header::CONTENT_LENGTH) {
+        Some(value) => value.to_str().ok()?.trim().parse().ok(),
+        None => res.body().size_hint().exact(),
     }
 }

@@ -176,6 +176,11 @@ impl RequestGuard {
         self.body_bytes_sent += n as u64;
     }
 
+    /// The response body bytes handed to the connection so far.
+    pub(crate) fn body_bytes_sent(&self) -> u64 {
+        self.body_bytes_sent
+    }
+
     /// The response is done (its body reached its end, or it has none).
     ///
     /// A request whose body failed is still a break: the handler answered, but
@@ -256,6 +261,12 @@ impl Drop for RequestGuard {
             // The server gave up on this request (shutdown past its grace
             // period): never a client disconnect.
             self.status.get_or_insert(503);
+            return self.end(End::Completed);
+        }
+        if std::thread::panicking() {
+            // The handler (or its body) panicked and tokio is unwinding the
+            // task that held this request: the server failed, not the client.
+            self.status.get_or_insert(500);
             return self.end(End::Completed);
         }
         let phase = break_phase(self.shared.body_progress(), self.status.is_some());
