@@ -3,12 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use clientgone::ConnectionOptions;
+use axum::Router;
+use axum::routing::get;
+use clientgone::{ConnectionOptions, DisconnectLayer};
 use clientgone_tests::client::{
-    Http1Connection, close_fin, close_rst, read_to_close, read_until, send_raw,
+    H2Connection, Http1Connection, close_fin, close_rst, read_to_close, read_until, send_raw,
 };
-use clientgone_tests::{start_demo, start_demo_with, wait_for_value};
-use tokio::io::AsyncWriteExt;
+use clientgone_tests::{
+    serve_app, serve_app_on, start_demo, start_demo_with, wait_for_registry_value, wait_for_value,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLOSES: &str = "http_server_connection_closes_total";
 
@@ -207,4 +211,135 @@ async fn under_axum_serve_a_client_that_asks_for_the_close_closes_idle() {
     .await;
     assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 2.0, "{}", s.text);
     assert_eq!(s.value(CLOSES, &[]), 2.0, "{}", s.text);
+}
+
+/// A request on a route the layer does not cover is still a request in flight
+/// to `clientgone::serve`: the header-read timeout does not cut it off.
+#[tokio::test]
+async fn a_slow_request_on_a_route_outside_the_layer_is_not_cut_by_the_header_timeout() {
+    let timeout = Duration::from_millis(300);
+    let (addr, registry) = serve_app_on(
+        "127.0.0.1:0",
+        ConnectionOptions::default().header_read_timeout(timeout),
+        |metrics| {
+            Router::new()
+                .route("/covered", get(|| async { "covered" }))
+                .layer(DisconnectLayer::new(metrics))
+                // Added after the layer: not covered by it.
+                .route(
+                    "/uncovered",
+                    get(move || async move {
+                        // Slower than the longest a head may wait (1.5 × timeout).
+                        tokio::time::sleep(timeout * 4).await;
+                        "uncovered"
+                    }),
+                )
+        },
+    )
+    .await;
+
+    let mut conn = Http1Connection::open(addr).await;
+    assert_eq!(
+        conn.request("GET", "/uncovered").await,
+        (200, "uncovered".into())
+    );
+    assert_eq!(
+        conn.request("GET", "/covered").await,
+        (200, "covered".into())
+    );
+    conn.close().await;
+    let s = wait_for_registry_value(&registry, CLOSES, &[], 1.0).await;
+    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 1.0, "{}", s.text);
+}
+
+/// An HTTP/2 connection that a pooled client opens ahead of its first request
+/// has no head to wait for: the watcher leaves it alone, while an HTTP/1
+/// connection that sends nothing is cut.
+#[tokio::test]
+async fn an_http2_connection_idle_before_its_first_request_is_not_cut() {
+    let timeout = Duration::from_millis(300);
+    let (addr, registry) = serve_app_on(
+        "127.0.0.1:0",
+        ConnectionOptions::default().header_read_timeout(timeout),
+        |metrics| {
+            Router::new()
+                .route("/hello", get(|| async { "hello" }))
+                .layer(DisconnectLayer::new(metrics))
+        },
+    )
+    .await;
+
+    let mut h2 = H2Connection::open(addr).await;
+    // Opened after the h2 one, so cut no sooner: once it is, the watcher has
+    // had its ticks for the h2 connection as well.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(read_to_close(&mut silent).await.is_empty());
+    wait_for_registry_value(&registry, CLOSES, &[("reason", "incomplete_request")], 1.0).await;
+
+    assert_eq!(h2.get("/hello").await, (200, "hello".into()));
+    h2.close_gracefully().await;
+    let s = wait_for_registry_value(&registry, CLOSES, &[], 2.0).await;
+    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 1.0, "{}", s.text);
+}
+
+/// After a `101`, the connection carries another protocol: what the client
+/// sends then is no request head, and its FIN is a normal close.
+#[tokio::test]
+async fn an_upgraded_connection_closed_by_its_client_closes_idle() {
+    let (addr, registry) = serve_app(|metrics| {
+        Router::new()
+            .route(
+                "/echo",
+                get(|mut req: axum::extract::Request| async move {
+                    let upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(upgraded) = upgrade.await else { return };
+                        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                        let mut buf = [0u8; 64];
+                        // Echo until the client closes.
+                        while let Ok(n @ 1..) = io.read(&mut buf).await {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    axum::response::Response::builder()
+                        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+                        .header(http::header::CONNECTION, "upgrade")
+                        .header(http::header::UPGRADE, "echo")
+                        .body(axum::body::Body::empty())
+                        .expect("valid response")
+                }),
+            )
+            .layer(DisconnectLayer::new(metrics))
+    })
+    .await;
+
+    let mut stream = send_raw(
+        addr,
+        b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await;
+    let head = read_until(&mut stream, b"\r\n\r\n").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream.write_all(b"ping").await.unwrap();
+    assert_eq!(read_until(&mut stream, b"ping").await, b"ping");
+    close_fin(stream);
+
+    let s = wait_for_registry_value(&registry, CLOSES, &[], 1.0).await;
+    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 1.0, "{}", s.text);
+    let upgraded = [
+        ("http_response_status_code", "101"),
+        ("outcome", "completed"),
+    ];
+    assert_eq!(
+        s.value("http_server_request_duration_seconds_count", &upgraded),
+        1.0,
+        "{}",
+        s.text
+    );
 }

@@ -331,6 +331,12 @@ pub(crate) const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
 ];
 
+/// A response that hands its connection over to another protocol (WebSocket
+/// and other `101` upgrades, a tunnel after `CONNECT`).
+pub(crate) fn hands_over_connection(connect: bool, status: http::StatusCode) -> bool {
+    status == http::StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success())
+}
+
 /// An HTTP/1 request whose client wants the connection closed after it.
 pub(crate) fn asks_to_close<B>(req: &http::Request<B>) -> bool {
     let connection = req.headers().get(http::header::CONNECTION);

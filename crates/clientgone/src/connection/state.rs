@@ -35,15 +35,20 @@ pub struct ConnectionState {
     event_in_flight: AtomicBool,
     event_partial_head: AtomicBool,
     header_timeout: AtomicBool,
-    /// An HTTP/2 request was seen: bytes between requests are frames, not heads.
+    /// HTTP/2 was seen (its preface, or a request): bytes between requests are
+    /// frames, not heads.
     http2: AtomicBool,
     server_closing: AtomicBool,
     /// The client asked for the close in the protocol (`Connection: close`,
     /// HTTP/1.0 without keep-alive, HTTP/2 GOAWAY).
     client_asked_close: AtomicBool,
-    /// `clientgone::serve` reads every request for `client_asked_close`
-    /// itself; under another server the layer does.
-    requests_checked_for_close: AtomicBool,
+    /// `clientgone::serve` sees every request itself — the close it asks
+    /// for, when it starts and ends, an upgrade — whether a `DisconnectLayer`
+    /// covers its route or not; under another server the layer does this.
+    tracked_by_server: AtomicBool,
+    /// The connection was handed over to another protocol (a `101` upgrade,
+    /// `CONNECT`): what it reads from then on are no request heads.
+    upgraded: AtomicBool,
     bytes_written: AtomicU64,
     /// The send queue's size when the first client event was seen (`u64::MAX`: unknown).
     unacked_at_event: AtomicU64,
@@ -70,7 +75,8 @@ impl ConnectionState {
             http2: AtomicBool::new(false),
             server_closing: AtomicBool::new(false),
             client_asked_close: AtomicBool::new(false),
-            requests_checked_for_close: AtomicBool::new(false),
+            tracked_by_server: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
             bytes_written: AtomicU64::new(0),
             unacked_at_event: AtomicU64::new(u64::MAX),
             hooks: ClientLeftHooks::default(),
@@ -134,12 +140,24 @@ impl ConnectionState {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    pub(crate) fn on_read(&self) {
+    pub(crate) fn on_read(&self, data: &[u8]) {
+        if self.requests() == 0 && is_http2_preface(data) {
+            // HTTP/2 with prior knowledge: no heads to wait for, even before
+            // its first request (a pooled client may open it long before).
+            self.http2.store(true, Ordering::Relaxed);
+        }
         // Bytes that arrive while nothing is in flight are the start of the next
         // request head; `request_started` clears the mark once the head is parsed.
-        if self.in_flight.load(Ordering::Acquire) == 0 {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && !self.http2.load(Ordering::Relaxed)
+            && !self.upgraded.load(Ordering::Relaxed)
+        {
             self.partial_head.store(true, Ordering::Relaxed);
         }
+    }
+
+    pub(crate) fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn on_written(&self, n: usize) {
@@ -206,6 +224,7 @@ impl ConnectionState {
     pub(crate) fn is_waiting_for_head(&self) -> bool {
         self.in_flight() == 0
             && !self.http2.load(Ordering::Relaxed)
+            && !self.upgraded.load(Ordering::Relaxed)
             && (self.partial_head.load(Ordering::Relaxed) || self.requests() == 0)
     }
 
@@ -217,16 +236,15 @@ impl ConnectionState {
         self.client_asked_close.store(true, Ordering::Release);
     }
 
-    pub(crate) fn mark_requests_checked_for_close(&self) {
-        self.requests_checked_for_close
-            .store(true, Ordering::Relaxed);
+    pub(crate) fn mark_tracked_by_server(&self) {
+        self.tracked_by_server.store(true, Ordering::Relaxed);
     }
 
-    pub(crate) fn are_requests_checked_for_close(&self) -> bool {
-        self.requests_checked_for_close.load(Ordering::Relaxed)
+    pub(crate) fn is_tracked_by_server(&self) -> bool {
+        self.tracked_by_server.load(Ordering::Relaxed)
     }
 
-    /// An HTTP/2 request was seen on this connection.
+    /// This connection speaks HTTP/2: its preface or a request was seen.
     pub(crate) fn is_http2(&self) -> bool {
         self.http2.load(Ordering::Relaxed)
     }
@@ -238,8 +256,8 @@ impl ConnectionState {
     /// The one reason this connection closes with, from everything it saw.
     pub fn close_reason(&self) -> CloseReason {
         // On HTTP/2, bytes between requests are frames (PING, SETTINGS,
-        // GOAWAY), never a half-received head.
-        let heads = !self.http2.load(Ordering::Relaxed);
+        // GOAWAY), never a half-received head; after an upgrade, another protocol's.
+        let heads = !self.http2.load(Ordering::Relaxed) && !self.upgraded.load(Ordering::Relaxed);
         let client_event =
             Cause::from_index(self.first_event.load(Ordering::Acquire)).map(|cause| ClientEvent {
                 cause,
@@ -254,4 +272,13 @@ impl ConnectionState {
             client_asked_close: self.client_asked_close.load(Ordering::Acquire),
         })
     }
+}
+
+/// The client connection preface of HTTP/2 (RFC 9113, section 3.4).
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The first bytes of a connection are (the start of) the HTTP/2 preface;
+/// no HTTP/1 request starts with `PRI *`.
+fn is_http2_preface(data: &[u8]) -> bool {
+    !data.is_empty() && HTTP2_PREFACE.starts_with(&data[..data.len().min(HTTP2_PREFACE.len())])
 }

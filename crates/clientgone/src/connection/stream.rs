@@ -208,7 +208,9 @@ impl AsyncRead for TrackedStream {
         let wanted = buf.remaining() > 0;
         let result = ready!(Pin::new(&mut this.inner).poll_read(cx, buf));
         match &result {
-            Ok(()) if buf.filled().len() > before => this.connection.state.on_read(),
+            Ok(()) if buf.filled().len() > before => {
+                this.connection.state.on_read(&buf.filled()[before..]);
+            }
             // A zero-byte read into a buffer with room is the peer's FIN.
             Ok(()) if wanted => this.record_eof(),
             Ok(()) => {}

@@ -14,8 +14,10 @@ use std::time::Instant;
 use opentelemetry::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::classify::{BodyProgress, Cause, Phase, break_cause, break_phase, recorded_status};
-use crate::connection::{ClientLeftHook, TrackedConnection};
+use crate::classify::{
+    BodyProgress, Cause, Phase, break_cause, break_phase, hands_over_connection, recorded_status,
+};
+use crate::connection::{ClientLeftHook, ConnectionState, TrackedConnection};
 use crate::metrics::RouteMetrics;
 use crate::record::{End, Record};
 
@@ -50,6 +52,16 @@ impl RequestShared {
     }
 
     /// The request's connection, where the server gave its `ConnectInfo`.
+    /// The connection's state, if no server sees this request but the layer:
+    /// then the layer keeps the connection's request bookkeeping (see
+    /// `ConnectionState::is_tracked_by_server`).
+    fn untracked_connection(&self) -> Option<&ConnectionState> {
+        self.connection
+            .as_ref()
+            .map(|c| &**c.state())
+            .filter(|state| !state.is_tracked_by_server())
+    }
+
     pub(crate) fn connection(&self) -> Option<&TrackedConnection> {
         self.connection.as_ref()
     }
@@ -145,8 +157,8 @@ impl RequestGuard {
         span: Option<Box<RequestSpan>>,
     ) -> Self {
         route.request_started(method);
-        if let Some(conn) = &shared.connection {
-            conn.state().request_started(http2);
+        if let Some(state) = shared.untracked_connection() {
+            state.request_started(http2);
         }
         RequestGuard {
             route,
@@ -170,6 +182,12 @@ impl RequestGuard {
     /// The response head was produced with this status.
     pub(crate) fn head_sent(&mut self, status: u16) {
         self.status = Some(status);
+        if let Some(state) = self.shared.untracked_connection()
+            && let Ok(status) = http::StatusCode::from_u16(status)
+            && hands_over_connection(self.method_label == "CONNECT", status)
+        {
+            state.mark_upgraded();
+        }
     }
 
     pub(crate) fn body_bytes(&mut self, n: usize) {
@@ -241,7 +259,7 @@ impl RequestGuard {
         if let Some(span) = self.span.take() {
             span.finish(self.route.route_shared(), &record, unacked);
         }
-        if let Some(state) = connection {
+        if let Some(state) = self.shared.untracked_connection() {
             state.request_ended();
         }
     }

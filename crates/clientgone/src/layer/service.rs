@@ -139,7 +139,7 @@ where
         // client asked for (`clientgone::serve` does it itself).
         if let Some(connection) = connection {
             let state = connection.state();
-            if !state.are_requests_checked_for_close() && asks_to_close(&req) {
+            if !state.is_tracked_by_server() && asks_to_close(&req) {
                 state.mark_client_asked_close();
             }
         }

@@ -3,6 +3,7 @@
 //! gracefully without counting the server's own goodbyes as client breaks.
 
 mod connections;
+mod request;
 
 use std::future::{Future, IntoFuture};
 use std::io;
@@ -21,6 +22,7 @@ use tower::Service;
 use crate::classify::asks_to_close;
 use crate::connection::{TrackedListener, TrackedStream};
 use connections::{Connections, Controlled, Ended, Stop};
+use request::{InFlight, Served};
 
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -170,15 +172,16 @@ async fn serve_connection(
     let state = stream.connection().state().clone();
     let info = ConnectInfo(stream.connection().clone());
     let requests_state = state.clone();
-    // Requests are read here, with or without `DisconnectLayer`; the layer
-    // then leaves the check to us.
-    state.mark_requests_checked_for_close();
+    // Requests are seen here, with or without `DisconnectLayer`; the layer
+    // then leaves the connection's bookkeeping to us (see `request.rs`).
+    state.mark_tracked_by_server();
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         if asks_to_close(&req) {
             requests_state.mark_client_asked_close();
         }
         req.extensions_mut().insert(info.clone());
-        router.clone().call(req)
+        let in_flight = InFlight::start(&requests_state, &req);
+        Served::new(router.clone().call(req), in_flight)
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     // Pinned here, not awaited as a temporary, so the connection — and with it
