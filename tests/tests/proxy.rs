@@ -357,6 +357,32 @@ async fn hop_by_hop_headers_stay_behind_and_forwarded_headers_are_added() {
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(headers["x-forwarded-host"], "shop.example");
     assert_eq!(headers["host"], upstream.addr.to_string());
+
+    // Without a `Host` of its own, a client's X-Forwarded-Host does not pass.
+    let mut stream = send_raw(
+        proxy.addr,
+        b"GET /users/2?probe=no-host HTTP/1.0\r\nX-Forwarded-Host: evil.example\r\n\r\n",
+    )
+    .await;
+    let answer = read_to_close(&mut stream).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let events = upstream.events().await;
+    let request = events["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == "/users/2?probe=no-host")
+        .expect("the upstream got the request")
+        .clone();
+    let headers = request["headers"].as_object().unwrap();
+    assert!(
+        !headers.contains_key("x-forwarded-host"),
+        "the client's X-Forwarded-Host reached the upstream: {headers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,6 +499,12 @@ async fn smuggling_attempts_and_oversized_heads_never_reach_the_upstream() {
         .filter_map(|r| r["path"].as_str())
         .collect();
     assert_eq!(seen, ["/upload?cl-te", "/echo/2"], "{events}");
+    // Read whole, in the one framing the proxy sent: nothing left over on
+    // the pooled connection for the upstream to take for a request.
+    let bodies = &events["bodies"];
+    assert_eq!(bodies.as_array().map(Vec::len), Some(1), "{events}");
+    assert_eq!(bodies[0]["path"], "/upload?cl-te", "{events}");
+    assert_eq!(bodies[0]["length"], 0, "{events}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

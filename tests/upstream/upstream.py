@@ -13,7 +13,7 @@ Routes:
   GET  /users/{id}?delay_ms=N   answer after N ms, watching the socket meanwhile
   GET  /stream?chunks=N&interval_ms=M   a chunked body, N lines M ms apart
   GET  /echo/{n}                "echo {n}\n" repeated n % 97 + 1 times
-  POST /upload                  read the body, answer its length
+  POST /upload                  read the body (by length or chunked), answer its length
   GET  /reset                   close the connection with a RST
   GET  /hang                    never answer
   anything else                 404
@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 LOCK = threading.Lock()
-EVENTS = {"connections": 0, "requests": [], "cancelled": []}
+EVENTS = {"connections": 0, "requests": [], "cancelled": [], "bodies": []}
 
 
 def record(kind, item):
@@ -130,10 +130,34 @@ class Handler(BaseHTTPRequestHandler):
             return
         return self.send_text(404, "not found\n")
 
+    def read_body(self):
+        """The request body and its framing: "chunked", "length" or "none"."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            data = b""
+            while True:
+                line = self.rfile.readline()
+                if not line:
+                    raise ConnectionResetError("the body ended mid-chunk")
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    # Trailers, up to the empty line.
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data, "chunked"
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        if "Content-Length" in self.headers:
+            return self.rfile.read(int(self.headers["Content-Length"])), "length"
+        return b"", "none"
+
     def do_POST(self):
         record("requests", {"method": "POST", "path": self.path, "t": time.time(), "headers": {}})
-        length = int(self.headers.get("Content-Length", "0"))
-        data = self.rfile.read(length)
+        try:
+            data, framing = self.read_body()
+        except (OSError, ValueError):
+            self.close_connection = True
+            return
+        record("bodies", {"path": self.path, "length": len(data), "framing": framing})
         return self.send_text(200, "%d\n" % len(data))
 
 

@@ -116,22 +116,22 @@ pub struct TrafficArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
     pub concurrency: u32,
     /// Weight of completed requests (GET /items/{id}).
-    #[arg(long, default_value_t = 70, value_name = "W")]
+    #[arg(long, default_value_t = 70, value_parser = weight, value_name = "W")]
     pub completed: u32,
     /// Weight of FIN while the handler waits (GET /hello).
-    #[arg(long, default_value_t = 8, value_name = "W")]
+    #[arg(long, default_value_t = 8, value_parser = weight, value_name = "W")]
     pub fin: u32,
     /// Weight of RST while the handler waits (GET /hello).
-    #[arg(long, default_value_t = 6, value_name = "W")]
+    #[arg(long, default_value_t = 6, value_parser = weight, value_name = "W")]
     pub rst: u32,
     /// Weight of half-sent bodies then FIN (POST /upload).
-    #[arg(long, default_value_t = 5, value_name = "W")]
+    #[arg(long, default_value_t = 5, value_parser = weight, value_name = "W")]
     pub half_body: u32,
     /// Weight of RST mid-stream (GET /stream).
-    #[arg(long, default_value_t = 6, value_name = "W")]
+    #[arg(long, default_value_t = 6, value_parser = weight, value_name = "W")]
     pub mid_stream: u32,
     /// Weight of HTTP/2 RST_STREAM (GET /hello over h2c).
-    #[arg(long, default_value_t = 5, value_name = "W")]
+    #[arg(long, default_value_t = 5, value_parser = weight, value_name = "W")]
     pub h2_reset: u32,
     /// How long a leaving client waits before it leaves.
     #[arg(long, default_value = "50ms", value_parser = parse_duration, value_name = "DURATION")]
@@ -171,11 +171,38 @@ fn parse_target(s: &str) -> Result<Target, String> {
         Some(other) => return Err(format!("scheme '{other}' is not supported; use http://")),
         None => return Err("no scheme; write it like http://127.0.0.1:8080".into()),
     }
-    let host = uri.host().ok_or("no host in the URL")?;
-    let port = uri.port_u16().unwrap_or(80);
+    let authority = uri.authority().ok_or("no host in the URL")?;
+    let port = port_or_80(authority)?;
     Ok(Target {
-        authority: format!("{host}:{port}"),
+        authority: format!("{}:{port}", authority.host()),
     })
+}
+
+/// The port an `http://` URL names, 80 if none. `http` parses a port that is
+/// not a number (or too big) as no port at all; here it is an error, not a
+/// quiet :80.
+pub(crate) fn port_or_80(authority: &http::uri::Authority) -> Result<u16, String> {
+    let text = authority.as_str();
+    let host_port = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
+    // After an IPv6 literal's `]`, if any: its colons are not the port's.
+    let after_host = host_port
+        .rsplit_once(']')
+        .map_or(host_port, |(_, rest)| rest);
+    match after_host.rsplit_once(':') {
+        None => Ok(80),
+        Some((_, port)) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(format!("port '{port}' is not a number from 1 to 65535")),
+        },
+    }
+}
+
+/// A traffic weight: bounded, so that the six of them add up without overflow.
+fn weight(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(w) if w <= 1_000_000 => Ok(w),
+        _ => Err("must be a whole number from 0 to 1000000".to_owned()),
+    }
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -306,15 +333,37 @@ mod tests {
             parse_target("http://localhost/").unwrap().authority,
             "localhost:80"
         );
+        assert_eq!(
+            parse_target("http://[::1]:8080").unwrap().authority,
+            "[::1]:8080"
+        );
         for bad in [
             "127.0.0.1:8080",
             "https://x:1",
             "ftp://x",
             "http://",
             "not a url",
+            // Not a quiet :80.
+            "http://127.0.0.1:80800",
+            "http://127.0.0.1:808O",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1:",
         ] {
             assert!(parse_target(bad).is_err(), "{bad} accepted");
         }
+        // Weights that would overflow their sum.
+        let args = [
+            "clientgone",
+            "traffic",
+            "--completed",
+            "4294967295",
+            "--fin",
+            "1",
+        ];
+        assert!(
+            Cli::try_parse_from(args).is_err(),
+            "a weight over 10^6 accepted"
+        );
         for bad in ["0", "-1", "nan", "inf", "lots"] {
             assert!(parse_rate(bad).is_err(), "{bad} accepted");
         }

@@ -197,9 +197,12 @@ pub(crate) async fn forward(
         }
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    if let Some(host) = original_host {
-        headers.insert(X_FORWARDED_HOST, host);
-    }
+    // The client's own X-Forwarded-Host never passes: it would name a host
+    // this proxy did not see (a request may come without `Host` at all).
+    match original_host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
     headers.insert(header::HOST, f.upstream.host.clone());
     inject_trace_context(headers);
     parts.uri = uri;

@@ -57,7 +57,7 @@ impl Upstream {
         if uri.query().is_some() {
             return Err("an upstream URL takes no query".into());
         }
-        let port = authority.port_u16().unwrap_or(80);
+        let port = crate::cli::port_or_80(authority)?;
         let host_port = format!("{}:{port}", authority.host());
         let bad = |e: &dyn std::fmt::Display| format!("bad host '{host_port}': {e}");
         Ok(Upstream {
@@ -138,7 +138,13 @@ mod tests {
             (u.authority.as_str(), u.base_path.as_str(), u.h2c),
             ("svc:80", "/api", true)
         );
-        for bad in ["127.0.0.1:8000", "https://x", "http://x/?q=1", "ftp://x"] {
+        for bad in [
+            "127.0.0.1:8000",
+            "https://x",
+            "http://x/?q=1",
+            "ftp://x",
+            "http://127.0.0.1:80800",
+        ] {
             assert!(Upstream::parse(bad).is_err(), "{bad}");
         }
     }

@@ -101,6 +101,12 @@ fn check_syntax(template: &str) -> Result<(), RouteError> {
     let segments: Vec<&str> = template.split('/').skip(1).collect();
     for (i, segment) in segments.iter().enumerate() {
         let Some(inner) = segment.strip_prefix('{') else {
+            // axum 0.7's syntax, which axum 0.8 refuses (with a panic).
+            if let Some(sigil) = segment.chars().next().filter(|c| matches!(c, ':' | '*')) {
+                return bad(&format!(
+                    "a segment must not start with '{sigil}': write parameters as {{id}} and a catch-all as {{*rest}}"
+                ));
+            }
             if segment.contains(['{', '}']) {
                 return bad("a parameter must be a whole segment, like /users/{id}");
             }
@@ -148,6 +154,8 @@ mod tests {
             "/users/{}",
             "/users/{i-d}",
             "/with space",
+            "/users/:id",
+            "/files/*rest",
         ] {
             let e = table(&[bad]).unwrap_err();
             assert!(e.to_string().starts_with(&format!("route '{bad}'")), "{e}");

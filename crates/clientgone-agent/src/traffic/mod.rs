@@ -93,12 +93,11 @@ pub async fn run(config: TrafficConfig, stop: CancellationToken) -> Summary {
         let progress = progress.clone();
         let (addr, patience) = (config.target, config.patience);
         tasks.spawn(async move {
-            let outcome = tokio::time::timeout(
-                Duration::from_secs(30),
-                client::run(kind, addr, n, patience),
-            )
-            .await
-            .unwrap_or_else(|_| Err("no answer within 30 s".into()));
+            // Beyond the client's own patience, 30 s for the server to answer.
+            let limit = patience.saturating_add(Duration::from_secs(30));
+            let outcome = tokio::time::timeout(limit, client::run(kind, addr, n, patience))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")));
             let mut summary = summary.lock().await;
             summary.record(kind, outcome);
             progress.set_message(summary.progress_line());
