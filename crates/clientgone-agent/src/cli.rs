@@ -50,7 +50,8 @@ pub struct ProxyArgs {
     /// Read route templates from an OpenAPI 3 document's `paths` (YAML or JSON).
     #[arg(long, value_name = "FILE")]
     pub openapi: Option<std::path::PathBuf>,
-    /// How long the upstream may take to send its response head (then 504).
+    /// How long the upstream may take to send its response head (then 504),
+    /// counted again from each piece of request body it takes.
     #[arg(long, default_value = "60s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub upstream_timeout: Duration,
     /// Connection options.

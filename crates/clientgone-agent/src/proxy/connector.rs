@@ -25,6 +25,7 @@ use hyper_util::client::legacy::connect::{
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 /// Connects like `HttpConnector` and keeps a [`SocketHandle`] for each connection.
 #[derive(Clone, Debug)]
@@ -139,6 +140,9 @@ pub(crate) struct ClientSide {
     pub(crate) gone: AtomicBool,
     /// The client's request body has gone upstream to its end.
     pub(crate) body_sent: AtomicBool,
+    /// A piece of the request body went upstream: the upstream is taking it,
+    /// and its deadline starts again (see `forward::upstream_deadline`).
+    pub(crate) body_progress: Notify,
 }
 
 impl ClientSide {
@@ -147,6 +151,7 @@ impl ClientSide {
         ClientSide {
             gone: AtomicBool::new(false),
             body_sent: AtomicBool::new(body_sent),
+            body_progress: Notify::new(),
         }
     }
 }

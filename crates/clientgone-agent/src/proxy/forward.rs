@@ -222,9 +222,13 @@ pub(crate) async fn forward(
     let http1_client = client.as_ref().filter(|_| client_version < Version::HTTP_2);
     let mut guard = route.start(method);
     let in_flight = InFlight::new(f.client.request(request), connection, http1_client, &side);
-    let result = tokio::time::timeout(f.timeout, in_flight).await;
+    let result = tokio::select! {
+        biased;
+        result = in_flight => Ok(result),
+        () = upstream_deadline(&side, f.timeout) => Err(()),
+    };
     match result {
-        Err(_) => {
+        Err(()) => {
             guard.end(UpstreamOutcome::Error);
             plain(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -255,6 +259,19 @@ pub(crate) async fn forward(
                 guard.end(UpstreamOutcome::Completed);
             }
             Response::from_parts(parts, Body::new(UpstreamBody::new(body, guard)))
+        }
+    }
+}
+
+/// Resolves when the upstream has had `timeout` to answer: counted from the
+/// request's start, and again from each piece of its body the upstream takes
+/// — an upload that keeps flowing is not the upstream being slow, however
+/// long it takes.
+async fn upstream_deadline(side: &ClientSide, timeout: Duration) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(timeout) => return,
+            () = side.body_progress.notified(), if !side.body_sent.load(Ordering::Acquire) => {}
         }
     }
 }
@@ -324,6 +341,9 @@ impl http_body::Body for WatchedBody {
                 this.side.body_sent.store(true, Ordering::Release)
             }
             Some(Ok(_)) => {}
+        }
+        if !matches!(frame, Some(Err(_))) {
+            this.side.body_progress.notify_one();
         }
         Poll::Ready(frame)
     }
