@@ -353,9 +353,10 @@ async fn with_the_collector_down_requests_are_not_slowed_and_drops_are_counted()
     .await;
     let rss_before = rss_kib();
     let slowest = serve_many(&traced, 1000).await;
-    // No request waited for an export (each export may take up to its timeout).
+    // No request waited for the exporter's retries. Loose: debug builds on a
+    // loaded 2-core machine; a request held by an export would take seconds.
     assert!(
-        slowest < Duration::from_secs(1),
+        slowest < Duration::from_secs(5),
         "slowest request {slowest:?}"
     );
     let _ = traced.flush().await;
@@ -375,8 +376,9 @@ async fn a_collector_that_never_answers_does_not_stop_the_server() {
     )
     .await;
     let slowest = serve_many(&traced, 600).await;
+    // A request held by the export would take its 30 s timeout.
     assert!(
-        slowest < Duration::from_secs(1),
+        slowest < Duration::from_secs(5),
         "slowest request {slowest:?}"
     );
     let s = wait_for_dropped(&traced).await;
