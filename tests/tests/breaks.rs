@@ -276,3 +276,49 @@ async fn a_half_close_while_waiting_is_a_fin_like_nginx_499() {
     let rest = clientgone_tests::client::read_to_close(&mut stream).await;
     assert!(rest.is_empty(), "no response was sent: {rest:?}");
 }
+
+/// The time to abandon of a `request_body` break is when the body failed, not
+/// when the handler got round to answering.
+#[tokio::test]
+async fn a_request_body_break_is_timed_when_the_body_failed_not_when_the_handler_answered() {
+    const LINGER: std::time::Duration = std::time::Duration::from_millis(1500);
+    let (addr, registry) = clientgone_tests::serve_app(|metrics| {
+        axum::Router::new()
+            .route(
+                "/upload",
+                axum::routing::post(|body: axum::body::Body| async move {
+                    let read = http_body_util::BodyExt::collect(body).await;
+                    assert!(read.is_err(), "the body was cut off");
+                    // Cleanup the handler does before it answers.
+                    tokio::time::sleep(LINGER).await;
+                    (http::StatusCode::BAD_REQUEST, "incomplete body")
+                }),
+            )
+            .layer(clientgone::DisconnectLayer::new(metrics))
+    })
+    .await;
+    let mut raw = b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n".to_vec();
+    raw.extend(std::iter::repeat_n(b'x', 1000));
+    let stream = send_raw(addr, &raw).await;
+    clientgone_tests::wait_until("the upload is in flight", || async {
+        Scrape::from_registry(&registry).value(ACTIVE, &[("http_route", "/upload")]) == 1.0
+    })
+    .await;
+    close_fin(stream);
+
+    let labels = [("http_route", "/upload"), ("phase", "request_body")];
+    let elapsed = "http_server_client_disconnect_elapsed_seconds";
+    let s = clientgone_tests::wait_for_registry_value(
+        &registry,
+        &format!("{elapsed}_count"),
+        &labels,
+        1.0,
+    )
+    .await;
+    let waited = s.value(&format!("{elapsed}_sum"), &labels);
+    assert!(
+        waited < LINGER.as_secs_f64() - 0.5,
+        "recorded {waited} s: the handler's linger counted as the client's wait\n{}",
+        s.text
+    );
+}

@@ -34,6 +34,9 @@ pub(crate) struct RequestShared {
     /// the request ends.
     early_cancel: Mutex<Option<ClientLeftHook>>,
     connection: Option<TrackedConnection>,
+    /// When reading the request body failed: a `request_body` break is
+    /// noticed then, however much later the handler answers.
+    body_failed_at: OnceLock<Instant>,
 }
 
 impl RequestShared {
@@ -48,10 +51,10 @@ impl RequestShared {
             token: OnceLock::new(),
             early_cancel: Mutex::new(None),
             connection,
+            body_failed_at: OnceLock::new(),
         }
     }
 
-    /// The request's connection, where the server gave its `ConnectInfo`.
     /// The connection's state, if no server sees this request but the layer:
     /// then the layer keeps the connection's request bookkeeping (see
     /// `ConnectionState::is_tracked_by_server`).
@@ -62,6 +65,7 @@ impl RequestShared {
             .filter(|state| !state.is_tracked_by_server())
     }
 
+    /// The request's connection, where the server gave its `ConnectInfo`.
     pub(crate) fn connection(&self) -> Option<&TrackedConnection> {
         self.connection.as_ref()
     }
@@ -81,6 +85,9 @@ impl RequestShared {
     }
 
     pub(crate) fn body_ended(&self, progress: BodyProgress) {
+        if progress == BodyProgress::Failed {
+            let _ = self.body_failed_at.set(Instant::now());
+        }
         // Failed is final: a body that failed never "ends" afterwards.
         let _ = self
             .body
@@ -244,7 +251,10 @@ impl RequestGuard {
             route: self.route.route(),
             status: recorded_status(phase, self.status),
             end,
-            elapsed: self.start.elapsed(),
+            elapsed: match (phase, self.shared.body_failed_at.get()) {
+                (Some(Phase::RequestBody), Some(&failed)) => failed - self.start,
+                _ => self.start.elapsed(),
+            },
             body_bytes_sent: self.body_bytes_sent,
         };
         self.route.record(self.method, &record);
