@@ -84,11 +84,13 @@ where
     }
 }
 
-/// The body length hyper will write: the response's `Content-Length` if it
-/// has a valid one (hyper frames by the header), else the body's exact size.
+/// The body length hyper will write: the body's exact size, else the
+/// response's `Content-Length` (a streamed body the handler gave one to).
+/// The exact size first: it is free, where a header lookup is not.
 fn declared_len<B: Body>(res: &Response<B>) -> Option<u64> {
-    match res.headers().get(header::CONTENT_LENGTH) {
-        Some(value) => value.to_str().ok()?.trim().parse().ok(),
-        None => res.body().size_hint().exact(),
+    if let Some(len) = res.body().size_hint().exact() {
+        return Some(len);
     }
+    let value = res.headers().get(header::CONTENT_LENGTH)?;
+    value.to_str().ok()?.trim().parse().ok()
 }
