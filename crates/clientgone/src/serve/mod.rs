@@ -22,7 +22,7 @@ use tower::Service;
 use crate::classify::asks_to_close;
 use crate::connection::{TrackedListener, TrackedStream};
 use connections::{Connections, Controlled, Ended, Stop};
-use request::{InFlight, Served};
+use request::{InFlightMark, Served};
 
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -180,7 +180,7 @@ async fn serve_connection(
             requests_state.mark_client_asked_close();
         }
         req.extensions_mut().insert(info.clone());
-        let in_flight = InFlight::start(&requests_state, &req);
+        let in_flight = InFlightMark::start(&requests_state, &req);
         Served::new(router.clone().call(req), in_flight)
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

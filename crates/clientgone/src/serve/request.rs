@@ -22,23 +22,23 @@ use crate::connection::ConnectionState;
 
 /// One request in flight on its connection, until dropped.
 #[derive(Debug)]
-pub(crate) struct InFlight {
+pub(crate) struct InFlightMark {
     state: Arc<ConnectionState>,
     connect: bool,
 }
 
-impl InFlight {
+impl InFlightMark {
     /// The request's head has arrived: it is in flight from now on.
     pub(crate) fn start<B>(state: &Arc<ConnectionState>, req: &http::Request<B>) -> Self {
         state.request_started(req.version() == http::Version::HTTP_2);
-        InFlight {
+        InFlightMark {
             state: Arc::clone(state),
             connect: req.method() == http::Method::CONNECT,
         }
     }
 }
 
-impl Drop for InFlight {
+impl Drop for InFlightMark {
     fn drop(&mut self) {
         self.state.request_ended();
     }
@@ -51,12 +51,12 @@ pin_project! {
     pub(crate) struct Served<F> {
         #[pin]
         inner: F,
-        in_flight: Option<InFlight>,
+        in_flight: Option<InFlightMark>,
     }
 }
 
 impl<F> Served<F> {
-    pub(crate) fn new(inner: F, in_flight: InFlight) -> Self {
+    pub(crate) fn new(inner: F, in_flight: InFlightMark) -> Self {
         Served {
             inner,
             in_flight: Some(in_flight),
@@ -95,7 +95,7 @@ pin_project! {
     pub(crate) struct ServedBody<B> {
         #[pin]
         inner: B,
-        _in_flight: Option<InFlight>,
+        _in_flight: Option<InFlightMark>,
     }
 }
 
