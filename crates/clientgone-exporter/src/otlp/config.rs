@@ -187,8 +187,15 @@ impl OtlpConfig {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-            return Ok(None);
+        match get("OTEL_SDK_DISABLED") {
+            Some(v) if v.eq_ignore_ascii_case("true") => return Ok(None),
+            Some(v) if !v.eq_ignore_ascii_case("false") => {
+                return Err(ConfigError {
+                    variable: "OTEL_SDK_DISABLED",
+                    message: format!("'{v}' is neither true nor false"),
+                });
+            }
+            _ => {}
         }
         match get("OTEL_TRACES_EXPORTER").as_deref() {
             None | Some("otlp") => {}
@@ -205,6 +212,7 @@ impl OtlpConfig {
         {
             return Ok(None);
         }
+        check_exporter_variables(&get)?;
         let (variable, protocol) = match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
             Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(p)),
             None => (
@@ -269,17 +277,115 @@ impl OtlpConfig {
             config.sample_ratio = ratio;
         }
         if let Some(size) = get("OTEL_BSP_MAX_QUEUE_SIZE") {
-            config.max_queue_size =
-                size.parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| ConfigError {
-                        variable: "OTEL_BSP_MAX_QUEUE_SIZE",
-                        message: format!("'{size}' is not a positive integer"),
-                    })?;
+            // The SDK allocates the whole queue at start: a huge one is an
+            // allocation failure (an abort), not a bigger buffer.
+            config.max_queue_size = whole_number("OTEL_BSP_MAX_QUEUE_SIZE", &size, 1..=MAX_QUEUE)?;
         }
         Ok(Some(config))
     }
+}
+
+/// The largest span queue accepted (about 370 MB of slots, allocated at start).
+const MAX_QUEUE: u64 = 1_000_000;
+
+/// Checks what the OTLP exporter and the SDK read from the environment
+/// themselves — which they would otherwise ignore when malformed, or take
+/// as it comes (a schedule delay of 0 spins a core).
+fn check_exporter_variables(get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    for variable in [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        if let Some(endpoint) = get(variable) {
+            check_endpoint(&endpoint).map_err(|message| ConfigError { variable, message })?;
+        }
+    }
+    for variable in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_RESOURCE_ATTRIBUTES"] {
+        let list = get(variable).unwrap_or_default();
+        let not_a_pair = |item: &&str| {
+            item.split_once('=')
+                .is_none_or(|(key, _)| key.trim().is_empty())
+        };
+        if let Some(item) = list.split(',').filter(|i| !i.is_empty()).find(not_a_pair) {
+            return Err(ConfigError {
+                variable,
+                message: format!("'{item}' is not key=value (write key1=value1,key2=value2)"),
+            });
+        }
+    }
+    for (variable, range) in [
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", 1..=u64::from(u32::MAX)),
+        ("OTEL_BSP_SCHEDULE_DELAY", 1..=u64::from(u32::MAX)),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 1..=MAX_QUEUE),
+    ] {
+        if let Some(value) = get(variable) {
+            whole_number(variable, &value, range)?;
+        }
+    }
+    Ok(())
+}
+
+fn whole_number(
+    variable: &'static str,
+    value: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<usize, ConfigError> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| ConfigError {
+            variable,
+            message: format!(
+                "'{value}' is not a whole number from {} to {}{}",
+                range.start(),
+                range.end(),
+                if variable.ends_with("TIMEOUT") || variable.ends_with("DELAY") {
+                    " (milliseconds)"
+                } else {
+                    ""
+                }
+            ),
+        })
+}
+
+/// An endpoint this build can export to: `http://host[:port][/path]`.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let example = "write it like http://127.0.0.1:4317";
+    let uri: axum::http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("'{endpoint}' is not a URL: {e} ({example})"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "'{endpoint}': https needs TLS, which this build of clientgone leaves out;                  export to the collector over http:// (or through a local collector)"
+            ));
+        }
+        Some(other) => {
+            return Err(format!(
+                "'{endpoint}': scheme '{other}' is not http ({example})"
+            ));
+        }
+        None => return Err(format!("'{endpoint}' has no scheme ({example})")),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("'{endpoint}' has no host ({example})"))?;
+    // `http` reads a port it cannot parse as no port at all.
+    let after_host = authority
+        .as_str()
+        .rsplit_once(']')
+        .map_or(authority.as_str(), |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':')
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return Err(format!(
+            "'{endpoint}': port '{port}' is not a number from 1 to 65535"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -351,11 +457,43 @@ mod tests {
             ("OTEL_TRACES_SAMPLER_ARG", "half"),
             ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
             ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "99999999999999"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "-5"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "garbage"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=1,=2"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "garbage"),
+            ("OTEL_SDK_DISABLED", "maybe"),
             ("OTEL_TRACES_EXPORTER", "zipkin"),
             ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "notaurl"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x:1"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:99999"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://c:43x7/v1/traces",
+            ),
         ] {
             let err = from(&[ep, (var, value)]).unwrap_err();
-            assert!(err.to_string().starts_with(var), "{err}");
+            assert!(err.to_string().starts_with(var), "{var}={value}: {err}");
         }
+        // Well-formed values of the same variables pass.
+        let good = from(&[
+            ep,
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=abc,x=1"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "5000"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
+            ("OTEL_SDK_DISABLED", "FALSE"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://[::1]:4318/v1/traces",
+            ),
+        ]);
+        assert!(matches!(good, Ok(Some(_))), "{good:?}");
     }
 }
