@@ -217,20 +217,20 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 /// `10s`, `500ms`, `2m`.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
-    /// Idle time before TCP keepalive probes start (0s turns keepalive off).
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    /// Idle time before TCP keepalive probes start, whole seconds up to 32767s (0s turns keepalive off).
+    #[arg(long, default_value = "10s", value_parser = keepalive_or_off, value_name = "DURATION")]
     pub tcp_keepalive_idle: Duration,
-    /// Time between TCP keepalive probes.
-    #[arg(long, default_value = "5s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    /// Time between TCP keepalive probes, whole seconds up to 32767s.
+    #[arg(long, default_value = "5s", value_parser = keepalive_time, value_name = "DURATION")]
     pub tcp_keepalive_interval: Duration,
     /// Unanswered keepalive probes before the connection is declared dead.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=127), value_name = "N")]
     pub tcp_keepalive_retries: u32,
-    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged (0s: kernel default).
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    /// TCP_USER_TIMEOUT: how long sent data may stay unacknowledged, up to 24 days (0s: kernel default).
+    #[arg(long, default_value = "30s", value_parser = user_timeout, value_name = "DURATION")]
     pub tcp_user_timeout: Duration,
-    /// Time a client gets to send a complete request head (0s: unbounded).
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    /// Time a client gets to send a complete request head, up to 24h (0s: unbounded).
+    #[arg(long, default_value = "10s", value_parser = header_read_timeout, value_name = "DURATION")]
     pub header_read_timeout: Duration,
 }
 
@@ -249,6 +249,48 @@ impl ConnectionArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 10s, 500ms, 2m)"))
+}
+
+/// A keepalive time as Linux takes it: whole seconds, 1 to 32767.
+fn keepalive_time(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    let max = ConnectionOptions::MAX_TCP_KEEPALIVE;
+    if d.is_zero() || d.subsec_nanos() != 0 || d > max {
+        return Err(format!(
+            "the kernel counts keepalive in whole seconds: from 1s to {}s",
+            max.as_secs()
+        ));
+    }
+    Ok(d)
+}
+
+fn keepalive_or_off(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Ok(d),
+        _ => keepalive_time(s).map_err(|e| format!("{e}, or 0s for no keepalive")),
+    }
+}
+
+fn user_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    let max = ConnectionOptions::MAX_TCP_USER_TIMEOUT;
+    if d.subsec_nanos() % 1_000_000 != 0 || d > max {
+        return Err(format!(
+            "the kernel takes whole milliseconds up to {} ({}ms), or 0s for its default",
+            humantime::format_duration(max),
+            max.as_millis()
+        ));
+    }
+    Ok(d)
+}
+
+fn header_read_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d > Duration::from_secs(86_400) => {
+            Err("at most 24h (0s for no limit at all)".to_owned())
+        }
+        d => Ok(d),
+    }
 }
 
 fn parse_positive_duration(s: &str) -> Result<Duration, String> {
@@ -298,7 +340,7 @@ mod tests {
             "clientgone",
             "demo",
             "--tcp-keepalive-idle",
-            "500ms",
+            "2s",
             "--tcp-user-timeout",
             "2m",
             "--header-read-timeout",
@@ -309,12 +351,18 @@ mod tests {
             panic!("demo")
         };
         let options = args.connection.options();
-        assert_eq!(options.tcp_keepalive_idle, Some(Duration::from_millis(500)));
+        assert_eq!(options.tcp_keepalive_idle, Some(Duration::from_secs(2)));
         assert_eq!(options.tcp_user_timeout, Some(Duration::from_secs(120)));
         assert_eq!(options.header_read_timeout, None);
 
         for bad in [
             ["--tcp-keepalive-idle", "ten"],
+            ["--tcp-keepalive-idle", "500ms"],
+            ["--tcp-keepalive-idle", "10h"],
+            ["--tcp-keepalive-interval", "1.5s"],
+            ["--tcp-user-timeout", "30d"],
+            ["--tcp-user-timeout", "1us"],
+            ["--header-read-timeout", "500000years"],
             ["--tcp-keepalive-interval", "0s"],
             ["--tcp-keepalive-retries", "0"],
             ["--tcp-keepalive-retries", "-1"],

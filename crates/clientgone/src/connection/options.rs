@@ -54,13 +54,25 @@ impl Default for ConnectionOptions {
 }
 
 impl ConnectionOptions {
+    /// The longest keepalive idle time and interval Linux takes (whole
+    /// seconds, `MAX_TCP_KEEPIDLE`); longer ones are applied as this.
+    pub const MAX_TCP_KEEPALIVE: Duration = Duration::from_secs(32_767);
+
+    /// The most keepalive probes Linux takes (`MAX_TCP_KEEPCNT`).
+    pub const MAX_TCP_KEEPALIVE_RETRIES: u32 = 127;
+
+    /// The longest `TCP_USER_TIMEOUT` Linux takes (milliseconds in a C `int`,
+    /// about 24.8 days); longer ones are applied as this.
+    pub const MAX_TCP_USER_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
     /// Sets the idle time before keepalive probes start (`None`: no keepalive).
+    /// The kernel counts whole seconds: a fraction is rounded up.
     pub fn tcp_keepalive_idle(mut self, idle: impl Into<Option<Duration>>) -> Self {
         self.tcp_keepalive_idle = idle.into();
         self
     }
 
-    /// Sets the time between keepalive probes.
+    /// Sets the time between keepalive probes (whole seconds, rounded up).
     pub fn tcp_keepalive_interval(mut self, interval: Duration) -> Self {
         self.tcp_keepalive_interval = interval;
         self
@@ -101,16 +113,89 @@ impl ConnectionOptions {
         }
         if let Some(idle) = self.tcp_keepalive_idle {
             let keepalive = TcpKeepalive::new()
-                .with_time(idle)
-                .with_interval(self.tcp_keepalive_interval)
-                .with_retries(self.tcp_keepalive_retries);
+                .with_time(keepalive_seconds(idle))
+                .with_interval(keepalive_seconds(self.tcp_keepalive_interval))
+                .with_retries(
+                    self.tcp_keepalive_retries
+                        .clamp(1, Self::MAX_TCP_KEEPALIVE_RETRIES),
+                );
             if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
-                tracing::debug!(error = %e, "cannot set TCP keepalive");
+                tracing::warn!(error = %e, "cannot set TCP keepalive: silent breaks go unnoticed");
             }
         }
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        if let Err(e) = sock.set_tcp_user_timeout(self.tcp_user_timeout) {
-            tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
+        if let Err(e) = sock.set_tcp_user_timeout(self.tcp_user_timeout.map(user_timeout)) {
+            tracing::warn!(error = %e, "cannot set TCP_USER_TIMEOUT");
         }
+    }
+}
+
+/// A keepalive time as Linux takes it: whole seconds (a fraction rounded up,
+/// where socket2 would truncate 500 ms to the invalid 0), 1 to the maximum.
+fn keepalive_seconds(d: Duration) -> Duration {
+    let seconds = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    Duration::from_secs(seconds).clamp(Duration::from_secs(1), ConnectionOptions::MAX_TCP_KEEPALIVE)
+}
+
+/// A user timeout as Linux takes it: 1 ms (0 would mean "the default") to the maximum.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn user_timeout(d: Duration) -> Duration {
+    d.clamp(
+        Duration::from_millis(1),
+        ConnectionOptions::MAX_TCP_USER_TIMEOUT,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_times_are_whole_seconds_the_kernel_takes() {
+        let ms = Duration::from_millis;
+        assert_eq!(keepalive_seconds(ms(500)), Duration::from_secs(1));
+        assert_eq!(keepalive_seconds(ms(1500)), Duration::from_secs(2));
+        assert_eq!(
+            keepalive_seconds(Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            keepalive_seconds(Duration::from_secs(36_000)),
+            ConnectionOptions::MAX_TCP_KEEPALIVE
+        );
+        assert_eq!(user_timeout(Duration::from_nanos(1)), ms(1));
+        assert_eq!(
+            user_timeout(Duration::from_secs(30 * 86_400)),
+            ConnectionOptions::MAX_TCP_USER_TIMEOUT
+        );
+    }
+
+    /// The values above are the ones Linux accepts: set on a real socket.
+    #[tokio::test]
+    async fn extreme_options_still_apply_to_a_real_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let options = ConnectionOptions::default()
+            .tcp_keepalive_idle(Duration::from_secs(36_000))
+            .tcp_keepalive_interval(Duration::from_millis(500))
+            .tcp_keepalive_retries(1000)
+            .tcp_user_timeout(Duration::from_secs(30 * 86_400));
+        options.apply(&stream);
+        let sock = SockRef::from(&stream);
+        assert_eq!(
+            sock.tcp_keepalive_time().unwrap(),
+            ConnectionOptions::MAX_TCP_KEEPALIVE
+        );
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(1)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 127);
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(ConnectionOptions::MAX_TCP_USER_TIMEOUT)
+        );
     }
 }
