@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            say!("clientgone: {} (see 'clientgone --help')", first_line(&e));
+            say!("clientgone: {} (see '{}')", usage_error(&e), help_command());
             return ExitCode::from(USAGE);
         }
     };
@@ -271,10 +271,31 @@ async fn run_traffic(args: TrafficArgs) -> ExitCode {
     }
 }
 
-fn first_line(e: &clap::Error) -> String {
+/// clap's error on one line: its first paragraph (a missing argument's name
+/// is on the line after the message), without the usage that follows.
+fn usage_error(e: &clap::Error) -> String {
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "a command is required: demo, traffic or proxy".to_owned();
+    }
     let rendered = e.render().to_string();
-    let line = rendered.lines().next().unwrap_or("invalid arguments");
-    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+    let paragraph = rendered.split("\n\n").next().unwrap_or("invalid arguments");
+    let line = paragraph
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_owned()
+}
+
+/// The help to point at: the command's own, if the arguments name one.
+fn help_command() -> String {
+    match std::env::args().nth(1) {
+        Some(command) if ["demo", "traffic", "proxy"].contains(&command.as_str()) => {
+            format!("clientgone {command} --help")
+        }
+        _ => "clientgone --help".to_owned(),
+    }
 }
 
 async fn shutdown_signal() {

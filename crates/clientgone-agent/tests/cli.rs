@@ -74,6 +74,16 @@ fn bad_flags_are_one_line_and_exit_2() {
         ],
         &["traffic", "--target", "https://x"],
         &["traffic", "--target", "http://127.0.0.1:1", "--rate", "0"],
+        &["demo", "--tcp-keepalive-idle", "500ms"],
+        &["demo", "--tcp-user-timeout", "30d"],
+        &["proxy", "--upstream", "http://127.0.0.1:80800"],
+        &[
+            "proxy",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--route",
+            "/users/:id",
+        ],
     ] {
         let (code, stderr) = run_to_end(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
@@ -81,6 +91,18 @@ fn bad_flags_are_one_line_and_exit_2() {
         assert!(stderr.starts_with("clientgone: "), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+    // What is missing is named, and the help pointed at is the command's own.
+    for (args, says) in [
+        (&["proxy"][..], "--upstream"),
+        (&["traffic"], "--target"),
+        (&[], "a command is required"),
+    ] {
+        let (code, stderr) = run_to_end(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let (_, stderr) = run_to_end(&["proxy"]);
+    assert!(stderr.contains("'clientgone proxy --help'"), "{stderr}");
 }
 
 #[test]
