@@ -111,7 +111,7 @@ pub struct TrafficArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Duration,
     /// Stop after this many requests.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
     pub requests: Option<u64>,
     /// Requests in flight at most.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
@@ -173,6 +173,16 @@ fn parse_target(s: &str) -> Result<Target, String> {
         None => return Err("no scheme; write it like http://127.0.0.1:8080".into()),
     }
     let authority = uri.authority().ok_or("no host in the URL")?;
+    if authority.as_str().contains('@') {
+        return Err("the target takes no user or password".into());
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() || s.contains('#') {
+        return Err(
+            "the target is a server, not a page: give it without a path \
+             (traffic requests the demo's own routes)"
+                .into(),
+        );
+    }
     let port = port_or_80(authority)?;
     Ok(Target {
         authority: format!("{}:{port}", authority.host()),
@@ -397,6 +407,8 @@ mod tests {
             "http://127.0.0.1:808O",
             "http://127.0.0.1:0",
             "http://127.0.0.1:",
+            "http://127.0.0.1:8080/sub/path",
+            "http://u:p@127.0.0.1:8080",
         ] {
             assert!(parse_target(bad).is_err(), "{bad} accepted");
         }

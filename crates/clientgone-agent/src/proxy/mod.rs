@@ -57,6 +57,14 @@ impl Upstream {
         if uri.query().is_some() {
             return Err("an upstream URL takes no query".into());
         }
+        if url.contains('#') {
+            return Err("an upstream URL takes no fragment".into());
+        }
+        if authority.as_str().contains('@') {
+            return Err(
+                "an upstream URL takes no user or password: the proxy would not send them".into(),
+            );
+        }
         let port = crate::cli::port_or_80(authority)?;
         let host_port = format!("{}:{port}", authority.host());
         let bad = |e: &dyn std::fmt::Display| format!("bad host '{host_port}': {e}");
@@ -144,6 +152,8 @@ mod tests {
             "http://x/?q=1",
             "ftp://x",
             "http://127.0.0.1:80800",
+            "http://user:pw@127.0.0.1:8000",
+            "http://127.0.0.1:8000#frag",
         ] {
             assert!(Upstream::parse(bad).is_err(), "{bad}");
         }

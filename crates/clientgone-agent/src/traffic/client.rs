@@ -118,8 +118,7 @@ async fn leave_waiting_handler(
         b"GET /hello?delay_ms=60000 HTTP/1.1\r\nHost: traffic\r\n\r\n",
     )
     .await?;
-    // The client's own impatience, not a wait for a condition.
-    tokio::time::sleep(patience).await;
+    wait_patiently(&mut stream, patience).await?;
     if with_rst {
         reset(stream)
     } else {
@@ -134,9 +133,27 @@ async fn half_body(addr: SocketAddr, patience: Duration) -> Result<(), Failure> 
         b"POST /upload HTTP/1.1\r\nHost: traffic\r\nContent-Length: 1000000\r\n\r\n".to_vec();
     request.extend(std::iter::repeat_n(b'x', 1000));
     send(&mut stream, &request).await?;
-    tokio::time::sleep(patience).await;
+    wait_patiently(&mut stream, patience).await?;
     drop(stream);
     Ok(())
+}
+
+/// The client's own impatience, not a wait for a condition. A server that
+/// answers (or closes) meanwhile had nothing in flight when the client left:
+/// no break to expect on `/metrics`, so the request failed its script.
+async fn wait_patiently(stream: &mut TcpStream, patience: Duration) -> Result<(), Failure> {
+    let mut first = [0u8; 128];
+    tokio::select! {
+        () = tokio::time::sleep(patience) => Ok(()),
+        read = stream.read(&mut first) => Err(match read {
+            Ok(0) => "the server closed before the client left".to_owned(),
+            Ok(n) => format!(
+                "the server answered before the client left: {}",
+                String::from_utf8_lossy(&first[..n]).lines().next().unwrap_or_default()
+            ),
+            Err(e) => format!("read: {e}"),
+        }),
+    }
 }
 
 async fn mid_stream(addr: SocketAddr) -> Result<(), Failure> {
@@ -150,6 +167,13 @@ async fn mid_stream(addr: SocketAddr) -> Result<(), Failure> {
     let mut seen = Vec::new();
     while !seen.windows(8).any(|w| w == b"chunk 0\n") {
         read_more(&mut stream, &mut seen, "the stream started").await?;
+        if seen.windows(4).any(|w| w == b"\r\n\r\n") && !seen.starts_with(b"HTTP/1.1 200") {
+            let status = String::from_utf8_lossy(&seen);
+            return Err(format!(
+                "unexpected answer: {}",
+                status.lines().next().unwrap_or_default()
+            ));
+        }
     }
     reset(stream)
 }
@@ -164,10 +188,17 @@ async fn h2_reset(addr: SocketAddr, patience: Duration) -> Result<(), Failure> {
     let request = http::Request::get("http://traffic/hello?delay_ms=60000")
         .body(())
         .map_err(|e| e.to_string())?;
-    let (response, mut stream) = sender
+    let (mut response, mut stream) = sender
         .send_request(request, true)
         .map_err(|e| format!("h2 request: {e}"))?;
-    tokio::time::sleep(patience).await;
+    // As `wait_patiently`: an answer before the reset leaves nothing to reset.
+    tokio::select! {
+        () = tokio::time::sleep(patience) => {}
+        answer = &mut response => return Err(match answer {
+            Ok(r) => format!("the server answered before the client left: {}", r.status()),
+            Err(e) => format!("h2 response: {e}"),
+        }),
+    }
     stream.send_reset(h2::Reason::CANCEL);
     // The connection stays up a moment, as a browser's would, so the server
     // handles the RST_STREAM before it sees the connection go (closing at once
