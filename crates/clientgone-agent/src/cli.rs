@@ -71,9 +71,10 @@ them). Honoured variables:
   OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER
   (parentbased_traceidratio | traceidratio | always_on | always_off |
   parentbased_always_on | parentbased_always_off), OTEL_TRACES_SAMPLER_ARG,
-  OTEL_BSP_MAX_QUEUE_SIZE,
-  OTEL_BSP_SCHEDULE_DELAY, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_SDK_DISABLED,
-  OTEL_TRACES_EXPORTER (otlp | none)
+  OTEL_BSP_MAX_QUEUE_SIZE (up to 1000000), OTEL_BSP_SCHEDULE_DELAY (ms),
+  OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_SDK_DISABLED (true | false),
+  OTEL_TRACES_EXPORTER (otlp | none). A malformed value stops the start (exit 2).
+  Endpoints are http:// (this build has no TLS).
 
 TOKIO_WORKER_THREADS sets the number of worker threads (default: the CPUs this
 process may use); with one, the runtime is single-threaded.";

@@ -90,6 +90,8 @@ fn main() -> ExitCode {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                // Colours only for a terminal, not for a file or a log collector.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_filter(log_filter),
         )
         .init();
@@ -212,9 +214,10 @@ async fn run_proxy(
         }
     };
     say!(
-        "clientgone proxy: http://{} -> {} ({count} route templates), metrics on http://{}/metrics",
+        "clientgone proxy: http://{} -> {} ({count} route template{}), metrics on http://{}/metrics",
         running.addr,
         args.upstream,
+        if count == 1 { "" } else { "s" },
         running.metrics_addr
     );
     serve_until_signal(running, "proxy").await

@@ -89,7 +89,19 @@ pub async fn start(
         layer = layer.with_tracer(tracer);
     }
     let listener = bind(&config.listen, "--listen").await?;
-    let metrics_listener = bind(&config.metrics_listen, "--metrics-listen").await?;
+    let metrics_listener = match bind(&config.metrics_listen, "--metrics-listen").await {
+        // Port 0 picks a free port each time: the same text is no clash then.
+        Err(_)
+            if local_addr(&listener)
+                .is_ok_and(|a| a.port() != 0 && a.to_string() == config.metrics_listen) =>
+        {
+            return Err(StartError(format!(
+                "--listen and --metrics-listen are both {}: give one of them another port",
+                config.metrics_listen
+            )));
+        }
+        other => other?,
+    };
     let addr = local_addr(&listener)?;
     let metrics_addr = local_addr(&metrics_listener)?;
 

@@ -35,9 +35,15 @@ impl RouteTable {
             if table.templates.contains(&template) {
                 continue;
             }
-            matcher
-                .insert(template.as_str(), ())
-                .map_err(|e| RouteError(format!("route '{template}': {e}")))?;
+            matcher.insert(template.as_str(), ()).map_err(|e| {
+                RouteError(match e {
+                    matchit::InsertError::Conflict { with } => format!(
+                        "route '{template}' conflicts with route '{with}': a path would match \
+                         both (keep one, or make them differ in a fixed segment)"
+                    ),
+                    other => format!("route '{template}': {other}"),
+                })
+            })?;
             table.templates.push(template);
         }
         Ok(table)
@@ -48,7 +54,8 @@ impl RouteTable {
         let shown = path.display();
         let text = std::fs::read_to_string(path)
             .map_err(|e| RouteError(format!("cannot read --openapi {shown}: {e}")))?;
-        Self::new(openapi_paths(&text).map_err(|e| RouteError(format!("--openapi {shown}: {e}")))?)
+        let in_file = |e: &dyn std::fmt::Display| RouteError(format!("--openapi {shown}: {e}"));
+        Self::new(openapi_paths(&text).map_err(|e| in_file(&e))?).map_err(|e| in_file(&e))
     }
 
     /// Adds the templates of `other` (after this table's).
