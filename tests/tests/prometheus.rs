@@ -130,6 +130,7 @@ async fn query(prom: &Prometheus, expr: &str) -> Result<usize, String> {
 /// Substitutes the dashboard's variables as Grafana would with "All" selected.
 fn substitute(expr: &str) -> String {
     expr.replace("$__rate_interval", "15s")
+        .replace("$__interval", "30s")
         .replace("${job}", ".*")
         .replace("$job", ".*")
         .replace("${instance}", ".*")
