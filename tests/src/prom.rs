@@ -85,6 +85,18 @@ impl Scrape {
         self.matching(name, labels).map(|(_, v)| v).sum()
     }
 
+    /// Asserts that [`value`](Self::value) is `expected`; the failure shows the
+    /// whole scrape.
+    #[track_caller]
+    pub fn assert_value(&self, name: &str, labels: &[(&str, &str)], expected: f64) {
+        let value = self.value(name, labels);
+        assert!(
+            value == expected,
+            "{name}{labels:?} is {value}, expected {expected}\n{}",
+            self.text
+        );
+    }
+
     /// Samples named `name` whose labels include `labels`.
     pub fn matching<'a>(
         &'a self,

@@ -54,7 +54,7 @@ async fn fin_while_the_handler_runs_is_handler_closed_with_499() {
         ("http_response_status_code", "499"),
         ("outcome", "client_disconnect"),
     ];
-    assert_eq!(s.value(DURATION_COUNT, &broken), 1.0, "{}", s.text);
+    s.assert_value(DURATION_COUNT, &broken, 1.0);
     assert_eq!(s.value(DURATION_COUNT, &[]), 1.0, "observed exactly once");
     assert_eq!(s.value(ELAPSED_COUNT, &[("phase", "handler")]), 1.0);
     assert_eq!(s.value(ACTIVE, &[("http_route", "/hello")]), 0.0);
@@ -100,18 +100,13 @@ async fn half_body_then(close: fn(tokio::net::TcpStream), cause: &str) {
     let s = wait_for_value(demo.metrics_addr, DISCONNECTS, &labels, 1.0).await;
     assert_eq!(total_disconnects(&s), 1.0, "{}", s.text);
     // The handler answered 400 into a dead socket; that is not a completed request.
-    assert_eq!(
-        s.value(DURATION_COUNT, &[("outcome", "completed")]),
-        0.0,
-        "{}",
-        s.text
-    );
+    s.assert_value(DURATION_COUNT, &[("outcome", "completed")], 0.0);
     let broken = [
         ("http_route", "/upload"),
         ("http_response_status_code", "499"),
         ("outcome", "client_disconnect"),
     ];
-    assert_eq!(s.value(DURATION_COUNT, &broken), 1.0, "{}", s.text);
+    s.assert_value(DURATION_COUNT, &broken, 1.0);
     wait_for_value(demo.metrics_addr, ACTIVE, &[("http_route", "/upload")], 0.0).await;
 }
 
@@ -164,7 +159,7 @@ async fn mid_stream(close: fn(tokio::net::TcpStream)) -> Scrape {
 async fn rst_while_streaming_is_response_body_with_status_kept() {
     let s = mid_stream(close_rst).await;
     let labels = [("phase", "response_body"), ("cause", "reset")];
-    assert_eq!(s.value(DISCONNECTS, &labels), 1.0, "{}", s.text);
+    s.assert_value(DISCONNECTS, &labels, 1.0);
 }
 
 #[tokio::test]
@@ -209,12 +204,7 @@ async fn http2_rst_stream_is_stream_reset_and_the_connection_lives_on() {
     let (status, body) = h2.get("/items/7").await;
     assert_eq!((status, &body[..]), (200, &b"item 7\n"[..]));
     let s = scrape(demo.metrics_addr).await;
-    assert_eq!(
-        s.value("http_server_open_connections", &[]),
-        1.0,
-        "{}",
-        s.text
-    );
+    s.assert_value("http_server_open_connections", &[], 1.0);
     assert_eq!(
         s.value(CLOSES, &[]),
         0.0,
@@ -232,8 +222,8 @@ async fn an_http2_client_that_says_goaway_when_done_closes_idle_not_a_break() {
     assert_eq!(status, 200);
     h2.close_gracefully().await;
     let s = wait_for_value(demo.metrics_addr, "http_server_open_connections", &[], 0.0).await;
-    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 1.0, "{}", s.text);
-    assert_eq!(s.value(CLOSES, &[]), 1.0, "{}", s.text);
+    s.assert_value(CLOSES, &[("reason", "idle")], 1.0);
+    s.assert_value(CLOSES, &[], 1.0);
     assert_eq!(total_disconnects(&s), 0.0, "{}", s.text);
 }
 
@@ -249,8 +239,8 @@ async fn an_http2_goaway_with_the_socket_left_open_is_the_client_closing_idle() 
     // The server answers with its own frames, then closes.
     clientgone_tests::client::read_to_close(&mut stream).await;
     let s = wait_for_value(demo.metrics_addr, "http_server_open_connections", &[], 0.0).await;
-    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 1.0, "{}", s.text);
-    assert_eq!(s.value(CLOSES, &[]), 1.0, "{}", s.text);
+    s.assert_value(CLOSES, &[("reason", "idle")], 1.0);
+    s.assert_value(CLOSES, &[], 1.0);
 }
 
 #[tokio::test]

@@ -140,19 +140,14 @@ async fn slowloris_heads_are_closed_as_incomplete_requests_while_others_are_serv
     } else {
         wait_for_value(demo.metrics_addr, CLOSES, &[], LORIS as f64 + 1.0).await
     };
-    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 1.0, "{}", s.text);
+    s.assert_value(CLOSES, &[("reason", "idle")], 1.0);
     assert_eq!(s.value("http_server_client_disconnects_total", &[]), 0.0);
     let completed = [("http_route", "/items/{id}"), ("outcome", "completed")];
     assert_eq!(
         s.value("http_server_request_duration_seconds_count", &completed),
         20.0
     );
-    assert_eq!(
-        s.value("http_server_request_duration_seconds_count", &[]),
-        20.0,
-        "{}",
-        s.text
-    );
+    s.assert_value("http_server_request_duration_seconds_count", &[], 20.0);
 }
 
 #[tokio::test]
@@ -169,8 +164,8 @@ async fn a_client_that_asks_for_the_close_closes_idle_even_though_the_server_clo
         assert!(answer.starts_with(b"HTTP/1."), "{answer:?}");
     }
     let s = wait_for_value(demo.metrics_addr, "http_server_open_connections", &[], 0.0).await;
-    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 3.0, "{}", s.text);
-    assert_eq!(s.value(CLOSES, &[]), 3.0, "{}", s.text);
+    s.assert_value(CLOSES, &[("reason", "idle")], 3.0);
+    s.assert_value(CLOSES, &[], 3.0);
     assert_eq!(s.value("http_server_client_disconnects_total", &[]), 0.0);
 }
 
@@ -209,8 +204,17 @@ async fn under_axum_serve_a_client_that_asks_for_the_close_closes_idle() {
         0.0,
     )
     .await;
-    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 2.0, "{}", s.text);
-    assert_eq!(s.value(CLOSES, &[]), 2.0, "{}", s.text);
+    s.assert_value(CLOSES, &[("reason", "idle")], 2.0);
+    s.assert_value(CLOSES, &[], 2.0);
+}
+
+/// `make_app` served as a user would, with this header-read timeout.
+async fn serve_with_head_timeout(
+    timeout: Duration,
+    make_app: impl FnOnce(clientgone::Metrics) -> Router,
+) -> (std::net::SocketAddr, prometheus::Registry) {
+    let options = ConnectionOptions::default().header_read_timeout(timeout);
+    serve_app_on("127.0.0.1:0", options, make_app).await
 }
 
 /// A request on a route the layer does not cover is still a request in flight
@@ -218,24 +222,20 @@ async fn under_axum_serve_a_client_that_asks_for_the_close_closes_idle() {
 #[tokio::test]
 async fn a_slow_request_on_a_route_outside_the_layer_is_not_cut_by_the_header_timeout() {
     let timeout = Duration::from_millis(300);
-    let (addr, registry) = serve_app_on(
-        "127.0.0.1:0",
-        ConnectionOptions::default().header_read_timeout(timeout),
-        |metrics| {
-            Router::new()
-                .route("/covered", get(|| async { "covered" }))
-                .layer(DisconnectLayer::new(metrics))
-                // Added after the layer: not covered by it.
-                .route(
-                    "/uncovered",
-                    get(move || async move {
-                        // Slower than the longest a head may wait (1.5 × timeout).
-                        tokio::time::sleep(timeout * 4).await;
-                        "uncovered"
-                    }),
-                )
-        },
-    )
+    let (addr, registry) = serve_with_head_timeout(timeout, |metrics| {
+        Router::new()
+            .route("/covered", get(|| async { "covered" }))
+            .layer(DisconnectLayer::new(metrics))
+            // Added after the layer: not covered by it.
+            .route(
+                "/uncovered",
+                get(move || async move {
+                    // Slower than the longest a head may wait (1.5 × timeout).
+                    tokio::time::sleep(timeout * 4).await;
+                    "uncovered"
+                }),
+            )
+    })
     .await;
 
     let mut conn = Http1Connection::open(addr).await;
@@ -249,7 +249,7 @@ async fn a_slow_request_on_a_route_outside_the_layer_is_not_cut_by_the_header_ti
     );
     conn.close().await;
     let s = wait_for_registry_value(&registry, CLOSES, &[], 1.0).await;
-    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 1.0, "{}", s.text);
+    s.assert_value(CLOSES, &[("reason", "idle")], 1.0);
 }
 
 /// An HTTP/2 connection that a pooled client opens ahead of its first request
@@ -258,15 +258,11 @@ async fn a_slow_request_on_a_route_outside_the_layer_is_not_cut_by_the_header_ti
 #[tokio::test]
 async fn an_http2_connection_idle_before_its_first_request_is_not_cut() {
     let timeout = Duration::from_millis(300);
-    let (addr, registry) = serve_app_on(
-        "127.0.0.1:0",
-        ConnectionOptions::default().header_read_timeout(timeout),
-        |metrics| {
-            Router::new()
-                .route("/hello", get(|| async { "hello" }))
-                .layer(DisconnectLayer::new(metrics))
-        },
-    )
+    let (addr, registry) = serve_with_head_timeout(timeout, |metrics| {
+        Router::new()
+            .route("/hello", get(|| async { "hello" }))
+            .layer(DisconnectLayer::new(metrics))
+    })
     .await;
 
     let mut h2 = H2Connection::open(addr).await;
@@ -279,7 +275,7 @@ async fn an_http2_connection_idle_before_its_first_request_is_not_cut() {
     assert_eq!(h2.get("/hello").await, (200, "hello".into()));
     h2.close_gracefully().await;
     let s = wait_for_registry_value(&registry, CLOSES, &[], 2.0).await;
-    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 1.0, "{}", s.text);
+    s.assert_value(CLOSES, &[("reason", "idle")], 1.0);
 }
 
 /// After a `101`, the connection carries another protocol: what the client
@@ -331,15 +327,10 @@ async fn an_upgraded_connection_closed_by_its_client_closes_idle() {
     close_fin(stream);
 
     let s = wait_for_registry_value(&registry, CLOSES, &[], 1.0).await;
-    assert_eq!(s.value(CLOSES, &[("reason", "idle")]), 1.0, "{}", s.text);
+    s.assert_value(CLOSES, &[("reason", "idle")], 1.0);
     let upgraded = [
         ("http_response_status_code", "101"),
         ("outcome", "completed"),
     ];
-    assert_eq!(
-        s.value("http_server_request_duration_seconds_count", &upgraded),
-        1.0,
-        "{}",
-        s.text
-    );
+    s.assert_value("http_server_request_duration_seconds_count", &upgraded, 1.0);
 }

@@ -165,18 +165,8 @@ async fn malformed_requests_get_an_answer_and_the_server_keeps_serving() {
     }
     let s = wait_for_value(demo.metrics_addr, "http_server_open_connections", &[], 0.0).await;
     let opened = 2.0 * cases.len() as f64;
-    assert_eq!(
-        s.value("http_server_connection_closes_total", &[]),
-        opened,
-        "{}",
-        s.text
-    );
-    assert_eq!(
-        s.value("http_server_client_disconnects_total", &[]),
-        0.0,
-        "{}",
-        s.text
-    );
+    s.assert_value("http_server_connection_closes_total", &[], opened);
+    s.assert_value("http_server_client_disconnects_total", &[], 0.0);
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a panic was caught");
 }
 

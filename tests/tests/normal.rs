@@ -43,12 +43,7 @@ async fn keep_alive_requests_closed_cleanly_are_never_breaks() {
         5.0,
     )
     .await;
-    assert_eq!(
-        s.value("http_server_connection_closes_total", &[]),
-        5.0,
-        "{}",
-        s.text
-    );
+    s.assert_value("http_server_connection_closes_total", &[], 5.0);
     assert_eq!(s.value("http_server_client_disconnects_total", &[]), 0.0);
     let completed = [
         ("http_request_method", "GET"),
@@ -102,18 +97,12 @@ async fn a_timeout_inside_the_layer_is_the_server_answering_not_a_client_leaving
         ("http_response_status_code", "408"),
         ("outcome", "completed"),
     ];
-    assert_eq!(
-        s.value("http_server_request_duration_seconds_count", &timed_out),
+    s.assert_value(
+        "http_server_request_duration_seconds_count",
+        &timed_out,
         1.0,
-        "{}",
-        s.text
     );
-    assert_eq!(
-        s.value("http_server_client_disconnects_total", &[]),
-        0.0,
-        "{}",
-        s.text
-    );
+    s.assert_value("http_server_client_disconnects_total", &[], 0.0);
 }
 
 #[tokio::test]
@@ -288,18 +277,12 @@ async fn a_streamed_body_with_a_content_length_is_completed_when_its_bytes_are_o
         ("http_response_status_code", "200"),
         ("outcome", "completed"),
     ];
-    assert_eq!(
-        s.value("http_server_request_duration_seconds_count", &completed),
+    s.assert_value(
+        "http_server_request_duration_seconds_count",
+        &completed,
         3.0,
-        "{}",
-        s.text
     );
-    assert_eq!(
-        s.value("http_server_client_disconnects_total", &[]),
-        0.0,
-        "{}",
-        s.text
-    );
+    s.assert_value("http_server_client_disconnects_total", &[], 0.0);
 }
 
 #[tokio::test]
@@ -336,11 +319,6 @@ async fn a_handler_that_panics_is_the_servers_failure_not_a_client_leaving() {
         1.0,
     )
     .await;
-    assert_eq!(
-        s.value("http_server_client_disconnects_total", &[]),
-        0.0,
-        "{}",
-        s.text
-    );
+    s.assert_value("http_server_client_disconnects_total", &[], 0.0);
     assert_eq!(s.value("http_server_active_requests", &[]), 0.0);
 }

@@ -184,7 +184,7 @@ async fn breaks_are_counted_under_the_template_and_the_upstream_sees_its_request
             ("cause", cause),
         ];
         let s = wait_for_value(proxy.metrics_addr, DISCONNECTS, &labels, 1.0).await;
-        assert_eq!(s.value(DISCONNECTS, &[]), (n + 1) as f64, "{}", s.text);
+        s.assert_value(DISCONNECTS, &[], (n + 1) as f64);
         let noticed = upstream_cancelled_at(&upstream, &path).await - broke_at;
         assert!(
             noticed < 0.2,
@@ -255,12 +255,7 @@ async fn a_streamed_response_broken_midway_is_response_body_with_its_status() {
         ("http_response_status_code", "200"),
         ("outcome", "client_disconnect"),
     ];
-    assert_eq!(
-        s.value("http_server_request_duration_seconds_count", &kept),
-        1.0,
-        "{}",
-        s.text
-    );
+    s.assert_value("http_server_request_duration_seconds_count", &kept, 1.0);
     upstream_cancelled_at(&upstream, path).await;
     let cancelled = [
         ("http_route", "/stream"),
@@ -293,7 +288,7 @@ async fn a_thousand_keep_alive_requests_pass_byte_identical_over_reused_connecti
         conn.close().await;
     }
     let s = wait_for_value(proxy.metrics_addr, "http_server_open_connections", &[], 0.0).await;
-    assert_eq!(s.value(DISCONNECTS, &[]), 0.0, "{}", s.text);
+    s.assert_value(DISCONNECTS, &[], 0.0);
     let done = [("http_route", "/echo/{n}"), ("outcome", "completed")];
     assert_eq!(
         s.value("http_server_request_duration_seconds_count", &done),
@@ -306,6 +301,18 @@ async fn a_thousand_keep_alive_requests_pass_byte_identical_over_reused_connecti
         connections <= 8,
         "the upstream saw {connections} connections: no reuse"
     );
+}
+
+/// The headers the upstream saw on its request for `path`.
+async fn headers_received(upstream: &PythonUpstream, path: &str) -> serde_json::Map<String, Value> {
+    let events = upstream.events().await;
+    let request = events["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == path)
+        .unwrap_or_else(|| panic!("the upstream never got {path}: {events}"));
+    request["headers"].as_object().unwrap().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,15 +338,7 @@ async fn hop_by_hop_headers_stay_behind_and_forwarded_headers_are_added() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    let events = upstream.events().await;
-    let request = events["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["path"] == "/users/1?probe=headers")
-        .expect("the upstream got the request")
-        .clone();
-    let headers = request["headers"].as_object().unwrap();
+    let headers = headers_received(&upstream, "/users/1?probe=headers").await;
     for gone in [
         "connection",
         "x-hop",
@@ -370,15 +369,7 @@ async fn hop_by_hop_headers_stay_behind_and_forwarded_headers_are_added() {
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    let events = upstream.events().await;
-    let request = events["requests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["path"] == "/users/2?probe=no-host")
-        .expect("the upstream got the request")
-        .clone();
-    let headers = request["headers"].as_object().unwrap();
+    let headers = headers_received(&upstream, "/users/2?probe=no-host").await;
     assert!(
         !headers.contains_key("x-forwarded-host"),
         "the client's X-Forwarded-Host reached the upstream: {headers:?}"
@@ -421,13 +412,8 @@ async fn upstream_failures_are_502_or_504_never_client_disconnects() {
 
     for (server, errors) in [(&down, 1.0), (&proxy, 2.0)] {
         let s = scrape(server.metrics_addr).await;
-        assert_eq!(s.value(DISCONNECTS, &[]), 0.0, "{}", s.text);
-        assert_eq!(
-            s.value(UPSTREAM, &[("outcome", "error")]),
-            errors,
-            "{}",
-            s.text
-        );
+        s.assert_value(DISCONNECTS, &[], 0.0);
+        s.assert_value(UPSTREAM, &[("outcome", "error")], errors);
     }
     let s = scrape(proxy.metrics_addr).await;
     let timed_out = [

@@ -170,12 +170,7 @@ async fn expect_timeout_break(server: &mut Server, phase: &str, cut_at: Instant,
         noticed <= bound,
         "noticed after {noticed:?}, bound {bound:?}"
     );
-    assert_eq!(
-        s.value("http_server_client_disconnects_total", &[]),
-        1.0,
-        "{}",
-        s.text
-    );
+    s.assert_value("http_server_client_disconnects_total", &[], 1.0);
     let fired = tokio::time::timeout(DEADLINE, server.gone.recv())
         .await
         .expect("ClientGone fired")
