@@ -49,6 +49,8 @@ pub struct ConnectionState {
     /// The connection was handed over to another protocol (a `101` upgrade,
     /// `CONNECT`): what it reads from then on are no request heads.
     upgraded: AtomicBool,
+    /// How much of the HTTP/2 preface the first bytes matched (see `on_read`).
+    preface_matched: AtomicU8,
     bytes_written: AtomicU64,
     /// The send queue's size when the first client event was seen (`u64::MAX`: unknown).
     unacked_at_event: AtomicU64,
@@ -77,6 +79,7 @@ impl ConnectionState {
             client_asked_close: AtomicBool::new(false),
             tracked_by_server: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
+            preface_matched: AtomicU8::new(0),
             bytes_written: AtomicU64::new(0),
             unacked_at_event: AtomicU64::new(u64::MAX),
             hooks: ClientLeftHooks::default(),
@@ -141,10 +144,18 @@ impl ConnectionState {
     }
 
     pub(crate) fn on_read(&self, data: &[u8]) {
-        if self.requests() == 0 && is_http2_preface(data) {
-            // HTTP/2 with prior knowledge: no heads to wait for, even before
-            // its first request (a pooled client may open it long before).
-            self.http2.store(true, Ordering::Relaxed);
+        let matched = self.preface_matched.load(Ordering::Relaxed);
+        if matched < PREFACE_UNDECIDED_BELOW {
+            // The connection's first bytes, until they are the whole HTTP/2
+            // preface or not it: HTTP/2 with prior knowledge has no heads to
+            // wait for, even before its first request (a pooled client may
+            // open it long before). A head sent a byte at a time starts "P"
+            // too, so only all 24 bytes decide.
+            let now = preface_progress(matched, data);
+            self.preface_matched.store(now, Ordering::Relaxed);
+            if usize::from(now) == HTTP2_PREFACE.len() {
+                self.http2.store(true, Ordering::Relaxed);
+            }
         }
         // Bytes that arrive while nothing is in flight are the start of the next
         // request head; `request_started` clears the mark once the head is parsed.
@@ -277,8 +288,46 @@ impl ConnectionState {
 /// The client connection preface of HTTP/2 (RFC 9113, section 3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// The first bytes of a connection are (the start of) the HTTP/2 preface;
-/// no HTTP/1 request starts with `PRI *`.
-fn is_http2_preface(data: &[u8]) -> bool {
-    !data.is_empty() && HTTP2_PREFACE.starts_with(&data[..data.len().min(HTTP2_PREFACE.len())])
+/// `preface_matched` below this: still reading the preface (that many bytes
+/// of it seen). At or above: decided — all of it (24), or [`NOT_PREFACE`].
+const PREFACE_UNDECIDED_BELOW: u8 = HTTP2_PREFACE.len() as u8;
+
+/// `preface_matched` once a byte differed from the preface.
+const NOT_PREFACE: u8 = u8::MAX;
+
+/// Bytes of the preface seen after `data`, given `matched` before it, or
+/// [`NOT_PREFACE`]. No HTTP/1 request starts with `PRI * HTTP/2.0`.
+fn preface_progress(matched: u8, data: &[u8]) -> u8 {
+    let rest = &HTTP2_PREFACE[usize::from(matched)..];
+    let n = data.len().min(rest.len());
+    if data[..n] == rest[..n] {
+        matched + n as u8
+    } else {
+        NOT_PREFACE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_whole_preface_makes_a_connection_http2() {
+        let whole = HTTP2_PREFACE.len() as u8;
+        assert_eq!(
+            preface_progress(0, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
+            whole
+        );
+        // In pieces, as a slow client sends it.
+        let mut matched = 0;
+        for piece in HTTP2_PREFACE.chunks(5) {
+            assert!(matched < whole);
+            matched = preface_progress(matched, piece);
+        }
+        assert_eq!(matched, whole);
+        // A head sent a byte at a time starts like it, and is not it.
+        assert_eq!(preface_progress(0, b"P"), 1);
+        assert_eq!(preface_progress(1, b"O"), NOT_PREFACE);
+        assert_eq!(preface_progress(0, b"GET / HTTP/1.1\r\n"), NOT_PREFACE);
+    }
 }
