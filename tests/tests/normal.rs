@@ -242,6 +242,17 @@ async fn a_streamed_body_with_a_content_length_is_completed_when_its_bytes_are_o
     let (addr, registry) = serve_app(|metrics| {
         Router::new()
             .route(
+                "/empty",
+                get(|| async {
+                    // Declared empty: hyper never polls the stream at all.
+                    let nothing = futures_util::stream::empty::<Result<Bytes, std::io::Error>>();
+                    axum::response::Response::builder()
+                        .header(http::header::CONTENT_LENGTH, "0")
+                        .body(axum::body::Body::from_stream(nothing))
+                        .expect("valid response")
+                }),
+            )
+            .route(
                 "/file",
                 get(|| async {
                     let chunks = futures_util::stream::iter(
@@ -263,15 +274,21 @@ async fn a_streamed_body_with_a_content_length_is_completed_when_its_bytes_are_o
         assert_eq!(status, 200);
         assert_eq!(body, "hello world");
     }
+    assert_eq!(conn.request("GET", "/empty").await, (200, Bytes::new()));
     conn.close().await;
 
     let s = wait_for_registry_value(
         &registry,
         "http_server_request_duration_seconds_count",
         &[],
-        3.0,
+        4.0,
     )
     .await;
+    s.assert_value(
+        "http_server_request_duration_seconds_count",
+        &[("http_route", "/empty"), ("outcome", "completed")],
+        1.0,
+    );
     let completed = [
         ("http_route", "/file"),
         ("http_response_status_code", "200"),
@@ -282,6 +299,43 @@ async fn a_streamed_body_with_a_content_length_is_completed_when_its_bytes_are_o
         &completed,
         3.0,
     );
+    s.assert_value("http_server_client_disconnects_total", &[], 0.0);
+}
+
+/// The usual set-up: tower-http's `CatchPanicLayer` outside, answering 500.
+#[tokio::test]
+async fn a_panic_caught_outside_the_layer_is_a_500_not_a_break() {
+    let (addr, registry) = serve_app(|metrics| {
+        Router::new()
+            .route(
+                "/panics",
+                get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("the handler fails (expected by this test)");
+                    }
+                    "never"
+                }),
+            )
+            .layer(DisconnectLayer::new(metrics))
+            .layer(tower_http::catch_panic::CatchPanicLayer::new())
+    })
+    .await;
+
+    let mut conn = Http1Connection::open(addr).await;
+    assert_eq!(conn.request("GET", "/panics").await.0, 500);
+    conn.close().await;
+    let failed = [
+        ("http_route", "/panics"),
+        ("http_response_status_code", "500"),
+        ("outcome", "completed"),
+    ];
+    let s = wait_for_registry_value(
+        &registry,
+        "http_server_request_duration_seconds_count",
+        &failed,
+        1.0,
+    )
+    .await;
     s.assert_value("http_server_client_disconnects_total", &[], 0.0);
 }
 

@@ -1,8 +1,9 @@
 //! [`ResponseBody`]: the response body, carrying the request guard until the
 //! last frame is handed to the connection.
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
@@ -51,7 +52,19 @@ impl<B: Body> Body for ResponseBody<B> {
             .as_ref()
             .and_then(RequestGuard::trace_context)
             .map(|trace| trace.clone().attach());
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let polled = catch_unwind(AssertUnwindSafe(|| this.inner.as_mut().poll_frame(cx)));
+        let frame = match polled {
+            Ok(Poll::Ready(frame)) => frame,
+            Ok(Poll::Pending) => return Poll::Pending,
+            Err(panic) => {
+                // The server's body failed mid-way: its doing, with the status
+                // it had sent (see `RequestGuard::panicked`).
+                if let Some(guard) = this.guard.as_mut() {
+                    guard.panicked();
+                }
+                resume_unwind(panic);
+            }
+        };
         drop(entered);
         if let Some(guard) = this.guard.as_mut() {
             match &frame {

@@ -2,8 +2,9 @@
 //! until the response head exists.
 
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use http::{Response, StatusCode, header};
 use http_body::Body;
@@ -42,14 +43,27 @@ where
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         // The request's span is current while its code runs (see `span.rs`).
         let entered = this
             .guard
             .as_ref()
             .and_then(RequestGuard::trace_context)
             .map(|trace| trace.clone().attach());
-        let result = ready!(this.inner.poll(cx));
+        let polled = catch_unwind(AssertUnwindSafe(|| this.inner.as_mut().poll(cx)));
+        let result = match polled {
+            Ok(Poll::Ready(result)) => result,
+            Ok(Poll::Pending) => return Poll::Pending,
+            Err(panic) => {
+                // Recorded before the panic goes on: to tokio, which drops this
+                // future while unwinding, or to a `CatchPanicLayer` outside,
+                // which drops it after answering 500.
+                if let Some(guard) = this.guard.as_mut() {
+                    guard.panicked();
+                }
+                resume_unwind(panic);
+            }
+        };
         drop(entered);
         let Some(mut guard) = this.guard.take() else {
             // Polled after completion; the inner future decides what that means.
@@ -59,17 +73,22 @@ where
             Ok(res) => {
                 let status = res.status();
                 guard.head_sent(status.as_u16());
-                // hyper never polls a body that HEAD, 1xx, 204 and 304 cannot have.
+                // Only HTTP/1 hyper stops at the declared length; HTTP/2 polls
+                // the last frame before flow control lets it out, and ends
+                // the body itself.
+                let declared_len = (!guard.is_http2()).then(|| declared_len(&res)).flatten();
+                // hyper never polls a body that HEAD, 1xx, 204 and 304 cannot
+                // have, nor one declared empty.
                 let bodiless = *this.head_request
                     || status.is_informational()
                     || status == StatusCode::NO_CONTENT
                     || status == StatusCode::NOT_MODIFIED
+                    || declared_len == Some(0)
                     || res.body().is_end_stream();
                 if bodiless {
                     guard.complete();
                     return Poll::Ready(Ok(res.map(|b| ResponseBody::new(b, None, None))));
                 }
-                let declared_len = declared_len(&res);
                 Poll::Ready(Ok(
                     res.map(|b| ResponseBody::new(b, Some(guard), declared_len))
                 ))

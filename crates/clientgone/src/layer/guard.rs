@@ -186,6 +186,20 @@ impl RequestGuard {
         self.span.as_deref().map(RequestSpan::context)
     }
 
+    /// The request's own code (handler, inner layers, response body)
+    /// panicked: the server failed, recorded with status 500 if no head was
+    /// sent — unless the request body had failed because the client left
+    /// (a handler unwrapping that error), which stays the client's break.
+    pub(crate) fn panicked(&mut self) {
+        self.status.get_or_insert(500);
+        self.complete();
+    }
+
+    /// The request is served over HTTP/2.
+    pub(crate) fn is_http2(&self) -> bool {
+        self.http2
+    }
+
     /// The response head was produced with this status.
     pub(crate) fn head_sent(&mut self, status: u16) {
         self.status = Some(status);
@@ -289,12 +303,6 @@ impl Drop for RequestGuard {
             // The server gave up on this request (shutdown past its grace
             // period): never a client disconnect.
             self.status.get_or_insert(503);
-            return self.end(End::Completed);
-        }
-        if std::thread::panicking() {
-            // The handler (or its body) panicked and tokio is unwinding the
-            // task that held this request: the server failed, not the client.
-            self.status.get_or_insert(500);
             return self.end(End::Completed);
         }
         let phase = break_phase(self.shared.body_progress(), self.status.is_some());
