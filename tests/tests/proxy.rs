@@ -629,3 +629,35 @@ async fn an_upload_slower_than_the_upstream_timeout_but_flowing_is_answered() {
         s.text
     );
 }
+
+/// A client that stops sending its upload is not the upstream being slow: the
+/// proxy answers 408 and ends the upstream request on the client's behalf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_a_408_for_the_client_not_an_upstream_timeout() {
+    let upstream = PythonUpstream::start();
+    let timeout = Duration::from_millis(500);
+    let proxy = start_proxy(&format!("http://{}", upstream.addr), ROUTES, timeout).await;
+    let mut stream = send_raw(
+        proxy.addr,
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await;
+    // The client then sends nothing more, and waits.
+    let answer = read_until(&mut stream, b"\r\n\r\n").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+    let s = wait_for_value(
+        proxy.metrics_addr,
+        "http_client_request_duration_seconds_count",
+        &[("outcome", "cancelled")],
+        1.0,
+    )
+    .await;
+    s.assert_value(
+        "http_client_request_duration_seconds_count",
+        &[("outcome", "error")],
+        0.0,
+    );
+    s.assert_value("http_server_client_disconnects_total", &[], 0.0);
+}

@@ -74,7 +74,7 @@ fn bad_flags_are_one_line_and_exit_2() {
         ],
         &["traffic", "--target", "https://x"],
         &["traffic", "--target", "http://127.0.0.1:1", "--rate", "0"],
-        &["demo", "--tcp-keepalive-idle", "500ms"],
+        &["demo", "--tcp-keepalive-idle", "10h"],
         &["demo", "--tcp-user-timeout", "30d"],
         &["proxy", "--upstream", "http://127.0.0.1:80800"],
         &[

@@ -143,6 +143,9 @@ pub(crate) struct ClientSide {
     /// A piece of the request body went upstream: the upstream is taking it,
     /// and its deadline starts again (see `forward::upstream_deadline`).
     pub(crate) body_progress: Notify,
+    /// The upstream asked for more body and the client has not sent it yet:
+    /// a deadline that runs out now is the client's stall, not the upstream's.
+    pub(crate) waiting_for_client: AtomicBool,
 }
 
 impl ClientSide {
@@ -152,6 +155,7 @@ impl ClientSide {
             gone: AtomicBool::new(false),
             body_sent: AtomicBool::new(body_sent),
             body_progress: Notify::new(),
+            waiting_for_client: AtomicBool::new(false),
         }
     }
 }

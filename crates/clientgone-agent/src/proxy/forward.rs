@@ -5,7 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -228,6 +228,16 @@ pub(crate) async fn forward(
         () = upstream_deadline(&side, f.timeout) => Err(()),
     };
     match result {
+        Err(()) if side.waiting_for_client.load(Ordering::Acquire) => {
+            // The upstream took all the body it was given and waits for more:
+            // the client stalled its upload. Its doing (nginx answers 408 on
+            // its client_body_timeout); the upstream request ends on its behalf.
+            guard.end(UpstreamOutcome::Cancelled);
+            plain(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the client sent no request body for {:?}", f.timeout),
+            )
+        }
         Err(()) => {
             guard.end(UpstreamOutcome::Error);
             plain(
@@ -333,7 +343,11 @@ impl http_body::Body for WatchedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        let Poll::Ready(frame) = this.inner.as_mut().poll_frame(cx) else {
+            this.side.waiting_for_client.store(true, Ordering::Release);
+            return Poll::Pending;
+        };
+        this.side.waiting_for_client.store(false, Ordering::Release);
         match &frame {
             Some(Err(_)) => this.side.gone.store(true, Ordering::Release),
             None => this.side.body_sent.store(true, Ordering::Release),
@@ -342,7 +356,13 @@ impl http_body::Body for WatchedBody {
             }
             Some(Ok(_)) => {}
         }
-        if !matches!(frame, Some(Err(_))) {
+        // Data went upstream (or the body ended): the upstream's clock starts again.
+        let progress = match &frame {
+            Some(Ok(f)) => f.data_ref().is_some_and(|d| !d.is_empty()),
+            Some(Err(_)) => false,
+            None => true,
+        };
+        if progress {
             this.side.body_progress.notify_one();
         }
         Poll::Ready(frame)

@@ -187,15 +187,9 @@ impl OtlpConfig {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
-        match get("OTEL_SDK_DISABLED") {
-            Some(v) if v.eq_ignore_ascii_case("true") => return Ok(None),
-            Some(v) if !v.eq_ignore_ascii_case("false") => {
-                return Err(ConfigError {
-                    variable: "OTEL_SDK_DISABLED",
-                    message: format!("'{v}' is neither true nor false"),
-                });
-            }
-            _ => {}
+        // The spec: any value but a case-insensitive "true" means false.
+        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(None);
         }
         match get("OTEL_TRACES_EXPORTER").as_deref() {
             None | Some("otlp") => {}
@@ -292,13 +286,15 @@ const MAX_QUEUE: u64 = 1_000_000;
 /// themselves — which they would otherwise ignore when malformed, or take
 /// as it comes (a schedule delay of 0 spins a core).
 fn check_exporter_variables(get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-    for variable in [
+    // The one the exporter will use: the traces-specific one wins.
+    let endpoint = [
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ] {
-        if let Some(endpoint) = get(variable) {
-            check_endpoint(&endpoint).map_err(|message| ConfigError { variable, message })?;
-        }
+    ]
+    .into_iter()
+    .find_map(|variable| Some((variable, get(variable)?)));
+    if let Some((variable, endpoint)) = endpoint {
+        check_endpoint(&endpoint).map_err(|message| ConfigError { variable, message })?;
     }
     for variable in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_RESOURCE_ATTRIBUTES"] {
         let list = get(variable).unwrap_or_default();
@@ -360,7 +356,8 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
         Some("http") => {}
         Some("https") => {
             return Err(format!(
-                "'{endpoint}': https needs TLS, which this build of clientgone leaves out;                  export to the collector over http:// (or through a local collector)"
+                "'{endpoint}': https needs TLS, which this build of clientgone leaves out; \
+                 export to the collector over http:// (or through a local collector)"
             ));
         }
         Some(other) => {
@@ -465,7 +462,6 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_HEADERS", "garbage"),
             ("OTEL_EXPORTER_OTLP_HEADERS", "a=1,=2"),
             ("OTEL_RESOURCE_ATTRIBUTES", "garbage"),
-            ("OTEL_SDK_DISABLED", "maybe"),
             ("OTEL_TRACES_EXPORTER", "zipkin"),
             ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "notaurl"),
@@ -488,7 +484,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "10000"),
             ("OTEL_BSP_SCHEDULE_DELAY", "5000"),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
-            ("OTEL_SDK_DISABLED", "FALSE"),
+            ("OTEL_SDK_DISABLED", "0"),
             (
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 "http://[::1]:4318/v1/traces",

@@ -120,13 +120,24 @@ impl ConnectionOptions {
                         .clamp(1, Self::MAX_TCP_KEEPALIVE_RETRIES),
                 );
             if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
-                tracing::warn!(error = %e, "cannot set TCP keepalive: silent breaks go unnoticed");
+                warn_once(&e, "cannot set TCP keepalive: silent breaks go unnoticed");
             }
         }
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if let Err(e) = sock.set_tcp_user_timeout(self.tcp_user_timeout.map(user_timeout)) {
-            tracing::warn!(error = %e, "cannot set TCP_USER_TIMEOUT");
+            warn_once(&e, "cannot set TCP_USER_TIMEOUT");
         }
+    }
+}
+
+/// A socket option the kernel refuses is refused on every connection: said
+/// once as a warning, then only at debug level.
+fn warn_once(error: &std::io::Error, what: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!(%error, "{what}");
+    } else {
+        tracing::warn!(%error, "{what} (further failures are logged at debug level)");
     }
 }
 
