@@ -382,7 +382,9 @@ async fn upstream_failures_are_502_or_504_never_client_disconnects() {
     let proxy = start_proxy(
         &format!("http://{}", upstream.addr),
         &["/reset", "/hang", "/echo/{n}"],
-        Duration::from_millis(500),
+        // Long enough for a Python upstream on a loaded machine to answer
+        // /echo in time; /hang waits it out once.
+        Duration::from_secs(2),
     )
     .await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
