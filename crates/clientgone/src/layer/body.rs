@@ -1,15 +1,14 @@
 //! [`ResponseBody`]: the response body, carrying the request guard until the
 //! last frame is handed to the connection.
 
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::guard::RequestGuard;
+use super::guard::{RequestGuard, poll_recording_panics};
 
 pin_project! {
     /// A response body whose end completes the request, and whose early drop
@@ -52,19 +51,8 @@ impl<B: Body> Body for ResponseBody<B> {
             .as_ref()
             .and_then(RequestGuard::trace_context)
             .map(|trace| trace.clone().attach());
-        let polled = catch_unwind(AssertUnwindSafe(|| this.inner.as_mut().poll_frame(cx)));
-        let frame = match polled {
-            Ok(Poll::Ready(frame)) => frame,
-            Ok(Poll::Pending) => return Poll::Pending,
-            Err(panic) => {
-                // The server's body failed mid-way: its doing, with the status
-                // it had sent (see `RequestGuard::panicked`).
-                if let Some(guard) = this.guard.as_mut() {
-                    guard.panicked();
-                }
-                resume_unwind(panic);
-            }
-        };
+        let polled = poll_recording_panics(this.guard, || this.inner.as_mut().poll_frame(cx));
+        let frame = ready!(polled);
         drop(entered);
         if let Some(guard) = this.guard.as_mut() {
             match &frame {

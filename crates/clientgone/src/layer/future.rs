@@ -2,16 +2,15 @@
 //! until the response head exists.
 
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use http::{Response, StatusCode, header};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::body::ResponseBody;
-use super::guard::RequestGuard;
+use super::guard::{RequestGuard, poll_recording_panics};
 
 pin_project! {
     /// Response future of [`DisconnectService`](super::DisconnectService).
@@ -50,20 +49,8 @@ where
             .as_ref()
             .and_then(RequestGuard::trace_context)
             .map(|trace| trace.clone().attach());
-        let polled = catch_unwind(AssertUnwindSafe(|| this.inner.as_mut().poll(cx)));
-        let result = match polled {
-            Ok(Poll::Ready(result)) => result,
-            Ok(Poll::Pending) => return Poll::Pending,
-            Err(panic) => {
-                // Recorded before the panic goes on: to tokio, which drops this
-                // future while unwinding, or to a `CatchPanicLayer` outside,
-                // which drops it after answering 500.
-                if let Some(guard) = this.guard.as_mut() {
-                    guard.panicked();
-                }
-                resume_unwind(panic);
-            }
-        };
+        let polled = poll_recording_panics(this.guard, || this.inner.as_mut().poll(cx));
+        let result = ready!(polled);
         drop(entered);
         let Some(mut guard) = this.guard.take() else {
             // Polled after completion; the inner future decides what that means.

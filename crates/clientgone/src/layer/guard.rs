@@ -7,8 +7,10 @@
 //! decides `Phase` from the request's progress and `Cause` from the connection
 //! state at that moment, builds the [`Record`] and hands it to the sinks.
 
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::Poll;
 use std::time::Instant;
 
 use opentelemetry::Context;
@@ -285,6 +287,26 @@ impl RequestGuard {
         }
         if let Some(state) = self.shared.untracked_connection() {
             state.request_ended();
+        }
+    }
+}
+
+/// Polls the request's own code (the inner future, the response body). A
+/// panic in it is recorded on the guard as the server's failure before it goes
+/// on — to tokio, which drops the request while unwinding, or to a
+/// `CatchPanicLayer` outside, which drops it after answering 500; either way
+/// the guard's drop would have called it a client disconnect.
+pub(crate) fn poll_recording_panics<T>(
+    guard: &mut Option<RequestGuard>,
+    poll: impl FnOnce() -> Poll<T>,
+) -> Poll<T> {
+    match catch_unwind(AssertUnwindSafe(poll)) {
+        Ok(polled) => polled,
+        Err(panic) => {
+            if let Some(guard) = guard.as_mut() {
+                guard.panicked();
+            }
+            resume_unwind(panic)
         }
     }
 }
