@@ -250,3 +250,55 @@ async fn the_token_fires_before_the_handler_is_dropped() {
         "the token had not fired when the handler was dropped"
     );
 }
+
+/// The README's handler: it answers as soon as the token fires. Its answer
+/// reaches no one — on HTTP/2 the stream's task runs it before the connection
+/// is torn down — so the break stays the handler's, with 499, as on HTTP/1.
+#[tokio::test]
+async fn a_handler_that_answers_after_its_client_left_is_still_a_handler_break() {
+    let (addr, registry) = serve_app(|metrics| {
+        Router::new()
+            .route(
+                "/hello",
+                get(|gone: ClientGone| async move {
+                    tokio::select! {
+                        () = gone.cancelled() => "never sent: the client left",
+                        () = tokio::time::sleep(Duration::from_secs(60)) => "late",
+                    }
+                }),
+            )
+            .layer(DisconnectLayer::new(metrics))
+    })
+    .await;
+
+    // HTTP/2: the connection closes (FIN) under an open stream.
+    let mut h2 = clientgone_tests::client::H2Connection::open(addr).await;
+    let (_response, _stream) = h2.start_get("/hello").await;
+    wait_for_registry_value(&registry, "http_server_active_requests", &[], 1.0).await;
+    h2.close();
+    // HTTP/1.1, the same.
+    let stream = request_in_flight(addr, &registry, "/hello").await;
+    close_fin(stream);
+
+    let broken = [
+        ("http_route", "/hello"),
+        ("phase", "handler"),
+        ("cause", "closed"),
+    ];
+    let s = wait_for_registry_value(
+        &registry,
+        "http_server_client_disconnects_total",
+        &broken,
+        2.0,
+    )
+    .await;
+    s.assert_value(
+        "http_server_request_duration_seconds_count",
+        &[
+            ("http_response_status_code", "499"),
+            ("outcome", "client_disconnect"),
+        ],
+        2.0,
+    );
+    s.assert_value("http_server_client_disconnects_total", &[], 2.0);
+}

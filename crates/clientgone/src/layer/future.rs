@@ -57,6 +57,15 @@ where
             return Poll::Ready(result.map(|res| res.map(|b| ResponseBody::new(b, None, None))));
         };
         match result {
+            Ok(res) if guard.client_left() => {
+                // The client was gone before this answer existed (a handler
+                // that returns when its `ClientGone` fires does so): it reaches
+                // no one. On HTTP/2 the stream's task gets here before the
+                // connection is torn down; the break is the handler's, as on
+                // HTTP/1, not its body's.
+                guard.end_client_left();
+                Poll::Ready(Ok(res.map(|b| ResponseBody::new(b, None, None))))
+            }
             Ok(res) => {
                 let status = res.status();
                 guard.head_sent(status.as_u16());

@@ -197,6 +197,23 @@ impl RequestGuard {
         self.complete();
     }
 
+    /// The connection showed the client leaving while this request was in
+    /// flight (its FIN or reset was read).
+    pub(crate) fn client_left(&self) -> bool {
+        self.shared
+            .connection
+            .as_ref()
+            .is_some_and(|c| c.state().client_left_mid_request())
+    }
+
+    /// Ends the request as a break now, in the phase it had reached: the
+    /// client left before its answer.
+    pub(crate) fn end_client_left(&mut self) {
+        let phase = break_phase(self.shared.body_progress(), self.status.is_some());
+        let cause = self.cause();
+        self.end_broken(phase, cause);
+    }
+
     /// The request is served over HTTP/2.
     pub(crate) fn is_http2(&self) -> bool {
         self.http2
@@ -327,8 +344,6 @@ impl Drop for RequestGuard {
             self.status.get_or_insert(503);
             return self.end(End::Completed);
         }
-        let phase = break_phase(self.shared.body_progress(), self.status.is_some());
-        let cause = self.cause();
-        self.end_broken(phase, cause);
+        self.end_client_left();
     }
 }
