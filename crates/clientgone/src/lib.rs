@@ -61,6 +61,9 @@ pub use layer::{
 pub use metrics::{Metrics, UNMATCHED_ROUTE};
 pub use record::{End, Record};
 pub use serve::{Serve, serve};
+/// The token [`ClientGone::token`] hands out, re-exported so handlers can name
+/// it without a dependency on `tokio-util` of their own.
+pub use tokio_util::sync::CancellationToken;
 
 /// The boxed error type bodies are converted into.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,5 +1,6 @@
 //! [`DisconnectService`]: starts the request guard for each request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -131,6 +132,7 @@ where
         match info {
             Some(ConnectInfo(connection)) => connection.request = Some(handle),
             None => {
+                warn_no_connection();
                 req.extensions_mut().insert(handle);
             }
         }
@@ -174,5 +176,19 @@ where
         let inner = self.inner.call(req);
         drop(_entered);
         ResponseFuture::new(inner, guard, head_request)
+    }
+}
+
+/// Said once per process: without its connection the layer still counts
+/// breaks, but cannot tell their cause, and the server likely forgot a step.
+fn warn_no_connection() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "DisconnectLayer sees requests without their TrackedConnection, so every \
+             break's cause is `unknown`: serve with clientgone::serve(TrackedListener, app), \
+             or axum::serve(TrackedListener, \
+             app.into_make_service_with_connect_info::<clientgone::TrackedConnection>())"
+        );
     }
 }
