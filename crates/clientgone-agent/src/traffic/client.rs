@@ -113,11 +113,11 @@ async fn leave_waiting_handler(
     with_rst: bool,
 ) -> Result<(), Failure> {
     let mut stream = connect(addr).await?;
-    send(
-        &mut stream,
-        b"GET /hello?delay_ms=60000 HTTP/1.1\r\nHost: traffic\r\n\r\n",
-    )
-    .await?;
+    let request = format!(
+        "GET /hello?delay_ms={} HTTP/1.1\r\nHost: traffic\r\n\r\n",
+        handler_delay_ms(patience)
+    );
+    send(&mut stream, request.as_bytes()).await?;
     wait_patiently(&mut stream, patience).await?;
     if with_rst {
         reset(stream)
@@ -136,6 +136,12 @@ async fn half_body(addr: SocketAddr, patience: Duration) -> Result<(), Failure> 
     wait_patiently(&mut stream, patience).await?;
     drop(stream);
     Ok(())
+}
+
+/// How long the demo's `/hello` should take, so that the client always leaves
+/// first: a minute past its patience (within the demo's limit).
+fn handler_delay_ms(patience: Duration) -> u128 {
+    (patience.as_millis() + 60_000).min(u128::from(crate::demo::MAX_DELAY_MS))
 }
 
 /// The client's own impatience, not a wait for a condition. A server that
@@ -185,7 +191,11 @@ async fn h2_reset(addr: SocketAddr, patience: Duration) -> Result<(), Failure> {
         .map_err(|e| format!("h2 handshake: {e}"))?;
     let driver = tokio::spawn(connection);
     let mut sender = sender.ready().await.map_err(|e| format!("h2 ready: {e}"))?;
-    let request = http::Request::get("http://traffic/hello?delay_ms=60000")
+    let uri = format!(
+        "http://traffic/hello?delay_ms={}",
+        handler_delay_ms(patience)
+    );
+    let request = http::Request::get(uri)
         .body(())
         .map_err(|e| e.to_string())?;
     let (mut response, mut stream) = sender
