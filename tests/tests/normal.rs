@@ -364,3 +364,64 @@ async fn a_handler_that_panics_is_the_servers_failure_not_a_client_leaving() {
         0.0,
     );
 }
+
+/// A tower service under the layer may panic in `call` itself, before any
+/// future exists (axum's routes start only when polled; a plain service need not).
+#[test]
+fn a_service_that_panics_in_call_is_the_servers_failure() {
+    type Answer =
+        std::future::Ready<Result<http::Response<axum::body::Body>, std::convert::Infallible>>;
+    let registry = prometheus::Registry::new();
+    let metrics = clientgone::Metrics::new(&registry).expect("fresh registry");
+    let inner = tower::service_fn(|_: http::Request<axum::body::Body>| -> Answer {
+        panic!("call fails (expected by this test)")
+    });
+    let mut service = tower::Layer::layer(&DisconnectLayer::new(metrics), inner);
+    let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drop(tower::Service::call(
+            &mut service,
+            http::Request::new(axum::body::Body::empty()),
+        ));
+    }));
+    assert!(called.is_err(), "the panic goes on to the caller");
+
+    let s = Scrape::from_registry(&registry);
+    s.assert_value(
+        "http_server_request_duration_seconds_count",
+        &[
+            ("http_response_status_code", "500"),
+            ("outcome", "completed"),
+        ],
+        1.0,
+    );
+    s.assert_value("http_server_client_disconnects_total", &[], 0.0);
+    s.assert_value("http_server_active_requests", &[], 0.0);
+}
+
+/// The README's way to serve `/metrics` on the app's own port: the layered app
+/// merged into the metrics router. Scrapes are not requests of the app, and
+/// unmatched paths still reach the layer's fallback.
+#[tokio::test]
+async fn metrics_merged_as_the_readme_says_keep_scrapes_out_and_unmatched_in() {
+    let (addr, registry) = serve_app(|metrics| {
+        let app = Router::new()
+            .route("/hello", get(|| async { "hello" }))
+            .layer(DisconnectLayer::new(metrics));
+        // Any registry will do here: what counts is the merge.
+        clientgone_exporter::metrics_router(prometheus::Registry::new()).merge(app)
+    })
+    .await;
+    let mut conn = Http1Connection::open(addr).await;
+    assert_eq!(conn.request("GET", "/hello").await.0, 200);
+    assert_eq!(conn.request("GET", "/no/such/path").await.0, 404);
+    assert_eq!(conn.request("GET", "/metrics").await.0, 200);
+    conn.close().await;
+
+    let s = Scrape::from_registry(&registry);
+    s.assert_value("http_server_request_duration_seconds_count", &[], 2.0);
+    s.assert_value(
+        "http_server_request_duration_seconds_count",
+        &[("http_route", "unmatched")],
+        1.0,
+    );
+}

@@ -136,7 +136,7 @@ pub struct TrafficArgs {
     #[arg(long, default_value_t = 5, value_parser = weight, value_name = "W")]
     pub h2_reset: u32,
     /// How long a leaving client waits before it leaves.
-    #[arg(long, default_value = "50ms", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "50ms", value_parser = patience, value_name = "DURATION")]
     pub patience: Duration,
     /// Seed of the mix, for a repeatable run.
     #[arg(long, default_value_t = 1)]
@@ -301,6 +301,19 @@ fn header_read_timeout(s: &str) -> Result<Duration, String> {
         d if d > Duration::from_secs(86_400) => {
             Err("at most 24h (0s for no limit at all)".to_owned())
         }
+        d => Ok(d),
+    }
+}
+
+/// A leaving client's patience: it must run out before the demo's slowest
+/// answer (`delay_ms` up to an hour), with a minute to spare.
+fn patience(s: &str) -> Result<Duration, String> {
+    let most = Duration::from_millis(crate::demo::MAX_DELAY_MS) - Duration::from_secs(60);
+    match parse_duration(s)? {
+        d if d > most => Err(format!(
+            "at most {}: the demo answers within an hour",
+            humantime::format_duration(most)
+        )),
         d => Ok(d),
     }
 }

@@ -8,7 +8,7 @@ use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use super::guard::{RequestGuard, poll_recording_panics};
+use super::guard::{RequestGuard, recording_panics};
 
 pin_project! {
     /// A response body whose end completes the request, and whose early drop
@@ -51,7 +51,7 @@ impl<B: Body> Body for ResponseBody<B> {
             .as_ref()
             .and_then(RequestGuard::trace_context)
             .map(|trace| trace.clone().attach());
-        let polled = poll_recording_panics(this.guard, || this.inner.as_mut().poll_frame(cx));
+        let polled = recording_panics(this.guard.as_mut(), || this.inner.as_mut().poll_frame(cx));
         let frame = ready!(polled);
         drop(entered);
         if let Some(guard) = this.guard.as_mut() {

@@ -10,7 +10,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::body::ResponseBody;
-use super::guard::{RequestGuard, poll_recording_panics};
+use super::guard::{RequestGuard, recording_panics};
 
 pin_project! {
     /// Response future of [`DisconnectService`](super::DisconnectService).
@@ -49,7 +49,7 @@ where
             .as_ref()
             .and_then(RequestGuard::trace_context)
             .map(|trace| trace.clone().attach());
-        let polled = poll_recording_panics(this.guard, || this.inner.as_mut().poll(cx));
+        let polled = recording_panics(this.guard.as_mut(), || this.inner.as_mut().poll(cx));
         let result = ready!(polled);
         drop(entered);
         let Some(mut guard) = this.guard.take() else {

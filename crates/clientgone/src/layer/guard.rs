@@ -10,7 +10,6 @@
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::Poll;
 use std::time::Instant;
 
 use opentelemetry::Context;
@@ -273,6 +272,9 @@ impl RequestGuard {
     }
 
     fn end(&mut self, end: End) {
+        if self.ended {
+            return;
+        }
         self.ended = true;
         self.shared.release_early_cancel();
         let phase = match end {
@@ -308,19 +310,17 @@ impl RequestGuard {
     }
 }
 
-/// Polls the request's own code (the inner future, the response body). A
-/// panic in it is recorded on the guard as the server's failure before it goes
-/// on — to tokio, which drops the request while unwinding, or to a
-/// `CatchPanicLayer` outside, which drops it after answering 500; either way
-/// the guard's drop would have called it a client disconnect.
-pub(crate) fn poll_recording_panics<T>(
-    guard: &mut Option<RequestGuard>,
-    poll: impl FnOnce() -> Poll<T>,
-) -> Poll<T> {
-    match catch_unwind(AssertUnwindSafe(poll)) {
-        Ok(polled) => polled,
+/// Runs the request's own code (the inner service's `call`, its future's
+/// `poll`, the response body's `poll_frame`). A panic in it is recorded on the
+/// guard as the server's failure before it goes on — to tokio, which drops the
+/// request while unwinding, or to a `CatchPanicLayer` outside, which drops it
+/// after answering 500; either way the guard's drop would have called it a
+/// client disconnect.
+pub(crate) fn recording_panics<T>(guard: Option<&mut RequestGuard>, run: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(value) => value,
         Err(panic) => {
-            if let Some(guard) = guard.as_mut() {
+            if let Some(guard) = guard {
                 guard.panicked();
             }
             resume_unwind(panic)

@@ -13,7 +13,7 @@ use http_body::Body;
 use tower::Service;
 
 use super::future::ResponseFuture;
-use super::guard::{RequestGuard, RequestShared};
+use super::guard::{RequestGuard, RequestShared, recording_panics};
 use super::request_body::RequestBody;
 use super::span::{RequestSpan, SharedTracer};
 use crate::BoxError;
@@ -155,7 +155,7 @@ where
                 connection.map(TrackedConnection::remote_ip_text),
             ))
         });
-        let guard = RequestGuard::new(
+        let mut guard = RequestGuard::new(
             route,
             method,
             METHODS[method],
@@ -173,7 +173,9 @@ where
         // The request's span is the current context wherever its code runs,
         // from `call` on: the handler's own spans become its children.
         let _entered = guard.trace_context().map(|cx| cx.clone().attach());
-        let inner = self.inner.call(req);
+        // An inner service may panic in `call` already (axum's own routes
+        // start work only when polled): the server's failure, as in `poll`.
+        let inner = recording_panics(Some(&mut guard), || self.inner.call(req));
         drop(_entered);
         ResponseFuture::new(inner, guard, head_request)
     }
@@ -183,7 +185,9 @@ where
 /// breaks, but cannot tell their cause, and the server likely forgot a step.
 fn warn_no_connection() {
     static WARNED: AtomicBool = AtomicBool::new(false);
-    if !WARNED.swap(true, Ordering::Relaxed) {
+    // A load first: a misconfigured server would otherwise write this shared
+    // flag on every request.
+    if !WARNED.load(Ordering::Relaxed) && !WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             "DisconnectLayer sees requests without their TrackedConnection, so every \
              break's cause is `unknown`: serve with clientgone::serve(TrackedListener, app), \
