@@ -5,9 +5,11 @@
 
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod metrics_endpoint;
 #[cfg(feature = "otlp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
 pub mod otlp;
 
 pub use metrics_endpoint::{PROMETHEUS_CONTENT_TYPE, metrics_router, serve_metrics};

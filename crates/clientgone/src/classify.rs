@@ -8,6 +8,7 @@ use std::io;
 
 /// Where the request was when the break was noticed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Phase {
     /// The handler was still reading the request body (or the body ended early).
     RequestBody,
@@ -37,6 +38,7 @@ impl Phase {
 
 /// How the break showed itself on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Cause {
     /// The peer closed its side (EOF / FIN).
     Closed,
@@ -121,6 +123,7 @@ impl Cause {
 
 /// Which side of the socket an error came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Direction {
     /// `read(2)` and friends.
     Read,
@@ -130,6 +133,7 @@ pub enum Direction {
 
 /// How a request ended, as the `outcome` label says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The response body reached its end.
     Completed,
@@ -150,6 +154,7 @@ impl Outcome {
 /// Why a connection closed: the `reason` label of
 /// `http_server_connection_closes_total`. Each connection gets exactly one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// Closed by the client with nothing in flight.
     Idle,
@@ -226,6 +231,7 @@ pub fn break_cause(conn: Option<PeerSignal>, http2: bool) -> Cause {
 /// How far the handler got with the request body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum BodyProgress {
     /// Nobody polled it yet (and it was not empty).
     Untouched = 0,

@@ -6,6 +6,7 @@ use crate::classify::{Cause, Outcome, Phase};
 
 /// How a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum End {
     /// The response body reached its end.
     Completed,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 /// The OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OtlpProtocol {
     /// OTLP/gRPC (`grpc`, the default; port 4317).
     Grpc,
