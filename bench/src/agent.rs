@@ -79,7 +79,9 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?
             }
-            AgentCommand::Traffic(_) => return Err("agent runs demo or proxy only".to_owned()),
+            AgentCommand::Traffic(_) | AgentCommand::Watch(_) => {
+                return Err("agent runs demo or proxy only".to_owned());
+            }
         };
         {
             let mut out = std::io::stdout().lock();

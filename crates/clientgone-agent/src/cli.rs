@@ -28,6 +28,68 @@ pub enum Command {
     /// proxy in front of it; the upstream's work is dropped when the client is gone.
     #[command(after_help = OTEL_HELP)]
     Proxy(ProxyArgs),
+    /// Watch the plaintext HTTP/1 servers on this Linux host that listen on the
+    /// given ports (or of the given processes), whatever their language, from
+    /// kernel tracepoints (eBPF): no code change, no proxy. Needs root (or
+    /// CAP_BPF and CAP_PERFMON) and a kernel with BTF (Linux 6.3 or later).
+    #[command(after_help = WATCH_HELP)]
+    Watch(WatchArgs),
+}
+
+/// What `watch` cannot see, in its `--help`.
+const WATCH_HELP: &str = "\
+What watch sees, and what it cannot:
+  Every request on a watched HTTP/1.x connection, counted as the layer counts
+  it (phase and cause from the bytes read and written and the TCP state), with
+  the metrics labelled server_port. Causes are closed (FIN), reset (RST) and
+  timeout (the kernel gave the connection up).
+  Not followed, connection-level closes only, and counted in
+  clientgone_watch_connections_skipped_total{reason}: TLS (no plaintext),
+  HTTP/2 and h2c, pipelined requests, heads longer than 1024 bytes in one read,
+  a response sent with sendfile/splice/io_uring before its head, upgrades.
+  Connections opened before watch started are not followed. Kernel events the
+  ring buffer had no room for: clientgone_watch_events_lost_total, and their
+  connections are left out of the request metrics.
+  Once attached, watch drops every capability (and switches to --user).";
+
+/// Flags of `clientgone watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// A local port whose accepted connections are watched (repeatable).
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Watch every TCP port this process listens on at start (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Watch every TCP port the processes of this name listen on at start (repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// A route template to count under, like /users/{id} (repeatable); other
+    /// paths count as `unmatched`.
+    #[arg(long = "route", value_name = "TEMPLATE")]
+    pub routes: Vec<String>,
+    /// Read route templates from an OpenAPI 3 document's `paths` (YAML or JSON).
+    #[arg(long, value_name = "FILE")]
+    pub openapi: Option<std::path::PathBuf>,
+    /// Address of the metrics listener (GET /metrics, GET /healthz).
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
+    pub metrics_listen: String,
+    /// Run as this user once the programs are attached.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Size of the kernel-to-agent ring buffer in MiB (a power of two).
+    #[arg(long, default_value_t = 16, value_parser = ring_mib, value_name = "MIB")]
+    pub ring_buffer_mib: u32,
+}
+
+fn ring_mib(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number of MiB"))?;
+    if !(1..=1024).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} MiB: give a power of two from 1 to 1024"));
+    }
+    Ok(n)
 }
 
 /// Flags of `clientgone proxy`.

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::error::ErrorKind;
-use clientgone_agent::cli::{Cli, Command, ProxyArgs, TrafficArgs};
+use clientgone_agent::cli::{Cli, Command, ProxyArgs, TrafficArgs, WatchArgs};
 use clientgone_agent::demo::{self, DemoConfig};
 use clientgone_agent::proxy::{self, ProxyConfig, RouteTable, Upstream};
 use clientgone_agent::server::{RunningServer, ServerConfig};
 use clientgone_agent::traffic::{self, TrafficConfig};
+use clientgone_agent::watch::{self, WatchConfig};
 use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline};
 use opentelemetry_sdk::trace::SdkTracer;
 use prometheus::Registry;
@@ -150,6 +151,73 @@ async fn run(cli: Cli, registry: Registry, tracer: Option<SdkTracer>) -> ExitCod
         }
         Command::Proxy(args) => run_proxy(args, registry, tracer).await,
         Command::Traffic(args) => run_traffic(args).await,
+        Command::Watch(args) => run_watch(args, registry).await,
+    }
+}
+
+fn route_table(
+    routes: Vec<String>,
+    openapi: Option<&std::path::Path>,
+) -> Result<RouteTable, String> {
+    RouteTable::new(routes)
+        .and_then(|flags| match openapi {
+            Some(path) => flags.merge(RouteTable::from_openapi(path)?),
+            None => Ok(flags),
+        })
+        .map_err(|e| e.to_string())
+}
+
+async fn run_watch(args: WatchArgs, registry: Registry) -> ExitCode {
+    if args.ports.is_empty() && args.pids.is_empty() && args.comms.is_empty() {
+        say!(
+            "clientgone: watch needs --port, --pid or --comm to know what to watch (see 'clientgone watch --help')"
+        );
+        return ExitCode::from(USAGE);
+    }
+    let routes = match route_table(args.routes, args.openapi.as_deref()) {
+        Ok(routes) => routes,
+        Err(e) => {
+            say!("clientgone: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let count = routes.templates().len();
+    let config = WatchConfig {
+        ports: args.ports,
+        pids: args.pids,
+        comms: args.comms,
+        routes,
+        metrics_listen: args.metrics_listen,
+        user: args.user,
+        ring_bytes: args.ring_buffer_mib << 20,
+        registry,
+    };
+    let running = match watch::start(config).await {
+        Ok(running) => running,
+        Err(e) => {
+            say!("clientgone: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let ports: Vec<String> = running.ports.iter().map(u16::to_string).collect();
+    say!(
+        "clientgone watch: watching port{} {} ({count} route template{}), metrics on http://{}/metrics",
+        if ports.len() == 1 { "" } else { "s" },
+        ports.join(", "),
+        if count == 1 { "" } else { "s" },
+        running.metrics_addr
+    );
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        token.cancel();
+    });
+    match running.wait().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            say!("clientgone: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -182,11 +250,7 @@ async fn run_proxy(
             return ExitCode::from(USAGE);
         }
     };
-    let routes = RouteTable::new(args.routes).and_then(|flags| match &args.openapi {
-        Some(path) => flags.merge(RouteTable::from_openapi(path)?),
-        None => Ok(flags),
-    });
-    let routes = match routes {
+    let routes = match route_table(args.routes, args.openapi.as_deref()) {
         Ok(routes) => routes,
         Err(e) => {
             say!("clientgone: {e}");
@@ -278,7 +342,7 @@ async fn run_traffic(args: TrafficArgs) -> ExitCode {
 /// is on the line after the message), without the usage that follows.
 fn usage_error(e: &clap::Error) -> String {
     if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a command is required: demo, traffic or proxy".to_owned();
+        return "a command is required: demo, traffic, proxy or watch".to_owned();
     }
     let rendered = e.render().to_string();
     let paragraph = rendered.split("\n\n").next().unwrap_or("invalid arguments");
@@ -294,7 +358,7 @@ fn usage_error(e: &clap::Error) -> String {
 /// The help to point at: the command's own, if the arguments name one.
 fn help_command() -> String {
     match std::env::args().nth(1) {
-        Some(command) if ["demo", "traffic", "proxy"].contains(&command.as_str()) => {
+        Some(command) if ["demo", "traffic", "proxy", "watch"].contains(&command.as_str()) => {
             format!("clientgone {command} --help")
         }
         _ => "clientgone --help".to_owned(),

@@ -58,7 +58,7 @@ pub use connection::{
 pub use layer::{
     DISCONNECT_EVENT, DisconnectLayer, DisconnectService, RequestBody, ResponseBody, ResponseFuture,
 };
-pub use metrics::{Metrics, UNMATCHED_ROUTE};
+pub use metrics::{Metrics, MetricsBuilder, UNMATCHED_ROUTE};
 pub use record::{End, Record};
 pub use serve::{Serve, serve};
 /// The token [`ClientGone::token`] hands out, re-exported so handlers can name

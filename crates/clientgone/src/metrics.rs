@@ -72,83 +72,21 @@ impl Metrics {
     ///
     /// Fails if any of the names is already registered there.
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "http_server_request_duration_seconds",
-                "Duration of HTTP server requests, completed or broken off by the client.",
-            )
-            .buckets(REQUEST_BUCKETS.to_vec()),
-            &[
-                "http_request_method",
-                "http_route",
-                "http_response_status_code",
-                "outcome",
-            ],
-        )?;
-        let active_requests = IntGaugeVec::new(
-            Opts::new(
-                "http_server_active_requests",
-                "HTTP server requests in flight.",
-            ),
-            &["http_request_method", "http_route"],
-        )?;
-        let disconnects = IntCounterVec::new(
-            Opts::new(
-                "http_server_client_disconnects_total",
-                "Requests whose client broke the connection before the response was done.",
-            ),
-            &["http_request_method", "http_route", "phase", "cause"],
-        )?;
-        let disconnect_elapsed = HistogramVec::new(
-            HistogramOpts::new(
-                "http_server_client_disconnect_elapsed_seconds",
-                "Time from a request's arrival until its client's break was noticed.",
-            )
-            .buckets(ABANDON_BUCKETS.to_vec()),
-            &["http_request_method", "http_route", "phase"],
-        )?;
-        let open_connections =
-            IntGauge::new("http_server_open_connections", "Open client connections.")?;
-        let closes = IntCounterVec::new(
-            Opts::new(
-                "http_server_connection_closes_total",
-                "Closed client connections, by why they closed.",
-            ),
-            &["reason"],
-        )?;
-        let connection_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "http_server_connection_duration_seconds",
-                "Lifetime of client connections.",
-            )
-            .buckets(CONNECTION_BUCKETS.to_vec()),
-        )?;
+        Metrics::builder().register(registry)
+    }
 
-        registry.register(Box::new(request_duration.clone()))?;
-        registry.register(Box::new(active_requests.clone()))?;
-        registry.register(Box::new(disconnects.clone()))?;
-        registry.register(Box::new(disconnect_elapsed.clone()))?;
-        registry.register(Box::new(open_connections.clone()))?;
-        registry.register(Box::new(closes.clone()))?;
-        registry.register(Box::new(connection_duration.clone()))?;
-
-        // Every close reason exists from the start, so a rate() over it is never empty.
-        let connection_closes = CloseReason::ALL.map(|r| closes.with_label_values(&[r.as_str()]));
-
-        Ok(Metrics {
-            inner: Arc::new(Inner {
-                vecs: Vecs {
-                    request_duration,
-                    active_requests,
-                    disconnects,
-                    disconnect_elapsed,
-                },
-                open_connections,
-                connection_closes,
-                connection_duration,
-                routes: RwLock::new(HashMap::new()),
-            }),
-        })
+    /// Settings before registration: labels every series carries.
+    ///
+    /// ```
+    /// let registry = prometheus::Registry::new();
+    /// // Two sets of the same metrics in one registry, told apart by a constant label:
+    /// let a = clientgone::Metrics::builder().const_label("server_port", "8080").register(&registry)?;
+    /// let b = clientgone::Metrics::builder().const_label("server_port", "9000").register(&registry)?;
+    /// # drop((a, b));
+    /// # Ok::<(), prometheus::Error>(())
+    /// ```
+    pub fn builder() -> MetricsBuilder {
+        MetricsBuilder::default()
     }
 
     /// The cached children of one route; created on first use.
@@ -180,17 +118,186 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn connection_opened(&self) {
+    /// For a source of requests other than [`DisconnectLayer`](crate::DisconnectLayer)
+    /// (`clientgone watch` reads them from kernel events): a request of `method`
+    /// (a [`method_label`](crate::method_label) value; others count as `_OTHER`)
+    /// on `route` (a template, or [`UNMATCHED_ROUTE`]) is in flight. End it with
+    /// [`request_ended`](Self::request_ended) — exactly once.
+    ///
+    /// ```
+    /// use clientgone::{Cause, End, Metrics, Phase, Record};
+    /// use std::time::Duration;
+    ///
+    /// let registry = prometheus::Registry::new();
+    /// let metrics = Metrics::new(&registry).unwrap();
+    /// metrics.request_started("GET", "/users/{id}");
+    /// metrics.request_ended(&Record {
+    ///     method: "GET",
+    ///     route: "/users/{id}",
+    ///     status: 499,
+    ///     end: End::Disconnect { phase: Phase::Handler, cause: Cause::Closed },
+    ///     elapsed: Duration::from_millis(1200),
+    ///     body_bytes_sent: 0,
+    /// });
+    /// ```
+    pub fn request_started(&self, method: &str, route: &str) {
+        self.route(route).request_started(method_position(method));
+    }
+
+    /// Ends a request begun with [`request_started`](Self::request_started):
+    /// observes it once in the duration histogram, and counts its break if it
+    /// was one.
+    pub fn request_ended(&self, record: &Record<'_>) {
+        self.route(record.route)
+            .record(method_position(record.method), record);
+    }
+
+    /// Takes a request begun with [`request_started`](Self::request_started)
+    /// out of the in-flight gauge without observing it anywhere: its source lost
+    /// track of it (`clientgone watch` when kernel events were lost), and a
+    /// guessed end would be a wrong count.
+    pub fn request_lost(&self, method: &str, route: &str) {
+        self.route(route).request_lost(method_position(method));
+    }
+
+    /// For a source other than [`TrackedListener`](crate::TrackedListener): a
+    /// client connection opened. Close it with
+    /// [`connection_closed`](Self::connection_closed) — exactly once.
+    pub fn connection_opened(&self) {
         self.inner.open_connections.inc();
     }
 
-    pub(crate) fn connection_closed(&self, reason: CloseReason, lifetime: Duration) {
+    /// Takes a connection opened with [`connection_opened`](Self::connection_opened)
+    /// out of the open gauge without counting a close: its source lost track of it.
+    pub fn connection_lost(&self) {
+        self.inner.open_connections.dec();
+    }
+
+    /// A connection opened with [`connection_opened`](Self::connection_opened)
+    /// closed, for `reason`, after `lifetime`.
+    pub fn connection_closed(&self, reason: CloseReason, lifetime: Duration) {
         self.inner.open_connections.dec();
         self.inner.connection_closes[reason.index()].inc();
         self.inner
             .connection_duration
             .observe(lifetime.as_secs_f64());
     }
+}
+
+/// Builds [`Metrics`]: see [`Metrics::builder`].
+#[derive(Clone, Debug, Default)]
+#[must_use = "a builder does nothing until `register` is called"]
+pub struct MetricsBuilder {
+    const_labels: HashMap<String, String>,
+}
+
+impl MetricsBuilder {
+    /// A label with one value on every series of these metrics, like
+    /// `server_port="8080"`: several sets of the metrics can then share a
+    /// registry (the label names must be the same in each set).
+    pub fn const_label(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.const_labels.insert(name.into(), value.into());
+        self
+    }
+
+    /// Creates the instruments and registers them in `registry`.
+    ///
+    /// Fails if the same names with the same constant labels are already
+    /// registered there, or a label name is not a valid Prometheus name.
+    pub fn register(self, registry: &Registry) -> prometheus::Result<Metrics> {
+        let labels = self.const_labels;
+        let opts = |name: &str, help: &str| Opts::new(name, help).const_labels(labels.clone());
+        let hopts = |name: &str, help: &str, buckets: &[f64]| {
+            HistogramOpts::new(name, help)
+                .const_labels(labels.clone())
+                .buckets(buckets.to_vec())
+        };
+        let request_duration = HistogramVec::new(
+            hopts(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests, completed or broken off by the client.",
+                REQUEST_BUCKETS,
+            ),
+            &[
+                "http_request_method",
+                "http_route",
+                "http_response_status_code",
+                "outcome",
+            ],
+        )?;
+        let active_requests = IntGaugeVec::new(
+            opts(
+                "http_server_active_requests",
+                "HTTP server requests in flight.",
+            ),
+            &["http_request_method", "http_route"],
+        )?;
+        let disconnects = IntCounterVec::new(
+            opts(
+                "http_server_client_disconnects_total",
+                "Requests whose client broke the connection before the response was done.",
+            ),
+            &["http_request_method", "http_route", "phase", "cause"],
+        )?;
+        let disconnect_elapsed = HistogramVec::new(
+            hopts(
+                "http_server_client_disconnect_elapsed_seconds",
+                "Time from a request's arrival until its client's break was noticed.",
+                ABANDON_BUCKETS,
+            ),
+            &["http_request_method", "http_route", "phase"],
+        )?;
+        let open_connections = IntGauge::with_opts(opts(
+            "http_server_open_connections",
+            "Open client connections.",
+        ))?;
+        let closes = IntCounterVec::new(
+            opts(
+                "http_server_connection_closes_total",
+                "Closed client connections, by why they closed.",
+            ),
+            &["reason"],
+        )?;
+        let connection_duration = Histogram::with_opts(hopts(
+            "http_server_connection_duration_seconds",
+            "Lifetime of client connections.",
+            CONNECTION_BUCKETS,
+        ))?;
+
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(active_requests.clone()))?;
+        registry.register(Box::new(disconnects.clone()))?;
+        registry.register(Box::new(disconnect_elapsed.clone()))?;
+        registry.register(Box::new(open_connections.clone()))?;
+        registry.register(Box::new(closes.clone()))?;
+        registry.register(Box::new(connection_duration.clone()))?;
+
+        // Every close reason exists from the start, so a rate() over it is never empty.
+        let connection_closes = CloseReason::ALL.map(|r| closes.with_label_values(&[r.as_str()]));
+
+        Ok(Metrics {
+            inner: Arc::new(Inner {
+                vecs: Vecs {
+                    request_duration,
+                    active_requests,
+                    disconnects,
+                    disconnect_elapsed,
+                },
+                open_connections,
+                connection_closes,
+                connection_duration,
+                routes: RwLock::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+/// The index of a method label; `_OTHER` for anything else.
+fn method_position(label: &str) -> usize {
+    METHODS
+        .iter()
+        .position(|m| *m == label)
+        .unwrap_or(METHODS.len() - 1)
 }
 
 /// The children of one route template, per method, created on first use.
@@ -241,6 +348,10 @@ impl RouteMetrics {
 
     pub(crate) fn request_started(&self, method: usize) {
         self.method(method).active.inc();
+    }
+
+    fn request_lost(&self, method: usize) {
+        self.method(method).active.dec();
     }
 
     /// Hands one finished request to the instruments.

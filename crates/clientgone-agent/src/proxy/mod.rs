@@ -4,7 +4,6 @@
 
 mod connector;
 mod forward;
-mod routes;
 mod upstream;
 
 use std::sync::Arc;
@@ -17,7 +16,7 @@ use axum::http::uri::Authority;
 use axum::routing::any;
 use clientgone::{DisconnectLayer, UNMATCHED_ROUTE};
 
-pub use routes::{RouteError, RouteTable, openapi_paths};
+pub use crate::routes::{RouteError, RouteTable, openapi_paths};
 pub use upstream::{UpstreamMetrics, UpstreamOutcome};
 
 use crate::server::{self, RunningServer, ServerConfig, StartError};

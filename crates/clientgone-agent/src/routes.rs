@@ -1,6 +1,8 @@
-//! The route templates the proxy counts under: from `--route` flags or an
-//! OpenAPI 3 document's `paths`. Checked at start-up — a bad template is a clear
-//! error, never a panic inside the router.
+//! The route templates `proxy` and `watch` count under: from `--route` flags or
+//! an OpenAPI 3 document's `paths`. Checked at start-up — a bad template is a
+//! clear error, never a panic inside the router. The proxy hands them to axum's
+//! router; `watch`, which sees raw request paths, matches them with
+//! [`RouteMatcher`] — the same matchit rules, so both count a path alike.
 
 use std::fmt;
 use std::path::Path;
@@ -66,6 +68,53 @@ impl RouteTable {
     /// The templates.
     pub fn templates(&self) -> &[String] {
         &self.templates
+    }
+
+    /// A matcher of raw request paths against these templates.
+    pub fn matcher(&self) -> RouteMatcher {
+        let mut router = matchit::Router::new();
+        for (i, template) in self.templates.iter().enumerate() {
+            // Checked in `new`: the same inserts succeeded there.
+            if router.insert(template.as_str(), i).is_err() {
+                continue;
+            }
+        }
+        RouteMatcher {
+            router,
+            templates: self.templates.clone(),
+        }
+    }
+}
+
+/// Finds the template a raw request path falls under, as axum's router would.
+#[derive(Clone)]
+pub struct RouteMatcher {
+    router: matchit::Router<usize>,
+    templates: Vec<String>,
+}
+
+impl RouteMatcher {
+    /// The template `path` matches (no query: strip it first), or `None`.
+    ///
+    /// ```
+    /// use clientgone_agent::routes::RouteTable;
+    ///
+    /// let table = RouteTable::new(["/users/{id}".to_owned()]).unwrap();
+    /// let matcher = table.matcher();
+    /// assert_eq!(matcher.template("/users/42"), Some("/users/{id}"));
+    /// assert_eq!(matcher.template("/users/42/posts"), None);
+    /// ```
+    pub fn template(&self, path: &str) -> Option<&str> {
+        let found = self.router.at(path).ok()?;
+        self.templates.get(*found.value).map(String::as_str)
+    }
+}
+
+impl std::fmt::Debug for RouteMatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMatcher")
+            .field("templates", &self.templates)
+            .finish()
     }
 }
 
@@ -169,6 +218,26 @@ mod tests {
         }
         let e = table(&["/users/{id}", "/users/{name}"]).unwrap_err();
         assert!(e.to_string().contains("/users/{name}"), "{e}");
+    }
+
+    #[test]
+    fn the_matcher_finds_templates_as_the_router_does() {
+        let m = table(&["/users/{id}", "/files/{*path}", "/", "/a/b"])
+            .unwrap()
+            .matcher();
+        for (path, want) in [
+            ("/users/7", Some("/users/{id}")),
+            ("/users/", None),
+            ("/users/7/", None),
+            ("/files/a/b/c", Some("/files/{*path}")),
+            ("/", Some("/")),
+            ("/a/b", Some("/a/b")),
+            ("/a/c", None),
+            ("", None),
+            ("*", None),
+        ] {
+            assert_eq!(m.template(path), want, "{path}");
+        }
     }
 
     #[test]

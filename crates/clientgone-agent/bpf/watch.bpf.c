@@ -1,0 +1,363 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+/*
+ * clientgone watch: the kernel side. It only reports what each watched TCP
+ * connection did — established, bytes read and written (with the first and
+ * last bytes of each transfer), state changes, resets — into one ring buffer.
+ * Every HTTP decision (requests, phases, causes) is made in user space
+ * (src/watch/), from these events alone.
+ *
+ * Only tracepoints are used: they are the kernel's stable interface, and the
+ * machines this runs on may have no kprobes. All are BTF-typed (tp_btf), so no
+ * tracefs mount is needed.
+ *
+ * Rebuild with bpf/build.sh (clang -target bpf); the object is committed.
+ */
+#include "cg_vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "watch.h"
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define MSG_PEEK 2
+#define MAX_IOV 4
+
+/* Bounds a length for the verifier. The empty asm hides the value from clang,
+ * which would otherwise drop the mask as redundant and leave the verifier
+ * without a bound. */
+static __always_inline __u32 bounded(__u32 v, __u32 mask)
+{
+	barrier_var(v);
+	return v & mask;
+}
+
+/* The ports whose accepted connections are watched (filled by user space). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u16);
+	__type(value, __u8);
+} ports SEC(".maps");
+
+/* What is known of a watched socket; lives and dies with the socket, so a
+ * reused struct sock address never inherits another connection's id. */
+struct conn_state {
+	__u64 id;
+	__u16 port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct conn_state);
+} conns SEC(".maps");
+
+/* The user buffer of the read or write system call the current thread is in. */
+enum call_kind { CALL_NONE = 0, CALL_BUF = 1, CALL_IOV = 2, CALL_MSG = 3, CALL_NOBUF = 4 };
+enum call_dir { DIR_NONE = 0, DIR_RECV = 1, DIR_SEND = 2, DIR_ANY = 3 };
+
+struct call {
+	__u64 arg; /* buffer, iovec array or msghdr */
+	__u64 count; /* iovec count (CALL_IOV) */
+	__u8 kind;
+	__u8 dir;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct call);
+} calls SEC(".maps");
+
+/* Size set by user space (--ring-size). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+/* Connections that lost an event: user space leaves them out of the request
+ * metrics. LRU, so recording a loss never fails for want of room. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} lost_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CG_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* One event is built here (it is larger than the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cg_event);
+} scratch SEC(".maps");
+
+__u64 next_conn_id = 0;
+
+static __always_inline struct cg_event *new_event(const struct conn_state *cs, __u8 kind)
+{
+	__u32 zero = 0;
+	struct cg_event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e)
+		return 0;
+	e->conn = cs->id;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->tgid = 0;
+	e->len = 0;
+	e->unacked = 0;
+	e->port = cs->port;
+	e->kind = kind;
+	e->flags = 0;
+	e->old_state = 0;
+	e->new_state = 0;
+	e->cap_len = 0;
+	e->tail_len = 0;
+	e->pad = 0;
+	return e;
+}
+
+/* Sends the event; a full ring is counted, and the connection marked, never
+ * silent: user space must not build requests from a stream with a hole. */
+static __always_inline void send(struct cg_event *e, __u64 flags)
+{
+	__u64 size = CG_HEADER_LEN + bounded(e->cap_len, 2 * CG_CAP - 1);
+	if (size > sizeof(*e))
+		return;
+	if (bpf_ringbuf_output(&events, e, size, flags) == 0)
+		return;
+	__u32 key = CG_LOST;
+	__u64 *lost = bpf_map_lookup_elem(&counters, &key);
+	if (lost)
+		*lost += 1;
+	__u8 one = 1;
+	bpf_map_update_elem(&lost_conns, &e->conn, &one, BPF_ANY);
+}
+
+static __always_inline __u32 unacked(const struct sock *sk)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	return BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una);
+}
+
+/* Copies up to CG_CAP bytes from the start of a contiguous user buffer, and
+ * its last CG_TAIL bytes. */
+static __always_inline void capture_buf(struct cg_event *e, __u64 buf, __u32 len)
+{
+	__u32 n = len < CG_CAP ? len : CG_CAP;
+	if (n > 0 && bpf_probe_read_user(e->data, bounded(n, 2 * CG_CAP - 1), (void *)buf) == 0)
+		e->cap_len = n;
+	__u32 t = len < CG_TAIL ? len : CG_TAIL;
+	if (t > 0 && bpf_probe_read_user(e->tail, bounded(t, 2 * CG_TAIL - 1),
+					 (void *)(buf + len - t)) == 0)
+		e->tail_len = t;
+}
+
+/* The same over an iovec array (readv, writev, recvmsg, sendmsg): the head is
+ * copied across up to MAX_IOV pieces; the tail comes from the piece holding the
+ * transfer's last byte. */
+static __always_inline void capture_iov(struct cg_event *e, __u64 iov, __u64 count, __u32 len)
+{
+	__u32 copied = 0, seen = 0;
+	for (int i = 0; i < MAX_IOV; i++) {
+		if (i >= count || seen >= len)
+			break;
+		struct cg_iovec v;
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(v))))
+			break;
+		__u32 used = v.len < len - seen ? v.len : len - seen;
+		if (copied == seen && copied < CG_CAP) {
+			__u32 n = used < CG_CAP - copied ? used : CG_CAP - copied;
+			if (n > 0 && bpf_probe_read_user(e->data + bounded(copied, CG_CAP - 1),
+							 bounded(n, 2 * CG_CAP - 1), (void *)v.base))
+				break;
+			copied += n;
+		}
+		seen += used;
+		if (seen == len && used > 0) {
+			__u32 t = used < CG_TAIL ? used : CG_TAIL;
+			if (bpf_probe_read_user(e->tail, bounded(t, 2 * CG_TAIL - 1),
+						(void *)(v.base + used - t)) == 0)
+				e->tail_len = t;
+		}
+	}
+	e->cap_len = copied;
+}
+
+/* A read or write on a watched socket: how many bytes, and what they began
+ * and ended with, from the buffer sys_enter remembered for this thread. */
+static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 dir)
+{
+	if (!sk)
+		return 0;
+	struct conn_state *cs = bpf_sk_storage_get(&conns, sk, 0, 0);
+	if (!cs)
+		return 0;
+	struct cg_event *e = new_event(cs, kind);
+	if (!e)
+		return 0;
+	e->tgid = bpf_get_current_pid_tgid() >> 32;
+	e->len = ret;
+	struct call *c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
+	if (c && c->dir == dir && c->kind != CALL_NOBUF) {
+		if (c->kind == CALL_BUF) {
+			capture_buf(e, c->arg, ret);
+		} else if (c->kind == CALL_IOV) {
+			capture_iov(e, c->arg, c->count, ret);
+		} else if (c->kind == CALL_MSG) {
+			struct cg_user_msghdr m;
+			if (bpf_probe_read_user(&m, sizeof(m), (void *)c->arg) == 0)
+				capture_iov(e, m.msg_iov, m.msg_iovlen, ret);
+		}
+	}
+	if (e->cap_len == 0)
+		e->flags |= CG_F_NOBUF;
+	/* One system call, one transfer: a later transfer on this thread outside a
+	 * known call (io_uring's workers, say) must not reuse this buffer. */
+	if (c)
+		c->dir = DIR_NONE;
+	send(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+/* Catches: which user buffer the thread's next socket read or write uses. The
+ * socket tracepoints below say how many bytes moved but not where they are. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(cg_sys_enter, struct pt_regs *regs, long id)
+{
+	__u8 kind, dir;
+	switch (id) {
+	case 0:   /* read */
+	case 45:  /* recvfrom */
+		kind = CALL_BUF, dir = DIR_RECV;
+		break;
+	case 1:   /* write */
+	case 44:  /* sendto */
+		kind = CALL_BUF, dir = DIR_SEND;
+		break;
+	case 19:  /* readv */
+	case 327: /* preadv2 */
+		kind = CALL_IOV, dir = DIR_RECV;
+		break;
+	case 20:  /* writev */
+	case 328: /* pwritev2 */
+		kind = CALL_IOV, dir = DIR_SEND;
+		break;
+	case 47:  /* recvmsg */
+		kind = CALL_MSG, dir = DIR_RECV;
+		break;
+	case 46:  /* sendmsg */
+		kind = CALL_MSG, dir = DIR_SEND;
+		break;
+	case 40:  /* sendfile */
+	case 275: /* splice */
+	case 299: /* recvmmsg */
+	case 307: /* sendmmsg */
+	case 426: /* io_uring_enter */
+		kind = CALL_NOBUF, dir = DIR_ANY;
+		break;
+	default:
+		return 0;
+	}
+	struct call *c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
+					      BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c)
+		return 0;
+	c->arg = regs->si;
+	c->count = regs->dx;
+	c->kind = kind;
+	c->dir = dir;
+	return 0;
+}
+
+/* Catches: every read from a watched socket (ret bytes), in the reader's context. */
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(cg_recv, struct sock *sk, int ret, int flags)
+{
+	/* EOF and errors show as state changes; a peek consumes nothing. */
+	if (ret <= 0 || (flags & MSG_PEEK))
+		return 0;
+	return data_event(sk, ret, CG_RECV, DIR_RECV);
+}
+
+/* Catches: every write to a watched socket, sendfile and splice included. */
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(cg_send, struct sock *sk, int ret, int flags)
+{
+	if (ret <= 0)
+		return 0;
+	return data_event(sk, ret, CG_SEND, DIR_SEND);
+}
+
+/* Catches: a connection established on a watched port (SYN_RECV -> ESTABLISHED,
+ * in softirq), and every later state change of a watched one: the client's FIN
+ * (-> CLOSE_WAIT, seen when it arrives, even if the server never reads again),
+ * the server closing first (-> FIN_WAIT1), and the end (-> CLOSE, with sk_err
+ * saying whether an RST or a timeout killed it). */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(cg_state, const struct sock *sk, int oldstate, int newstate)
+{
+	struct sock *s = (struct sock *)sk;
+	struct conn_state *cs;
+	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+		__u16 port = s->__sk_common.skc_num;
+		if (!bpf_map_lookup_elem(&ports, &port))
+			return 0;
+		cs = bpf_sk_storage_get(&conns, s, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (!cs)
+			return 0;
+		cs->id = __sync_fetch_and_add(&next_conn_id, 1) + 1;
+		cs->port = port;
+		struct cg_event *e = new_event(cs, CG_OPEN);
+		if (e)
+			send(e, BPF_RB_NO_WAKEUP);
+		return 0;
+	}
+	cs = bpf_sk_storage_get(&conns, s, 0, 0);
+	if (!cs)
+		return 0;
+	struct cg_event *e = new_event(cs, CG_STATE);
+	if (!e)
+		return 0;
+	e->old_state = oldstate;
+	e->new_state = newstate;
+	e->len = BPF_CORE_READ(s, sk_err);
+	e->unacked = unacked(s);
+	/* A client leaving is worth a wake-up (the detection delay); the rest waits
+	 * for the next drain. */
+	__u64 wake = newstate == TCP_CLOSE_WAIT || newstate == TCP_CLOSE ? BPF_RB_FORCE_WAKEUP
+									 : BPF_RB_NO_WAKEUP;
+	send(e, wake);
+	return 0;
+}
+
+/* Catches: an RST from the client, with the response bytes it never
+ * acknowledged (read before the reset purges the write queue). */
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(cg_reset, struct sock *sk)
+{
+	if (!sk)
+		return 0;
+	struct conn_state *cs = bpf_sk_storage_get(&conns, sk, 0, 0);
+	if (!cs)
+		return 0;
+	struct cg_event *e = new_event(cs, CG_RESET);
+	if (!e)
+		return 0;
+	e->unacked = unacked(sk);
+	send(e, BPF_RB_FORCE_WAKEUP);
+	return 0;
+}

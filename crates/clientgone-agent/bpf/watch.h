@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * The one event the BPF side sends to user space. Its byte layout is read by
+ * src/watch/event.rs, field by field at these offsets; change both together.
+ */
+#ifndef CG_WATCH_H
+#define CG_WATCH_H
+
+/* Bytes captured from the start of each read and write: a request or response
+ * head longer than this cannot be parsed (the connection is left out, counted). */
+#define CG_CAP 1024
+/* Bytes captured from the end of each read and write: where a chunked body's
+ * last chunk ("0\r\n\r\n") shows. */
+#define CG_TAIL 8
+
+enum cg_kind {
+	CG_OPEN = 1,  /* a connection was established on a watched port */
+	CG_RECV = 2,  /* the server read len bytes */
+	CG_SEND = 3,  /* the server wrote len bytes */
+	CG_STATE = 4, /* the TCP state changed: old_state -> new_state, len = sk_err */
+	CG_RESET = 5, /* an RST arrived */
+};
+
+/* The bytes moved but none were captured: sendfile, splice, io_uring, or a
+ * system call the buffer of which is not known. */
+#define CG_F_NOBUF 1
+
+struct cg_event {
+	__u64 conn;       /*  0: connection id, given at CG_OPEN */
+	__u64 ts_ns;      /*  8: CLOCK_MONOTONIC */
+	__u32 tgid;       /* 16: the process that read or wrote (0 in softirq events) */
+	__s32 len;        /* 20: RECV/SEND bytes; STATE sk_err */
+	__u32 unacked;    /* 24: STATE/RESET: bytes written the peer never acknowledged */
+	__u16 port;       /* 28: the watched local port */
+	__u8 kind;        /* 30: enum cg_kind */
+	__u8 flags;       /* 31: CG_F_* */
+	__u8 old_state;   /* 32 */
+	__u8 new_state;   /* 33 */
+	__u16 cap_len;    /* 34: bytes in data, from the start of the transfer */
+	__u16 tail_len;   /* 36: bytes in tail, the last ones of the transfer */
+	__u16 pad;        /* 38 */
+	__u8 tail[CG_TAIL]; /* 40 */
+	__u8 data[3 * CG_CAP]; /* 48: cap_len bytes are sent (never more than CG_CAP; the
+				  * room beyond is for the verifier's bounds) */
+};
+
+#define CG_HEADER_LEN 48
+
+/* Per-CPU counters (map "counters"). */
+enum cg_counter {
+	CG_LOST = 0, /* events the ring buffer had no room for */
+	CG_COUNTERS = 1,
+};
+
+#endif

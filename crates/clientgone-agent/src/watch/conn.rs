@@ -1,0 +1,912 @@
+//! From kernel events to requests: one [`Conn`] per watched connection follows
+//! the HTTP/1 exchange in its bytes (request head, request body, response head,
+//! response body) and the TCP signals (FIN, RST, the kernel giving up), and
+//! hands the same facts the layer works from to the shared rules of
+//! `clientgone` (`break_phase`, `recorded_status`, `close_reason`) and to a
+//! [`Sink`]. Pure: no I/O, so every rule is tested with scripted events.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use clientgone::{
+    BodyProgress, Cause, ClientEvent, CloseFacts, CloseReason, End, Record, UNMATCHED_ROUTE,
+    break_phase, close_reason, recorded_status,
+};
+
+use super::event::{Event, Kind, tcp};
+use super::http1::{self, Framing, Head, RequestHead};
+use crate::routes::RouteMatcher;
+
+/// The largest request or response head followed across reads or writes.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Why a connection's requests are left out of the request metrics (its
+/// connection-level close is still counted). Bounded: the label values of
+/// `clientgone_watch_connections_skipped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Skip {
+    /// TLS: no plaintext to read.
+    Tls,
+    /// HTTP/2 (h2c prior knowledge): streams are not followed.
+    Http2,
+    /// The bytes are not HTTP/1, or a head was not captured whole (longer than
+    /// the capture, or moved by sendfile/splice/io_uring before its head).
+    Unparsed,
+    /// The client sent the next request before the response was done.
+    Pipelined,
+    /// The connection switched protocols (101, CONNECT).
+    Upgraded,
+    /// Kernel events of this connection were lost (the ring buffer was full).
+    Lost,
+}
+
+impl Skip {
+    /// All reasons, in label order.
+    pub const ALL: [Skip; 6] = [
+        Skip::Tls,
+        Skip::Http2,
+        Skip::Unparsed,
+        Skip::Pipelined,
+        Skip::Upgraded,
+        Skip::Lost,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Skip::Tls => "tls",
+            Skip::Http2 => "http2",
+            Skip::Unparsed => "unparsed",
+            Skip::Pipelined => "pipelined",
+            Skip::Upgraded => "upgraded",
+            Skip::Lost => "lost_events",
+        }
+    }
+}
+
+/// Where the facts go: the metrics (and spans) of each watched port.
+pub trait Sink {
+    /// A connection was established.
+    fn connection_opened(&mut self, port: u16);
+    /// A connection closed, once, with its one reason.
+    fn connection_closed(&mut self, port: u16, reason: CloseReason, lifetime: Duration);
+    /// A connection is forgotten without a close (its events were lost).
+    fn connection_lost(&mut self, port: u16);
+    /// A request head was read: the request is in flight.
+    fn request_started(&mut self, port: u16, method: &'static str, route: &str);
+    /// A request ended, completed or broken; `unacked` is what the client never
+    /// acknowledged of the response at a break.
+    fn request_ended(&mut self, port: u16, record: &Record<'_>, unacked: u32);
+    /// A request in flight whose end cannot be known.
+    fn request_lost(&mut self, port: u16, method: &'static str, route: &str);
+    /// A connection's requests are left out from here on.
+    fn skipped(&mut self, port: u16, why: Skip);
+}
+
+/// All watched connections, by the id the kernel side gave them.
+#[derive(Debug)]
+pub struct Tracker {
+    conns: HashMap<u64, Conn>,
+    routes: RouteMatcher,
+}
+
+impl Tracker {
+    /// A tracker counting paths under `routes`' templates (others `unmatched`).
+    pub fn new(routes: RouteMatcher) -> Self {
+        Tracker {
+            conns: HashMap::new(),
+            routes,
+        }
+    }
+
+    /// Connections followed now.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// No connection is followed.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Applies one event.
+    pub fn on_event(&mut self, ev: &Event<'_>, sink: &mut impl Sink) {
+        if ev.kind == Kind::Open {
+            sink.connection_opened(ev.port);
+            let conn = Conn::new(ev.port, ev.ts_ns);
+            if let Some(old) = self.conns.insert(ev.conn, conn) {
+                // Ids are never reused: this cannot happen, but if it did the
+                // old connection must not stay counted as open.
+                old.forget(sink);
+            }
+            return;
+        }
+        // Events of connections opened before the agent started (or whose open
+        // was lost) are not followed: they have no id the tracker knows.
+        let Some(conn) = self.conns.get_mut(&ev.conn) else {
+            return;
+        };
+        match ev.kind {
+            Kind::Open => {}
+            Kind::Recv => conn.on_recv(ev, &self.routes, sink),
+            Kind::Send => conn.on_send(ev, sink),
+            Kind::Reset => conn.client_left(Cause::Reset, ev, sink),
+            Kind::State { old, new, error } => {
+                if conn.on_state(old, new, error, ev, sink) {
+                    self.conns.remove(&ev.conn);
+                }
+            }
+        }
+    }
+
+    /// The kernel side could not deliver an event of connection `id`: it is
+    /// forgotten (its request, if any, taken out of the in-flight gauge).
+    pub fn lost(&mut self, id: u64, sink: &mut impl Sink) {
+        if let Some(conn) = self.conns.remove(&id) {
+            sink.skipped(conn.port, Skip::Lost);
+            conn.forget(sink);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    port: u16,
+    opened_ns: u64,
+    /// Bytes of a request head received and not yet complete.
+    head: Vec<u8>,
+    req: Option<Req>,
+    /// The first sign of the client leaving.
+    client_event: Option<ClientEvent>,
+    /// The server closed its side first (FIN_WAIT1) or after the client (LAST_ACK).
+    server_closed: bool,
+    served_any: bool,
+    asked_close: bool,
+    /// Requests are no longer followed (the client left, or see [`Skip`]).
+    done: bool,
+}
+
+#[derive(Debug)]
+struct Req {
+    method: &'static str,
+    route: String,
+    start_ns: u64,
+    body: Framing,
+    /// The request body was fully read (or there was none).
+    body_read: bool,
+    head_request: bool,
+    /// Bytes of a response head written and not yet complete.
+    resp_head: Vec<u8>,
+    /// The response's status and framing, once its head was written.
+    resp: Option<(u16, Framing)>,
+    body_sent: u64,
+}
+
+impl Conn {
+    fn new(port: u16, opened_ns: u64) -> Self {
+        Conn {
+            port,
+            opened_ns,
+            head: Vec::new(),
+            req: None,
+            client_event: None,
+            server_closed: false,
+            served_any: false,
+            asked_close: false,
+            done: false,
+        }
+    }
+
+    /// Leaves this connection's requests out from now on.
+    fn skip(&mut self, why: Skip, sink: &mut impl Sink) {
+        if let Some(req) = self.req.take() {
+            sink.request_lost(self.port, req.method, &req.route);
+        }
+        self.head.clear();
+        self.done = true;
+        sink.skipped(self.port, why);
+    }
+
+    fn forget(mut self, sink: &mut impl Sink) {
+        if let Some(req) = self.req.take() {
+            sink.request_lost(self.port, req.method, &req.route);
+        }
+        sink.connection_lost(self.port);
+    }
+
+    fn on_recv(&mut self, ev: &Event<'_>, routes: &RouteMatcher, sink: &mut impl Sink) {
+        let mut off = 0usize; // bytes of this read consumed so far
+        let len = ev.len as usize;
+        while off < len && !self.done {
+            match &mut self.req {
+                None => {
+                    let Some(piece) = ev.data.get(off..) else {
+                        return self.skip(Skip::Unparsed, sink);
+                    };
+                    if piece.is_empty() {
+                        return self.skip(Skip::Unparsed, sink);
+                    }
+                    let before = self.head.len();
+                    self.head.extend_from_slice(piece);
+                    match http1::request_head(&self.head) {
+                        Head::Complete(head_len, head) => {
+                            let used = head_len - before;
+                            self.head.clear();
+                            off += used;
+                            self.start(head, ev.ts_ns, routes, sink);
+                        }
+                        Head::Partial if ev.data.len() == len && self.head.len() <= MAX_HEAD => {
+                            return; // the rest of the head comes in a later read
+                        }
+                        Head::Partial => return self.skip(Skip::Unparsed, sink),
+                        Head::Invalid => {
+                            let why = http1::foreign_protocol(&self.head).unwrap_or(Skip::Unparsed);
+                            return self.skip(why, sink);
+                        }
+                    }
+                }
+                Some(req) if !req.body_read => {
+                    let rest = (len - off) as u64;
+                    let captured = ev.data.get(off..).filter(|_| ev.data.len() == len);
+                    let (used, ended) = req.body.consume(rest, captured, ev.tail);
+                    off += used as usize;
+                    if ended {
+                        req.body_read = true;
+                    }
+                }
+                // Bytes of a next request while this one is in flight.
+                Some(_) => return self.skip(Skip::Pipelined, sink),
+            }
+        }
+    }
+
+    fn start(
+        &mut self,
+        head: RequestHead,
+        ts_ns: u64,
+        routes: &RouteMatcher,
+        sink: &mut impl Sink,
+    ) {
+        if head.upgrade {
+            return self.skip(Skip::Upgraded, sink);
+        }
+        let route = routes
+            .template(head.path())
+            .unwrap_or(UNMATCHED_ROUTE)
+            .to_owned();
+        sink.request_started(self.port, head.method, &route);
+        self.asked_close |= head.close;
+        let body_read = head.body.is_empty();
+        self.req = Some(Req {
+            method: head.method,
+            route,
+            start_ns: ts_ns,
+            body: head.body,
+            body_read,
+            head_request: head.method == "HEAD",
+            resp_head: Vec::new(),
+            resp: None,
+            body_sent: 0,
+        });
+    }
+
+    fn on_send(&mut self, ev: &Event<'_>, sink: &mut impl Sink) {
+        let len = ev.len as usize;
+        let mut off = 0usize;
+        while off < len && !self.done {
+            // Bytes written with no request in flight (an error page before
+            // any head, say) belong to no request.
+            let Some(req) = &mut self.req else { return };
+            match &mut req.resp {
+                None => {
+                    let Some(piece) = ev.data.get(off..).filter(|p| !p.is_empty()) else {
+                        return self.skip(Skip::Unparsed, sink);
+                    };
+                    let before = req.resp_head.len();
+                    req.resp_head.extend_from_slice(piece);
+                    match http1::response_head(&req.resp_head) {
+                        Head::Complete(head_len, (status, framing)) => {
+                            off += head_len - before;
+                            req.resp_head.clear();
+                            if (100..200).contains(&status) && status != 101 {
+                                continue; // 100 Continue and the like: the real head follows
+                            }
+                            let bodiless = req.head_request
+                                || status == 101
+                                || status == 204
+                                || status == 304
+                                || framing.is_empty();
+                            req.resp = Some((status, framing));
+                            if bodiless {
+                                self.complete(ev.ts_ns, sink);
+                                if status == 101 {
+                                    return self.skip(Skip::Upgraded, sink);
+                                }
+                            }
+                        }
+                        Head::Partial
+                            if ev.data.len() == len && req.resp_head.len() <= MAX_HEAD =>
+                        {
+                            return;
+                        }
+                        Head::Partial | Head::Invalid => return self.skip(Skip::Unparsed, sink),
+                    }
+                }
+                Some((_, framing)) => {
+                    let rest = (len - off) as u64;
+                    let captured = ev.data.get(off..).filter(|_| ev.data.len() == len);
+                    let (used, ended) = framing.consume(rest, captured, ev.tail);
+                    req.body_sent += used;
+                    off += used as usize;
+                    if ended {
+                        self.complete(ev.ts_ns, sink);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The response reached its end.
+    fn complete(&mut self, ts_ns: u64, sink: &mut impl Sink) {
+        let Some(req) = self.req.take() else { return };
+        let status = req.resp.map_or(500, |(s, _)| s);
+        self.served_any = true;
+        sink.request_ended(
+            self.port,
+            &Record {
+                method: req.method,
+                route: &req.route,
+                status,
+                end: End::Completed,
+                elapsed: nanos(ts_ns.saturating_sub(req.start_ns)),
+                body_bytes_sent: req.body_sent,
+            },
+            0,
+        );
+    }
+
+    /// The first sign of the client going: a break if a request is in flight.
+    fn client_left(&mut self, cause: Cause, ev: &Event<'_>, sink: &mut impl Sink) {
+        // After the server's own close, whatever the client does is the end
+        // of a connection the server gave up: not a client's event.
+        if self.client_event.is_some() || self.server_closed {
+            return;
+        }
+        let in_flight = self.req.is_some();
+        self.client_event = Some(ClientEvent {
+            cause,
+            in_flight,
+            partial_head: !self.head.is_empty(),
+        });
+        if !in_flight {
+            return;
+        }
+        let Some(req) = self.req.take() else { return };
+        self.done = true;
+        let body = if req.body_read {
+            BodyProgress::Done
+        } else {
+            BodyProgress::Failed
+        };
+        let phase = break_phase(body, req.resp.is_some());
+        sink.request_ended(
+            self.port,
+            &Record {
+                method: req.method,
+                route: &req.route,
+                status: recorded_status(Some(phase), req.resp.map(|(s, _)| s)),
+                end: End::Disconnect { phase, cause },
+                elapsed: nanos(ev.ts_ns.saturating_sub(req.start_ns)),
+                body_bytes_sent: req.body_sent,
+            },
+            ev.unacked,
+        );
+    }
+
+    /// The server gave the connection up with a request in flight: its own
+    /// doing, never a client break. A response framed by the close completes;
+    /// any other is recorded with the status it sent (500 if none).
+    fn server_ended(&mut self, ts_ns: u64, sink: &mut impl Sink) {
+        if self.req.is_some() {
+            self.complete(ts_ns, sink);
+        }
+        self.done = true;
+    }
+
+    /// Returns whether the connection is gone.
+    fn on_state(
+        &mut self,
+        old: u8,
+        new: u8,
+        error: i32,
+        ev: &Event<'_>,
+        sink: &mut impl Sink,
+    ) -> bool {
+        match new {
+            tcp::CLOSE_WAIT => self.client_left(Cause::Closed, ev, sink),
+            tcp::FIN_WAIT1 | tcp::LAST_ACK if !self.server_closed => {
+                if self.client_event.is_none() {
+                    self.server_ended(ev.ts_ns, sink);
+                }
+                self.server_closed = true;
+            }
+            tcp::CLOSE => {
+                match error {
+                    libc::ECONNRESET | libc::EPIPE => self.client_left(Cause::Reset, ev, sink),
+                    libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH => {
+                        self.client_left(Cause::Timeout, ev, sink)
+                    }
+                    // A close with no error from ESTABLISHED without either
+                    // side's FIN: the socket was torn down (an RST the server
+                    // sent, say, closing with unread data) — the server's.
+                    _ => {
+                        if old == tcp::ESTABLISHED && self.client_event.is_none() {
+                            self.server_ended(ev.ts_ns, sink);
+                            self.server_closed = true;
+                        }
+                    }
+                }
+                if self.req.is_some() {
+                    // Gone with no client sign and no server close seen.
+                    self.server_ended(ev.ts_ns, sink);
+                }
+                let reason = close_reason(CloseFacts {
+                    client_event: self.client_event,
+                    // The server closed a connection on which no whole head
+                    // came (its own header timeout): the client's doing.
+                    header_timeout: self.server_closed
+                        && (!self.head.is_empty() || !self.served_any),
+                    partial_head: !self.head.is_empty(),
+                    served_any: self.served_any,
+                    client_asked_close: self.asked_close,
+                });
+                let lifetime = nanos(ev.ts_ns.saturating_sub(self.opened_ns));
+                sink.connection_closed(self.port, reason, lifetime);
+                return true;
+            }
+            _ => {}
+        }
+        false
+    }
+}
+
+fn nanos(n: u64) -> Duration {
+    Duration::from_nanos(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::RouteTable;
+
+    #[derive(Debug, Default)]
+    struct Log(Vec<String>);
+
+    impl Sink for Log {
+        fn connection_opened(&mut self, port: u16) {
+            self.0.push(format!("open {port}"));
+        }
+        fn connection_closed(&mut self, _: u16, reason: CloseReason, _: Duration) {
+            self.0.push(format!("close {}", reason.as_str()));
+        }
+        fn connection_lost(&mut self, _: u16) {
+            self.0.push("conn lost".into());
+        }
+        fn request_started(&mut self, _: u16, method: &'static str, route: &str) {
+            self.0.push(format!("start {method} {route}"));
+        }
+        fn request_ended(&mut self, _: u16, r: &Record<'_>, unacked: u32) {
+            let end = match r.end {
+                End::Completed => "completed".to_owned(),
+                End::Disconnect { phase, cause } => {
+                    format!("{} {}", phase.as_str(), cause.as_str())
+                }
+                _ => "other".to_owned(),
+            };
+            self.0.push(format!(
+                "end {} {} {} {end} sent={} unacked={unacked} ms={}",
+                r.method,
+                r.route,
+                r.status,
+                r.body_bytes_sent,
+                r.elapsed.as_millis()
+            ));
+        }
+        fn request_lost(&mut self, _: u16, method: &'static str, route: &str) {
+            self.0.push(format!("lost {method} {route}"));
+        }
+        fn skipped(&mut self, _: u16, why: Skip) {
+            self.0.push(format!("skip {}", why.as_str()));
+        }
+    }
+
+    /// Scripted events of one connection, 1 ms apart.
+    struct Script {
+        tracker: Tracker,
+        log: Log,
+        ts: u64,
+    }
+
+    impl Script {
+        fn new() -> Self {
+            let routes = RouteTable::new(["/users/{id}".to_owned()]).unwrap();
+            let mut s = Script {
+                tracker: Tracker::new(routes.matcher()),
+                log: Log::default(),
+                ts: 0,
+            };
+            s.event(Kind::Open, 0, b"", b"");
+            s
+        }
+
+        fn event(&mut self, kind: Kind, len: usize, data: &[u8], tail: &[u8]) -> &mut Self {
+            self.ts += 1_000_000;
+            let ev = Event {
+                conn: 1,
+                ts_ns: self.ts,
+                port: 8080,
+                kind,
+                len: len as u32,
+                unacked: 77,
+                data,
+                tail,
+            };
+            self.tracker.on_event(&ev, &mut self.log);
+            self
+        }
+
+        fn recv(&mut self, bytes: &[u8]) -> &mut Self {
+            let tail = &bytes[bytes.len().saturating_sub(8)..];
+            self.event(Kind::Recv, bytes.len(), bytes, tail)
+        }
+
+        fn send(&mut self, bytes: &[u8]) -> &mut Self {
+            let tail = &bytes[bytes.len().saturating_sub(8)..];
+            self.event(Kind::Send, bytes.len(), bytes, tail)
+        }
+
+        /// A transfer of `len` bytes of which only `head` and `tail` were captured.
+        fn send_big(&mut self, len: usize, head: &[u8], tail: &[u8]) -> &mut Self {
+            self.event(Kind::Send, len, head, tail)
+        }
+
+        fn state(&mut self, old: u8, new: u8, error: i32) -> &mut Self {
+            self.event(Kind::State { old, new, error }, 0, b"", b"")
+        }
+
+        fn fin(&mut self) -> &mut Self {
+            self.state(tcp::ESTABLISHED, tcp::CLOSE_WAIT, 0)
+        }
+
+        fn closed(&mut self) -> &mut Self {
+            self.state(tcp::LAST_ACK, tcp::CLOSE, 0)
+        }
+
+        fn rst(&mut self) -> &mut Self {
+            self.event(Kind::Reset, 0, b"", b"");
+            self.state(tcp::ESTABLISHED, tcp::CLOSE, libc::ECONNRESET)
+        }
+
+        fn log(&self) -> Vec<&str> {
+            self.log.0.iter().map(String::as_str).collect()
+        }
+    }
+
+    const GET: &[u8] = b"GET /users/42?x=1 HTTP/1.1\r\nHost: a\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+    #[test]
+    fn a_keep_alive_sequence_completes_every_request_and_closes_idle() {
+        let mut s = Script::new();
+        for _ in 0..3 {
+            s.recv(GET).send(OK);
+        }
+        s.fin().state(tcp::CLOSE_WAIT, tcp::LAST_ACK, 0).closed();
+        let mut want = vec!["open 8080"];
+        for _ in 0..3 {
+            want.push("start GET /users/{id}");
+            want.push("end GET /users/{id} 200 completed sent=5 unacked=0 ms=1");
+        }
+        want.push("close idle");
+        assert_eq!(s.log(), want);
+        assert!(s.tracker.is_empty());
+    }
+
+    #[test]
+    fn a_fin_mid_handler_is_a_handler_break_with_499() {
+        let mut s = Script::new();
+        s.recv(b"GET /slow HTTP/1.1\r\n\r\n").fin();
+        // The server answers into the half-closed socket later: not counted again.
+        s.send(OK).state(tcp::CLOSE_WAIT, tcp::LAST_ACK, 0).closed();
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "start GET unmatched",
+                "end GET unmatched 499 handler closed sent=0 unacked=77 ms=1",
+                "close client_abort"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_rst_mid_response_is_a_response_body_reset_with_the_status_sent() {
+        let mut s = Script::new();
+        s.recv(GET)
+            .send_big(
+                1 << 20,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\nxxxx",
+                b"xxxxxxxx",
+            )
+            .rst();
+        let sent = (1 << 20) - b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n".len();
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080".to_owned(),
+                "start GET /users/{id}".to_owned(),
+                format!(
+                    "end GET /users/{{id}} 200 response_body reset sent={sent} unacked=77 ms=2"
+                ),
+                "close client_abort".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_half_sent_body_is_a_request_body_break_even_if_answered() {
+        let mut s = Script::new();
+        s.recv(b"POST /upload HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789")
+            .send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+            .fin();
+        assert_eq!(
+            s.log()[2],
+            "end POST unmatched 499 request_body closed sent=0 unacked=77 ms=2"
+        );
+    }
+
+    #[test]
+    fn bodies_split_over_reads_and_writes_complete_at_their_length() {
+        let mut s = Script::new();
+        s.recv(b"POST /users/1 HTTP/1.1\r\nContent-Length: 6\r\n")
+            .recv(b"\r\nabc")
+            .recv(b"def")
+            .send(b"HTTP/1.1 201 Created\r\nContent-")
+            .send(b"Length: 4\r\n\r\nab")
+            .send(b"cd")
+            .recv(GET)
+            .send(OK);
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "start POST /users/{id}",
+                "end POST /users/{id} 201 completed sent=4 unacked=0 ms=4",
+                "start GET /users/{id}",
+                "end GET /users/{id} 200 completed sent=5 unacked=0 ms=1",
+            ]
+        );
+    }
+
+    #[test]
+    fn chunked_responses_end_at_the_last_chunk_even_when_not_captured() {
+        let mut s = Script::new();
+        s.recv(GET)
+            .send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .send(b"5\r\nhello\r\n")
+            .send_big(5000, b"1000\r\nxxxx", b"x\r\n0\r\n\r\n");
+        assert_eq!(
+            s.log()[2],
+            "end GET /users/{id} 200 completed sent=5010 unacked=0 ms=3"
+        );
+        // A chunked request body, then a FIN mid-handler.
+        let mut s = Script::new();
+        s.recv(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            .recv(b"0\r\n\r\n")
+            .fin();
+        assert_eq!(
+            s.log()[2],
+            "end POST unmatched 499 handler closed sent=0 unacked=77 ms=2"
+        );
+    }
+
+    #[test]
+    fn close_delimited_responses_complete_when_the_server_closes() {
+        let mut s = Script::new();
+        s.recv(b"GET / HTTP/1.0\r\n\r\n")
+            .send(b"HTTP/1.0 200 OK\r\n\r\nbody")
+            .send(b"more")
+            .state(tcp::ESTABLISHED, tcp::FIN_WAIT1, 0)
+            .state(tcp::FIN_WAIT1, tcp::CLOSE, 0);
+        assert_eq!(
+            s.log()[2..],
+            [
+                "end GET unmatched 200 completed sent=8 unacked=0 ms=3",
+                "close idle"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_servers_own_close_mid_request_is_never_a_client_break() {
+        let mut s = Script::new();
+        s.recv(GET)
+            .state(tcp::ESTABLISHED, tcp::FIN_WAIT1, 0)
+            .state(tcp::FIN_WAIT1, tcp::CLOSE, libc::ECONNRESET);
+        assert_eq!(
+            s.log()[2..],
+            [
+                "end GET /users/{id} 500 completed sent=0 unacked=0 ms=1",
+                "close server"
+            ]
+        );
+    }
+
+    #[test]
+    fn timeouts_resets_and_partial_heads_close_with_their_reasons() {
+        let mut s = Script::new();
+        s.recv(GET)
+            .send_big(
+                100_000,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n",
+                b"",
+            )
+            .state(tcp::ESTABLISHED, tcp::CLOSE, libc::ETIMEDOUT);
+        assert!(
+            s.log()[2].contains("200 response_body timeout"),
+            "{:?}",
+            s.log()
+        );
+        assert_eq!(s.log()[3], "close timeout");
+
+        let mut s = Script::new();
+        s.recv(GET).send(OK).rst();
+        assert_eq!(s.log()[3], "close reset");
+
+        let mut s = Script::new();
+        s.recv(b"GET /users/1 HTTP/1.1\r\nHo").fin().closed();
+        assert_eq!(s.log()[1..], ["close incomplete_request"]);
+
+        let mut s = Script::new();
+        s.recv(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .send(OK)
+            .state(tcp::ESTABLISHED, tcp::FIN_WAIT1, 0)
+            .state(tcp::FIN_WAIT2, tcp::CLOSE, 0);
+        assert_eq!(s.log()[3], "close idle");
+    }
+
+    #[test]
+    fn bodiless_answers_and_interim_heads() {
+        let mut s = Script::new();
+        s.recv(b"HEAD /users/1 HTTP/1.1\r\n\r\n")
+            .send(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
+            .recv(b"POST /users/1 HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+            .send(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .recv(b"ok")
+            .send(b"HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(
+            s.log()[1..],
+            [
+                "start HEAD /users/{id}",
+                "end HEAD /users/{id} 200 completed sent=0 unacked=0 ms=1",
+                "start POST /users/{id}",
+                "end POST /users/{id} 204 completed sent=0 unacked=0 ms=3",
+            ]
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_followed_is_skipped_and_counted() {
+        for (bytes, why) in [
+            (
+                &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+                "skip tls",
+            ),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "skip http2"),
+            (b"\x00\x01garbage\r\n\r\n", "skip unparsed"),
+            (
+                b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                "skip upgraded",
+            ),
+        ] {
+            let mut s = Script::new();
+            s.recv(bytes).closed();
+            assert_eq!(s.log()[1], why, "{bytes:?}");
+            assert_eq!(s.log().len(), 3, "{:?}", s.log());
+        }
+        // Pipelined: the second head arrives before the first answer.
+        let mut s = Script::new();
+        s.recv(GET).recv(GET).send(OK);
+        assert_eq!(s.log()[2..], ["lost GET /users/{id}", "skip pipelined"]);
+        // A head longer than the capture.
+        let mut s = Script::new();
+        s.event(Kind::Recv, 5000, &[b'G'; 1024], b"");
+        assert_eq!(s.log()[1..], ["skip unparsed"]);
+        // sendfile before any head.
+        let mut s = Script::new();
+        s.recv(GET).event(Kind::Send, 5000, b"", b"");
+        assert_eq!(s.log()[2..], ["lost GET /users/{id}", "skip unparsed"]);
+    }
+
+    #[test]
+    fn lost_events_forget_the_connection_and_its_request() {
+        let mut s = Script::new();
+        s.recv(GET);
+        s.tracker.lost(1, &mut s.log);
+        s.fin();
+        assert_eq!(
+            s.log()[2..],
+            ["skip lost_events", "lost GET /users/{id}", "conn lost"]
+        );
+        assert!(s.tracker.is_empty());
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_labels_stay_bounded() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let routes = RouteTable::new(["/users/{id}".to_owned()]).unwrap();
+        let mut tracker = Tracker::new(routes.matcher());
+        let mut log = Log::default();
+        let pieces: [&[u8]; 6] = [
+            b"GET /users/",
+            b"\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"0\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n",
+        ];
+        for i in 0..20_000u64 {
+            let mut data = Vec::new();
+            for _ in 0..rng.usize(0..4) {
+                if rng.bool() {
+                    data.extend_from_slice(pieces[rng.usize(..pieces.len())]);
+                } else {
+                    data.extend((0..rng.usize(0..40)).map(|_| rng.u8(..)));
+                }
+            }
+            data.truncate(super::super::event::CAPTURE);
+            let len = data.len()
+                + if rng.u8(..) < 20 {
+                    rng.usize(0..5000)
+                } else {
+                    0
+                };
+            let kind = match rng.u8(0..10) {
+                0 => Kind::Open,
+                1..=4 => Kind::Recv,
+                5..=7 => Kind::Send,
+                8 => Kind::Reset,
+                _ => Kind::State {
+                    old: rng.u8(0..13),
+                    new: rng.u8(0..13),
+                    error: [0, libc::ECONNRESET, libc::ETIMEDOUT, -5][rng.usize(0..4)],
+                },
+            };
+            let tail_at = data.len().saturating_sub(rng.usize(0..9));
+            let ev = Event {
+                conn: rng.u64(0..4),
+                ts_ns: i * 1000,
+                port: 80,
+                kind,
+                len: len as u32,
+                unacked: 0,
+                data: &data,
+                tail: &data[tail_at..],
+            };
+            tracker.on_event(&ev, &mut log);
+        }
+        let routes: std::collections::HashSet<&str> = log
+            .0
+            .iter()
+            .filter_map(|l| l.strip_prefix("start "))
+            .filter_map(|l| l.split(' ').nth(1))
+            .collect();
+        assert!(
+            routes
+                .iter()
+                .all(|r| ["/users/{id}", "unmatched"].contains(r)),
+            "{routes:?}"
+        );
+        assert!(tracker.len() <= 4);
+    }
+}

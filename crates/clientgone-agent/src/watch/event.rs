@@ -1,0 +1,192 @@
+//! The kernel's events, decoded from the ring buffer's bytes (the layout of
+//! `struct cg_event` in `bpf/watch.h`). Decoding never panics: a record too
+//! short for its header, or claiming more bytes than it carries, is `None`.
+
+/// Bytes the BPF side captures from the start of each transfer (`CG_CAP`).
+pub const CAPTURE: usize = 1024;
+/// Bytes it captures from the end of each transfer (`CG_TAIL`).
+pub const TAIL: usize = 8;
+const HEADER: usize = 48;
+
+/// What happened on a watched connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Established on a watched port.
+    Open,
+    /// The server read `len` bytes.
+    Recv,
+    /// The server wrote `len` bytes.
+    Send,
+    /// The TCP state changed.
+    State {
+        /// The state before (the kernel's `TCP_*` numbers).
+        old: u8,
+        /// The state after.
+        new: u8,
+        /// `sk_err` at that moment (`ECONNRESET`, `ETIMEDOUT`, or 0).
+        error: i32,
+    },
+    /// An RST arrived.
+    Reset,
+}
+
+/// One decoded event. `data` and `tail` borrow the ring buffer's record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event<'a> {
+    /// The connection's id, unique while the agent runs.
+    pub conn: u64,
+    /// `CLOCK_MONOTONIC`, nanoseconds.
+    pub ts_ns: u64,
+    /// The watched local port.
+    pub port: u16,
+    /// What happened.
+    pub kind: Kind,
+    /// Bytes read or written (`Recv`, `Send`).
+    pub len: u32,
+    /// Bytes the server wrote that the client never acknowledged (`State`, `Reset`).
+    pub unacked: u32,
+    /// The first bytes of the transfer (up to [`CAPTURE`]); empty when none
+    /// could be captured (sendfile, splice, io_uring).
+    pub data: &'a [u8],
+    /// The last bytes of the transfer (up to [`TAIL`]).
+    pub tail: &'a [u8],
+}
+
+/// TCP states, as the kernel numbers them.
+pub mod tcp {
+    /// `TCP_ESTABLISHED`.
+    pub const ESTABLISHED: u8 = 1;
+    /// `TCP_FIN_WAIT1`: the server closed first.
+    pub const FIN_WAIT1: u8 = 4;
+    /// `TCP_FIN_WAIT2`.
+    pub const FIN_WAIT2: u8 = 5;
+    /// `TCP_CLOSE`: the end.
+    pub const CLOSE: u8 = 7;
+    /// `TCP_CLOSE_WAIT`: the client's FIN arrived.
+    pub const CLOSE_WAIT: u8 = 8;
+    /// `TCP_LAST_ACK`: the server closed after the client's FIN.
+    pub const LAST_ACK: u8 = 9;
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+impl<'a> Event<'a> {
+    /// Decodes one ring-buffer record.
+    pub fn parse(b: &'a [u8]) -> Option<Event<'a>> {
+        let conn = u64_at(b, 0)?;
+        let ts_ns = u64_at(b, 8)?;
+        let len = u32_at(b, 20)?;
+        let unacked = u32_at(b, 24)?;
+        let port = u16_at(b, 28)?;
+        let kind = match *b.get(30)? {
+            1 => Kind::Open,
+            2 => Kind::Recv,
+            3 => Kind::Send,
+            4 => Kind::State {
+                old: *b.get(32)?,
+                new: *b.get(33)?,
+                error: len as i32,
+            },
+            5 => Kind::Reset,
+            _ => return None,
+        };
+        let cap_len = usize::from(u16_at(b, 34)?);
+        let tail_len = usize::from(u16_at(b, 36)?);
+        if cap_len > CAPTURE || tail_len > TAIL {
+            return None;
+        }
+        let data = b.get(HEADER..HEADER + cap_len)?;
+        let tail = b.get(40..40 + tail_len)?;
+        Some(Event {
+            conn,
+            ts_ns,
+            port,
+            kind,
+            len: if matches!(kind, Kind::Recv | Kind::Send) {
+                len
+            } else {
+                0
+            },
+            unacked,
+            data,
+            tail,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Encodes an event as the BPF side lays it out.
+    pub(crate) fn encode(e: &Event<'_>) -> Vec<u8> {
+        let mut b = vec![0u8; HEADER + e.data.len()];
+        b[0..8].copy_from_slice(&e.conn.to_ne_bytes());
+        b[8..16].copy_from_slice(&e.ts_ns.to_ne_bytes());
+        let (kind, len, old, new) = match e.kind {
+            Kind::Open => (1, 0, 0, 0),
+            Kind::Recv => (2, e.len, 0, 0),
+            Kind::Send => (3, e.len, 0, 0),
+            Kind::State { old, new, error } => (4, error as u32, old, new),
+            Kind::Reset => (5, 0, 0, 0),
+        };
+        b[20..24].copy_from_slice(&len.to_ne_bytes());
+        b[24..28].copy_from_slice(&e.unacked.to_ne_bytes());
+        b[28..30].copy_from_slice(&e.port.to_ne_bytes());
+        b[30] = kind;
+        b[32] = old;
+        b[33] = new;
+        b[34..36].copy_from_slice(&(e.data.len() as u16).to_ne_bytes());
+        b[36..38].copy_from_slice(&(e.tail.len() as u16).to_ne_bytes());
+        b[40..40 + e.tail.len()].copy_from_slice(e.tail);
+        b[HEADER..].copy_from_slice(e.data);
+        b
+    }
+
+    #[test]
+    fn events_round_trip_and_bad_records_are_none() {
+        let e = Event {
+            conn: 7,
+            ts_ns: 123,
+            port: 8080,
+            kind: Kind::Recv,
+            len: 18,
+            unacked: 0,
+            data: b"GET / HTTP/1.1\r\n\r\n",
+            tail: b"\r\n\r\n",
+        };
+        let b = encode(&e);
+        assert_eq!(Event::parse(&b), Some(e));
+        let s = Event {
+            kind: Kind::State {
+                old: tcp::ESTABLISHED,
+                new: tcp::CLOSE,
+                error: 104,
+            },
+            len: 0,
+            data: b"",
+            tail: b"",
+            ..e
+        };
+        assert_eq!(Event::parse(&encode(&s)), Some(s));
+        // Too short, a wrong kind, and a capture longer than the record.
+        assert_eq!(Event::parse(&b[..40]), None);
+        let mut bad = b.clone();
+        bad[30] = 9;
+        assert_eq!(Event::parse(&bad), None);
+        assert_eq!(Event::parse(&b[..b.len() - 1]), None);
+        let mut long = b.clone();
+        long[34..36].copy_from_slice(&2000u16.to_ne_bytes());
+        assert_eq!(Event::parse(&long), None);
+    }
+}

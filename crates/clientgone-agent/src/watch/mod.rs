@@ -1,0 +1,210 @@
+//! `clientgone watch`: the server metrics of every plaintext HTTP/1 server
+//! listening on the watched ports — nginx, Go, Python, Java — from kernel
+//! tracepoints (eBPF), with no change to the server and no proxy in front.
+//!
+//! Data flows one way, as for the layer: kernel events (`bpf/watch.bpf.c`) →
+//! [`event::Event`] → per-connection state ([`conn::Tracker`]) → a `Record` →
+//! `clientgone::Metrics` (one set per port, `server_port` label), through the
+//! same classification rules as the layer.
+//!
+//! What it cannot see is counted, not guessed: TLS and HTTP/2 connections are
+//! followed at the connection level only, pipelined requests and heads it could
+//! not capture whole leave their connection out
+//! (`clientgone_watch_connections_skipped_total`), and a connection that lost
+//! kernel events is left out of the request metrics
+//! (`clientgone_watch_events_lost_total`). Connections opened before the agent
+//! started are not followed.
+
+pub mod bpf;
+pub mod conn;
+pub mod event;
+pub mod http1;
+pub mod privileges;
+pub mod procfs;
+pub mod sink;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use prometheus::Registry;
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::routes::RouteTable;
+use crate::server::StartError;
+use bpf::Probe;
+use conn::Tracker;
+use event::Event;
+use sink::PortMetrics;
+
+/// How often the ring buffer is drained when no wake-up came: the programs
+/// wake the agent only for a client's FIN or RST (the detection delay), so
+/// completions wait at most this long to be counted.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+
+/// What `watch` watches and where it serves its metrics.
+#[derive(Clone, Debug)]
+pub struct WatchConfig {
+    /// Local ports whose accepted connections are watched.
+    pub ports: Vec<u16>,
+    /// Processes whose listening ports are added (resolved at start).
+    pub pids: Vec<u32>,
+    /// Command names whose processes' listening ports are added.
+    pub comms: Vec<String>,
+    /// Route templates.
+    pub routes: RouteTable,
+    /// Address of the metrics listener.
+    pub metrics_listen: String,
+    /// Switch to this user after start-up.
+    pub user: Option<String>,
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+    /// The registry the metrics go into.
+    pub registry: Registry,
+}
+
+/// A running watch.
+#[derive(Debug)]
+pub struct RunningWatch {
+    /// The metrics listener's address.
+    pub metrics_addr: SocketAddr,
+    /// The watched ports.
+    pub ports: BTreeSet<u16>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningWatch {
+    /// The token that stops the watch when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the watch has stopped.
+    pub async fn wait(self) -> std::io::Result<()> {
+        for task in self.tasks {
+            task.await.map_err(std::io::Error::other)??;
+        }
+        Ok(())
+    }
+}
+
+/// The ports to watch: `--port`s plus the listening ports of `--pid`s and `--comm`s.
+pub fn resolve_ports(config: &WatchConfig) -> Result<BTreeSet<u16>, String> {
+    let mut ports: BTreeSet<u16> = config.ports.iter().copied().collect();
+    let mut pids = config.pids.clone();
+    for name in &config.comms {
+        let found = procfs::pids_named(name);
+        if found.is_empty() {
+            return Err(format!("--comm {name}: no process has that name"));
+        }
+        pids.extend(found);
+    }
+    for pid in pids {
+        let found = procfs::ports_of(pid)?;
+        if found.is_empty() && config.comms.is_empty() {
+            return Err(format!("--pid {pid}: the process listens on no TCP port"));
+        }
+        ports.extend(found);
+    }
+    if ports.is_empty() {
+        return Err("no port to watch: the selected processes listen on no TCP port".into());
+    }
+    Ok(ports)
+}
+
+/// Loads the programs, binds the metrics listener, gives up privileges, and
+/// starts following connections.
+pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
+    let ports = resolve_ports(&config).map_err(StartError)?;
+    let mut sink = PortMetrics::new(&config.registry).map_err(|e| StartError(e.to_string()))?;
+    for port in &ports {
+        sink.add_port(*port)
+            .map_err(|e| StartError(e.to_string()))?;
+    }
+    let list: Vec<u16> = ports.iter().copied().collect();
+    let probe = Probe::load(&list, config.ring_bytes).map_err(StartError)?;
+    let metrics_listener = TcpListener::bind(&config.metrics_listen)
+        .await
+        .map_err(|e| {
+            StartError(format!(
+                "cannot listen on {} (--metrics-listen): {e}",
+                config.metrics_listen
+            ))
+        })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
+    privileges::drop_privileges(config.user.as_deref()).map_err(StartError)?;
+
+    let shutdown = CancellationToken::new();
+    let tracker = Tracker::new(config.routes.matcher());
+    let follow = tokio::spawn(follow(probe, tracker, sink, shutdown.clone()));
+    let metrics_server = tokio::spawn(clientgone_exporter::serve_metrics(
+        metrics_listener,
+        config.registry.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
+    Ok(RunningWatch {
+        metrics_addr,
+        ports,
+        shutdown,
+        tasks: vec![follow, metrics_server],
+    })
+}
+
+/// Drains the ring buffer on each wake-up and every [`DRAIN_EVERY`], in one
+/// task: the events of a connection are applied in the order the kernel wrote
+/// them.
+async fn follow(
+    probe: Probe,
+    mut tracker: Tracker,
+    mut sink: PortMetrics,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    // SAFETY: the descriptor is the ring buffer's, owned by `probe`, which the
+    // AsyncFd owns until it is dropped: it stays open and the same for as long
+    // as it is registered (`as_raw_fd` always returns the ring's one fd).
+    #[allow(unsafe_code)]
+    let registered =
+        unsafe { AsyncFd::register_with_interest(probe, tokio::io::Interest::READABLE) };
+    let mut fd = registered.map_err(std::io::Error::from)?;
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lost_seen = 0u64;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            ready = fd.readable_mut() => ready?.clear_ready(),
+            _ = tick.tick() => {}
+        }
+        let probe = fd.get_mut();
+        while let Some(item) = probe.ring.next() {
+            if let Some(ev) = Event::parse(&item) {
+                tracker.on_event(&ev, &mut sink);
+            }
+        }
+        let lost = probe.events_lost();
+        if lost > lost_seen {
+            sink.events_lost.inc_by(lost - lost_seen);
+            tracing::warn!(
+                lost = lost - lost_seen,
+                "kernel events lost (the ring buffer was full): their connections are left \
+                 out of the request metrics; a larger --ring-buffer-mib helps"
+            );
+            lost_seen = lost;
+            for id in probe.take_lost_connections() {
+                tracker.lost(id, &mut sink);
+            }
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for Probe {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}

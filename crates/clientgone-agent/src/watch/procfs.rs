@@ -1,0 +1,83 @@
+//! The listening TCP ports of processes (`--pid`, `--comm`), from `/proc`: the
+//! sockets in each process's descriptor table matched with the listening
+//! sockets of its network namespace (`/proc/PID/net/tcp` and `tcp6`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs;
+
+/// `TCP_LISTEN` as `/proc/net/tcp` writes it.
+const LISTEN: &str = "0A";
+
+/// Socket inode → local port of the listening sockets in `/proc/PID/net/tcp*`.
+fn listening(pid: u32) -> HashMap<u64, u16> {
+    let mut found = HashMap::new();
+    for file in ["tcp", "tcp6"] {
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != LISTEN {
+                continue;
+            }
+            let port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let (Some(port), Ok(inode)) = (port, f[9].parse::<u64>()) {
+                found.insert(inode, port);
+            }
+        }
+    }
+    found
+}
+
+/// The ports process `pid` listens on.
+pub fn ports_of(pid: u32) -> Result<BTreeSet<u16>, String> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| format!("--pid {pid}: cannot read its descriptors ({e})"))?;
+    let listening = listening(pid);
+    let mut ports = BTreeSet::new();
+    for fd in fds.flatten() {
+        let Ok(target) = fs::read_link(fd.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy();
+        let inode = target
+            .strip_prefix("socket:[")
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse::<u64>().ok());
+        if let Some(port) = inode.and_then(|i| listening.get(&i)) {
+            ports.insert(*port);
+        }
+    }
+    Ok(ports)
+}
+
+/// The processes whose command name (`/proc/PID/comm`) is `name`.
+pub fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_this_process_s_own_listener() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(ports_of(std::process::id()).unwrap().contains(&port));
+        let me = fs::read_to_string("/proc/self/comm").unwrap();
+        assert!(pids_named(me.trim_end()).contains(&std::process::id()));
+        assert!(ports_of(u32::MAX).is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! Where `watch`'s facts go: the contract's server metrics, one set per watched
+//! port told apart by the constant label `server_port`, through the same
+//! `clientgone::Metrics` the layer records into; plus the watch's own counters.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use clientgone::{CloseReason, Metrics, Record};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+
+use super::conn::{Sink, Skip};
+
+/// The metrics of every watched port.
+#[derive(Debug)]
+pub struct PortMetrics {
+    ports: HashMap<u16, Metrics>,
+    registry: Registry,
+    skipped: IntCounterVec,
+    /// `clientgone_watch_events_lost_total`.
+    pub events_lost: IntCounter,
+}
+
+impl PortMetrics {
+    /// Registers the watch's counters; each port's metrics come with [`Self::port`].
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let skipped = IntCounterVec::new(
+            Opts::new(
+                "clientgone_watch_connections_skipped_total",
+                "Watched connections whose requests are left out of the request metrics, \
+                 by why (tls, http2, unparsed, pipelined, upgraded, lost_events).",
+            ),
+            &["server_port", "reason"],
+        )?;
+        let events_lost = IntCounter::new(
+            "clientgone_watch_events_lost_total",
+            "Kernel events that did not reach the agent (the ring buffer was full).",
+        )?;
+        registry.register(Box::new(skipped.clone()))?;
+        registry.register(Box::new(events_lost.clone()))?;
+        Ok(PortMetrics {
+            ports: HashMap::new(),
+            registry: registry.clone(),
+            skipped,
+            events_lost,
+        })
+    }
+
+    /// Registers the server metrics of `port` (once per port).
+    pub fn add_port(&mut self, port: u16) -> prometheus::Result<()> {
+        if self.ports.contains_key(&port) {
+            return Ok(());
+        }
+        let metrics = Metrics::builder()
+            .const_label("server_port", port.to_string())
+            .register(&self.registry)?;
+        for why in Skip::ALL {
+            self.skipped
+                .with_label_values(&[&port.to_string(), why.as_str()]);
+        }
+        self.ports.insert(port, metrics);
+        Ok(())
+    }
+
+    fn port(&self, port: u16) -> Option<&Metrics> {
+        self.ports.get(&port)
+    }
+}
+
+impl Sink for PortMetrics {
+    fn connection_opened(&mut self, port: u16) {
+        if let Some(m) = self.port(port) {
+            m.connection_opened();
+        }
+    }
+
+    fn connection_closed(&mut self, port: u16, reason: CloseReason, lifetime: Duration) {
+        if let Some(m) = self.port(port) {
+            m.connection_closed(reason, lifetime);
+        }
+    }
+
+    fn connection_lost(&mut self, port: u16) {
+        if let Some(m) = self.port(port) {
+            m.connection_lost();
+        }
+    }
+
+    fn request_started(&mut self, port: u16, method: &'static str, route: &str) {
+        if let Some(m) = self.port(port) {
+            m.request_started(method, route);
+        }
+    }
+
+    fn request_ended(&mut self, port: u16, record: &Record<'_>, _unacked: u32) {
+        if let Some(m) = self.port(port) {
+            m.request_ended(record);
+        }
+    }
+
+    fn request_lost(&mut self, port: u16, method: &'static str, route: &str) {
+        if let Some(m) = self.port(port) {
+            m.request_lost(method, route);
+        }
+    }
+
+    fn skipped(&mut self, port: u16, why: Skip) {
+        self.skipped
+            .with_label_values(&[&port.to_string(), why.as_str()])
+            .inc();
+    }
+}
