@@ -1,0 +1,30 @@
+//! Decides whether the `watch` tests (real eBPF programs in the kernel) can run
+//! here: they need root and kernel BTF, and the nginx ones Debian's nginx.
+//! Where either is missing those tests compile as `#[ignore]`d with the reason,
+//! counted as skipped; `.ci/run` runs as root with nginx installed.
+
+use std::process::{Command, Stdio};
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(ebpf)");
+    println!("cargo::rustc-check-cfg=cfg(nginx)");
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-env-changed=CLIENTGONE_NO_EBPF");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    if root && btf && std::env::var_os("CLIENTGONE_NO_EBPF").is_none() {
+        println!("cargo::rustc-cfg=ebpf");
+    }
+    let nginx = Command::new("nginx")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if nginx {
+        println!("cargo::rustc-cfg=nginx");
+    }
+}

@@ -1,0 +1,498 @@
+//! `clientgone watch` against servers no one here wrote — Python's
+//! `http.server` and Debian's nginx — broken by real clients, with the real
+//! binary and real BPF programs in the kernel. They need root and kernel BTF
+//! (and nginx for its test): elsewhere they are skipped with the reason.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use clientgone_tests::client::{Http1Connection, close_fin, close_rst, read_until, send_raw};
+use clientgone_tests::prom::{Scrape, scrape};
+use clientgone_tests::{wait_for_value, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_clientgone");
+const SERVER_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/watch/server.py");
+
+const DISCONNECTS: &str = "http_server_client_disconnects_total";
+const DURATION_COUNT: &str = "http_server_request_duration_seconds_count";
+const ACTIVE: &str = "http_server_active_requests";
+const CLOSES: &str = "http_server_connection_closes_total";
+
+/// A child process, killed when the test ends (or fails).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Python's `http.server` (tests/watch/server.py) on a port of its choosing.
+fn python_server() -> (Killed, SocketAddr) {
+    let mut child = Command::new("python3")
+        .arg(SERVER_PY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the server's port");
+    let port: u16 = line.trim().parse().expect("a port on the first line");
+    (Killed(child), SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// `clientgone watch` with `args`, once its programs are attached.
+struct Watch {
+    child: Killed,
+    metrics: SocketAddr,
+}
+
+fn watch(args: &[&str]) -> Watch {
+    let mut child = Command::new(BIN)
+        .arg("watch")
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn clientgone watch");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains(" watching ") {
+        line.clear();
+        let read = stderr.read_line(&mut line).expect("start-up line");
+        assert!(read > 0, "watch exited before watching: {line}");
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    // "clientgone watch: watching port P (1 route template), metrics on http://A/metrics"
+    let metrics = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected start-up line: {line}"));
+    Watch {
+        child: Killed(child),
+        metrics,
+    }
+}
+
+impl Watch {
+    async fn wait(&self, name: &str, labels: &[(&str, &str)], expected: f64) -> Scrape {
+        wait_for_value(self.metrics, name, labels, expected).await
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+}
+
+/// The label of a watched port.
+fn on(port: &str) -> (&'static str, &str) {
+    ("server_port", port)
+}
+
+/// The contract's label set of a break.
+fn brk<'a>(route: &'a str, phase: &'a str, cause: &'a str) -> [(&'a str, &'a str); 3] {
+    [("http_route", route), ("phase", phase), ("cause", cause)]
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(ebpf),
+    ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+)]
+async fn python_http_server_breaks_are_counted_exactly() {
+    let (_server, addr) = python_server();
+    let port = addr.port().to_string();
+    let w = watch(&["--port", &port, "--route", "/users/{id}"]);
+
+    // After start-up the agent holds no capability at all.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+
+    // A normal keep-alive sequence: three requests, then a clean close.
+    let mut conn = Http1Connection::open(addr).await;
+    for _ in 0..3 {
+        assert_eq!(conn.request("GET", "/users/7").await.0, 200);
+    }
+    conn.close().await;
+    let s = w
+        .wait(DURATION_COUNT, &[("http_route", "/users/{id}")], 3.0)
+        .await;
+    s.assert_value(
+        DURATION_COUNT,
+        &[
+            ("http_route", "/users/{id}"),
+            ("http_response_status_code", "200"),
+            ("outcome", "completed"),
+            ("server_port", &port),
+        ],
+        3.0,
+    );
+    w.wait(CLOSES, &[("reason", "idle")], 1.0).await;
+
+    // FIN, then RST, while the handler sleeps.
+    for (close, cause) in [(close_fin as fn(_), "closed"), (close_rst, "reset")] {
+        let stream = send_raw(addr, b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n").await;
+        w.wait(ACTIVE, &[("http_route", "unmatched")], 1.0).await;
+        close(stream);
+        let s = w
+            .wait(DISCONNECTS, &brk("unmatched", "handler", cause), 1.0)
+            .await;
+        s.assert_value(ACTIVE, &[], 0.0);
+    }
+
+    // A declared body sent in part, then FIN.
+    let mut head = b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n".to_vec();
+    head.extend([b'a'; 100]);
+    let stream = send_raw(addr, &head).await;
+    w.wait(ACTIVE, &[("http_request_method", "POST")], 1.0)
+        .await;
+    close_fin(stream);
+    let s = w
+        .wait(
+            DISCONNECTS,
+            &brk("unmatched", "request_body", "closed"),
+            1.0,
+        )
+        .await;
+    s.assert_value(
+        DURATION_COUNT,
+        &[
+            ("http_request_method", "POST"),
+            ("http_response_status_code", "499"),
+        ],
+        1.0,
+    );
+
+    // RST in the middle of a 32 MiB response.
+    let mut stream = send_raw(addr, b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    read_until(&mut stream, b"xxxxxxxx").await;
+    close_rst(stream);
+    let s = w
+        .wait(
+            DISCONNECTS,
+            &brk("unmatched", "response_body", "reset"),
+            1.0,
+        )
+        .await;
+    s.assert_value(
+        DURATION_COUNT,
+        &[
+            ("http_response_status_code", "200"),
+            ("outcome", "client_disconnect"),
+        ],
+        1.0,
+    );
+
+    // 300 paths no route has: all `unmatched`, no label value more.
+    let mut conn = Http1Connection::open(addr).await;
+    let mut rng = fastrand::Rng::with_seed(300);
+    for _ in 0..300 {
+        let path = format!("/r/{}/{}", rng.u64(..), rng.alphanumeric());
+        assert_eq!(conn.request("GET", &path).await.0, 200);
+    }
+    conn.close().await;
+    let s = w
+        .wait(
+            DURATION_COUNT,
+            &[("http_route", "unmatched"), ("outcome", "completed")],
+            300.0,
+        )
+        .await;
+    assert_eq!(
+        s.label_values(DURATION_COUNT, "http_route"),
+        ["/users/{id}", "unmatched"].map(String::from).into()
+    );
+    // Exactly the four breaks, nothing for the normal requests.
+    s.assert_value(DISCONNECTS, &[], 4.0);
+    s.assert_value(DURATION_COUNT, &[], 307.0);
+    // Each connection closed once: two clean, four aborted (the sleeping
+    // handler's close comes when it wakes, up to 5 s later).
+    let s = w.wait(CLOSES, &[("reason", "client_abort")], 4.0).await;
+    s.assert_value(CLOSES, &[("reason", "idle")], 2.0);
+    s.assert_value(CLOSES, &[], 6.0);
+    s.assert_value("http_server_open_connections", &[], 0.0);
+    s.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
+}
+
+/// nginx (Debian's), serving a large file with sendfile and proxying /api/ to
+/// the Python server; both ports watched by one agent.
+#[tokio::test]
+#[cfg_attr(
+    not(ebpf),
+    ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+)]
+#[cfg_attr(not(nginx), ignore = "needs nginx (Debian's nginx package)")]
+async fn nginx_static_and_proxied_breaks_are_counted_exactly() {
+    let (_server, upstream) = python_server();
+    let dir = std::env::temp_dir().join(format!("cg-watch-nginx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("www/big.bin"), vec![b'x'; 64 << 20]).unwrap();
+    std::fs::write(dir.join("www/small.txt"), b"small\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = format!(
+        "user root; master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
+         events {{ worker_connections 256; }}
+         http {{
+           access_log off; sendfile on; keepalive_timeout 60s;
+           client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+           fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+           server {{
+             listen 127.0.0.1:{port}; root {d}/www;
+             location /api/ {{ proxy_pass http://{upstream}/; proxy_http_version 1.1;
+                               proxy_set_header Connection \"\"; }}
+           }}
+         }}",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let _nginx = Killed(
+        Command::new("nginx")
+            .args(["-e", "stderr", "-c"])
+            .arg(dir.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn nginx"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until("nginx listening", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    let (port_s, up_s) = (port.to_string(), upstream.port().to_string());
+    let w = watch(&[
+        "--port",
+        &port_s,
+        "--port",
+        &up_s,
+        "--route",
+        "/big.bin",
+        "--route",
+        "/api/{*rest}",
+        "--route",
+        "/{*rest}",
+    ]);
+    let (nginx_port, python_port) = (port_s.as_str(), up_s.as_str());
+
+    // Keep-alive: a small file twice and a proxied request.
+    let mut conn = Http1Connection::open(addr).await;
+    assert_eq!(conn.request("GET", "/small.txt").await.0, 200);
+    assert_eq!(conn.request("GET", "/small.txt").await.0, 200);
+    assert_eq!(conn.request("GET", "/api/users/1").await.0, 200);
+    conn.close().await;
+    w.wait(
+        DURATION_COUNT,
+        &[on(nginx_port), ("outcome", "completed")],
+        3.0,
+    )
+    .await;
+    // nginx's own request upstream, seen on the Python port.
+    w.wait(
+        DURATION_COUNT,
+        &[on(python_port), ("outcome", "completed")],
+        1.0,
+    )
+    .await;
+
+    // RST in the middle of the large file (sent with sendfile).
+    let mut stream = send_raw(addr, b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    read_until(&mut stream, b"xxxxxxxx").await;
+    close_rst(stream);
+    w.wait(
+        DISCONNECTS,
+        &[
+            on(nginx_port),
+            ("http_route", "/big.bin"),
+            ("phase", "response_body"),
+            ("cause", "reset"),
+        ],
+        1.0,
+    )
+    .await;
+
+    // FIN while the proxied handler sleeps: nginx drops its upstream request,
+    // which the Python port shows as nginx's own break.
+    let stream = send_raw(addr, b"GET /api/slow HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    w.wait(ACTIVE, &[on(python_port)], 1.0).await;
+    close_fin(stream);
+    let s = w
+        .wait(
+            DISCONNECTS,
+            &[
+                on(nginx_port),
+                ("http_route", "/api/{*rest}"),
+                ("phase", "handler"),
+                ("cause", "closed"),
+            ],
+            1.0,
+        )
+        .await;
+    s.assert_value(DISCONNECTS, &[on(nginx_port)], 2.0);
+    let s = w
+        .wait(DISCONNECTS, &[on(python_port), ("phase", "handler")], 1.0)
+        .await;
+    s.assert_value(DISCONNECTS, &[], 3.0);
+    s.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The cross-check: `clientgone watch` on `clientgone demo`'s port while
+/// `clientgone traffic` (its HTTP/1 kinds) runs against it — the layer's
+/// `/metrics` and the watch's agree per route, phase and cause.
+#[tokio::test]
+#[cfg_attr(
+    not(ebpf),
+    ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+)]
+async fn watch_agrees_with_the_layer_on_the_demo_under_traffic() {
+    let mut demo = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn demo");
+    let mut stderr = BufReader::new(demo.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains(" serving ") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "demo exited");
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let _demo = Killed(demo);
+    let addrs: Vec<SocketAddr> = line
+        .split("http://")
+        .skip(1)
+        .map(|s| s.split('/').next().unwrap().parse().unwrap())
+        .collect();
+    let (app, demo_metrics) = (addrs[0], addrs[1]);
+    let port = app.port().to_string();
+    let w = watch(&[
+        "--port",
+        &port,
+        "--route",
+        "/hello",
+        "--route",
+        "/stream",
+        "--route",
+        "/upload",
+        "--route",
+        "/items/{id}",
+    ]);
+
+    let traffic = Command::new(BIN)
+        .args(["traffic", "--target", &format!("http://{app}")])
+        .args([
+            "--requests",
+            "120",
+            "--rate",
+            "300",
+            "--h2-reset",
+            "0",
+            "--seed",
+            "5",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run traffic");
+    assert!(
+        traffic.status.success(),
+        "{}",
+        String::from_utf8_lossy(&traffic.stdout)
+    );
+
+    // Both have seen all 120 requests end.
+    wait_for_value(demo_metrics, DURATION_COUNT, &[], 120.0).await;
+    w.wait(DURATION_COUNT, &[], 120.0).await;
+    let layer = scrape(demo_metrics).await;
+    let watched = w
+        .wait(DISCONNECTS, &[], layer.value(DISCONNECTS, &[]))
+        .await;
+    assert!(layer.value(DISCONNECTS, &[]) > 0.0, "{}", layer.text);
+    for route in ["/hello", "/stream", "/upload", "/items/{id}", "unmatched"] {
+        for phase in ["request_body", "handler", "response_body"] {
+            for cause in [
+                "closed",
+                "reset",
+                "stream_reset",
+                "timeout",
+                "write_error",
+                "unknown",
+            ] {
+                let labels = brk(route, phase, cause);
+                assert_eq!(
+                    watched.value(DISCONNECTS, &labels),
+                    layer.value(DISCONNECTS, &labels),
+                    "{labels:?}\nlayer:\n{}\nwatch:\n{}",
+                    layer.text,
+                    watched.text
+                );
+            }
+        }
+        for outcome in ["completed", "client_disconnect"] {
+            let labels = [("http_route", route), ("outcome", outcome)];
+            assert_eq!(
+                watched.value(DURATION_COUNT, &labels),
+                layer.value(DURATION_COUNT, &labels),
+                "{labels:?}"
+            );
+        }
+    }
+}
+
+/// Without root (here: as `nobody`, every capability gone) watch says what is
+/// missing and exits 2.
+#[test]
+#[cfg_attr(not(ebpf), ignore = "needs root (to become nobody) and kernel BTF")]
+fn without_privileges_watch_says_so_and_exits_2() {
+    assert!(
+        Path::new("/usr/bin/setpriv").exists(),
+        "util-linux's setpriv"
+    );
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args([
+            BIN,
+            "watch",
+            "--port",
+            "8080",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("needs root") && err.contains("CAP_BPF"),
+        "{err}"
+    );
+}
