@@ -26,6 +26,18 @@ else
 fi
 echo "docker-compose.yml is valid"
 
+echo "== kubernetes"
+python3 - deploy/kubernetes/*.yaml <<'PY'
+import sys, yaml
+for path in sys.argv[1:]:
+    for doc in yaml.safe_load_all(open(path)):
+        assert doc["kind"] and doc["spec"], path
+        c = doc["spec"]["template"]["spec"]["containers"][0]
+        caps = c["securityContext"]["capabilities"]
+        assert caps["drop"] == ["ALL"] and not c["securityContext"]["privileged"], path
+    print(f"{path} is valid YAML with least privileges")
+PY
+
 echo "== dashboard JSON"
 python3 -m json.tool dashboards/clientgone.json >/dev/null
 echo "dashboards/clientgone.json is valid JSON"
