@@ -1,6 +1,6 @@
 //! Decides whether the `watch` tests (real eBPF programs in the kernel) can run
 //! here: they need root and kernel BTF, and the nginx ones Debian's nginx.
-//! Where either is missing those tests compile as `#[ignore]`d with the reason,
+//! The silent-break test also needs iproute2 and iptables. Where any is missing those tests compile as `#[ignore]`d with the reason,
 //! counted as skipped; `.ci/run` runs as root with nginx installed.
 
 use std::process::{Command, Stdio};
@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(ebpf)");
     println!("cargo::rustc-check-cfg=cfg(nginx)");
+    println!("cargo::rustc-check-cfg=cfg(netns)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CLIENTGONE_NO_EBPF");
     let root = Command::new("id")
@@ -17,6 +18,18 @@ fn main() {
     let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
     if root && btf && std::env::var_os("CLIENTGONE_NO_EBPF").is_none() {
         println!("cargo::rustc-cfg=ebpf");
+    }
+    let runs = |program: &str, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // The silent-break test builds network namespaces with iproute2 and iptables.
+    if root && runs("ip", "-V") && runs("iptables", "--version") {
+        println!("cargo::rustc-cfg=netns");
     }
     let nginx = Command::new("nginx")
         .arg("-v")

@@ -462,6 +462,70 @@ async fn watch_agrees_with_the_layer_on_the_demo_under_traffic() {
     }
 }
 
+/// A client that vanishes without a trace (iptables DROP in its network
+/// namespace) while the server writes: the server's kernel gives up after its
+/// retransmissions (`tcp_retries2` = 3 in the server's namespace, about 6 s) and
+/// the break is `timeout`.
+#[tokio::test]
+#[cfg_attr(
+    not(ebpf),
+    ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+)]
+#[cfg_attr(not(netns), ignore = "needs root, iproute2 and iptables")]
+async fn a_client_cut_off_while_the_server_writes_is_a_timeout() {
+    use clientgone_tests::netns::{NetnsPair, SERVER_IP};
+    let pair = NetnsPair::create("watch");
+    pair.exec_ok(&pair.server, &["sysctl", "-qw", "net.ipv4.tcp_retries2=3"]);
+    // A port no other test uses at once: the programs watch it in every namespace.
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let mut server = pair.command(&pair.server, "python3");
+    server
+        .args([SERVER_PY, &port.to_string(), SERVER_IP])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut server = server.spawn().expect("python3 in the server namespace");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the server's port");
+    let _server = Killed(server);
+    let port_s = port.to_string();
+    let w = watch(&["--port", &port_s]);
+
+    // The client reads a first piece of the large answer, says so, then keeps reading.
+    let script = format!(
+        "import socket,sys\n\
+         s=socket.create_connection(('{SERVER_IP}',{port}))\n\
+         s.sendall(b'GET /big HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n')\n\
+         n=0\n\
+         while n<65536: n+=len(s.recv(65536))\n\
+         print('reading',flush=True)\n\
+         while s.recv(65536): pass\n"
+    );
+    let mut client = pair.command(&pair.client, "python3");
+    client
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut client = client.spawn().expect("python3 in the client namespace");
+    let mut line = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the client's first read");
+    assert_eq!(line.trim(), "reading");
+    let _client = Killed(client);
+    pair.cut_client();
+    let s = w
+        .wait(
+            DISCONNECTS,
+            &brk("unmatched", "response_body", "timeout"),
+            1.0,
+        )
+        .await;
+    s.assert_value(DISCONNECTS, &[], 1.0);
+    w.wait(CLOSES, &[("reason", "timeout")], 1.0).await;
+}
+
 /// Without root (here: as `nobody`, every capability gone) watch says what is
 /// missing and exits 2.
 #[test]

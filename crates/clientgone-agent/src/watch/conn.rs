@@ -1,4 +1,4 @@
-//! From kernel events to requests: one [`Conn`] per watched connection follows
+//! From kernel events to requests: one `Conn` per watched connection follows
 //! the HTTP/1 exchange in its bytes (request head, request body, response head,
 //! response body) and the TCP signals (FIN, RST, the kernel giving up), and
 //! hands the same facts the layer works from to the shared rules of

@@ -21,7 +21,7 @@ pub struct PortMetrics {
 }
 
 impl PortMetrics {
-    /// Registers the watch's counters; each port's metrics come with [`Self::port`].
+    /// Registers the watch's counters; each port's metrics come with [`Self::add_port`].
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let skipped = IntCounterVec::new(
             Opts::new(

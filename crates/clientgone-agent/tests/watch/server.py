@@ -5,6 +5,7 @@
 /upload      POST: reads the declared body, answers its length
 /big         32 MiB with Content-Length, written in 64 KiB pieces
 anything else: 200 "ok"
+Arguments: [port [host]] (default: any free port on 127.0.0.1).
 Prints its port on the first line of stdout.
 """
 import http.server
@@ -49,6 +50,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1]) if len(sys.argv) > 1 else 0), Handler)
+port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+server = http.server.ThreadingHTTPServer((host, port), Handler)
 print(server.server_address[1], flush=True)
 server.serve_forever()
