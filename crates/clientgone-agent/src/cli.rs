@@ -50,7 +50,9 @@ What watch sees, and what it cannot:
   Connections opened before watch started are not followed. Kernel events the
   ring buffer had no room for: clientgone_watch_events_lost_total, and their
   connections are left out of the request metrics.
-  Once attached, watch drops every capability (and switches to --user).";
+  Once attached, watch drops every capability (and switches to --user).
+Traces: with OTEL_EXPORTER_OTLP_ENDPOINT set (the variables of 'clientgone demo
+--help'), each request gets a server span, every broken one kept.";
 
 /// Flags of `clientgone watch`.
 #[derive(Debug, Args)]

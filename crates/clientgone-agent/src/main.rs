@@ -151,7 +151,7 @@ async fn run(cli: Cli, registry: Registry, tracer: Option<SdkTracer>) -> ExitCod
         }
         Command::Proxy(args) => run_proxy(args, registry, tracer).await,
         Command::Traffic(args) => run_traffic(args).await,
-        Command::Watch(args) => run_watch(args, registry).await,
+        Command::Watch(args) => run_watch(args, registry, tracer).await,
     }
 }
 
@@ -167,7 +167,7 @@ fn route_table(
         .map_err(|e| e.to_string())
 }
 
-async fn run_watch(args: WatchArgs, registry: Registry) -> ExitCode {
+async fn run_watch(args: WatchArgs, registry: Registry, tracer: Option<SdkTracer>) -> ExitCode {
     if args.ports.is_empty() && args.pids.is_empty() && args.comms.is_empty() {
         say!(
             "clientgone: watch needs --port, --pid or --comm to know what to watch (see 'clientgone watch --help')"
@@ -191,6 +191,7 @@ async fn run_watch(args: WatchArgs, registry: Registry) -> ExitCode {
         user: args.user,
         ring_bytes: args.ring_buffer_mib << 20,
         registry,
+        tracer,
     };
     let running = match watch::start(config).await {
         Ok(running) => running,

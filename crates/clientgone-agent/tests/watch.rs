@@ -53,7 +53,12 @@ struct Watch {
 }
 
 fn watch(args: &[&str]) -> Watch {
+    watch_with_env(args, &[])
+}
+
+fn watch_with_env(args: &[&str], env: &[(&str, &str)]) -> Watch {
     let mut child = Command::new(BIN)
+        .envs(env.iter().copied())
         .arg("watch")
         .args(["--metrics-listen", "127.0.0.1:0"])
         .args(args)
@@ -224,6 +229,81 @@ async fn python_http_server_breaks_are_counted_exactly() {
     s.assert_value(CLOSES, &[], 6.0);
     s.assert_value("http_server_open_connections", &[], 0.0);
     s.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
+}
+
+/// With OTLP on and a sampling ratio of 0, a completed request exports no span
+/// and a broken one does, with the layer's attributes and `client.disconnect` event.
+#[tokio::test]
+#[cfg_attr(
+    not(ebpf),
+    ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+)]
+async fn every_broken_request_gets_a_span() {
+    use clientgone_tests::otlp::{double_attr, grpc_receiver, string_attr};
+    let (endpoint, mut received) = grpc_receiver().await;
+    let (_server, addr) = python_server();
+    let port = addr.port().to_string();
+    let w = watch_with_env(
+        &[
+            "--port",
+            &port,
+            "--route",
+            "/users/{id}",
+            "--route",
+            "/slow",
+        ],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    let mut conn = Http1Connection::open(addr).await;
+    assert_eq!(conn.request("GET", "/users/1").await.0, 200);
+    conn.close().await;
+    let stream = send_raw(addr, b"GET /slow?x=1 HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    w.wait(ACTIVE, &[("http_route", "/slow")], 1.0).await;
+    close_fin(stream);
+    w.wait(DISCONNECTS, &brk("/slow", "handler", "closed"), 1.0)
+        .await;
+    let mut seen = Vec::new();
+    let span = received
+        .wait_for(clientgone_tests::DEADLINE, &mut seen, |s| {
+            s.span.name == "GET /slow"
+        })
+        .await
+        .expect("the broken request's span");
+    let attrs = &span.span.attributes;
+    assert_eq!(string_attr(attrs, "http.route").as_deref(), Some("/slow"));
+    assert_eq!(string_attr(attrs, "url.path").as_deref(), Some("/slow"));
+    assert_eq!(
+        string_attr(attrs, "error.type").as_deref(),
+        Some("client_disconnect")
+    );
+    let event = span
+        .span
+        .events
+        .iter()
+        .find(|e| e.name == "client.disconnect")
+        .expect("the client.disconnect event");
+    assert_eq!(
+        string_attr(&event.attributes, "disconnect.phase").as_deref(),
+        Some("handler")
+    );
+    assert_eq!(
+        string_attr(&event.attributes, "disconnect.cause").as_deref(),
+        Some("closed")
+    );
+    let elapsed = double_attr(&event.attributes, "disconnect.elapsed_s").unwrap();
+    let span_s = (span.span.end_time_unix_nano - span.span.start_time_unix_nano) as f64 / 1e9;
+    assert!((elapsed - span_s).abs() < 0.001, "{elapsed} vs {span_s}");
+    // The completed request, at ratio 0, was not exported.
+    assert!(
+        seen.iter().all(|s| s.span.name != "GET /users/{id}"),
+        "{:?}",
+        seen.iter().map(|s| &s.span.name).collect::<Vec<_>>()
+    );
 }
 
 /// nginx (Debian's), serving a large file with sendfile and proxying /api/ to

@@ -56,7 +56,8 @@ pub use connection::{
     TrackedStream,
 };
 pub use layer::{
-    DISCONNECT_EVENT, DisconnectLayer, DisconnectService, RequestBody, ResponseBody, ResponseFuture,
+    DISCONNECT_EVENT, DisconnectLayer, DisconnectService, RequestBody, ResponseBody,
+    ResponseFuture, export_request_span,
 };
 pub use metrics::{Metrics, MetricsBuilder, UNMATCHED_ROUTE};
 pub use record::{End, Record};

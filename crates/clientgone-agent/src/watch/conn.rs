@@ -74,13 +74,25 @@ pub trait Sink {
     fn connection_lost(&mut self, port: u16);
     /// A request head was read: the request is in flight.
     fn request_started(&mut self, port: u16, method: &'static str, route: &str);
-    /// A request ended, completed or broken; `unacked` is what the client never
-    /// acknowledged of the response at a break.
-    fn request_ended(&mut self, port: u16, record: &Record<'_>, unacked: u32);
+    /// A request ended, completed or broken.
+    fn request_ended(&mut self, port: u16, record: &Record<'_>, ended: &Ended<'_>);
     /// A request in flight whose end cannot be known.
     fn request_lost(&mut self, port: u16, method: &'static str, route: &str);
     /// A connection's requests are left out from here on.
     fn skipped(&mut self, port: u16, why: Skip);
+}
+
+/// What a span needs of an ended request beside its [`Record`].
+#[derive(Debug)]
+pub struct Ended<'a> {
+    /// The raw path, without the query.
+    pub path: &'a str,
+    /// `"1.0"` or `"1.1"`.
+    pub version: &'static str,
+    /// When its head was read (`CLOCK_MONOTONIC`, ns).
+    pub start_ns: u64,
+    /// At a break: the response bytes the client never acknowledged.
+    pub unacked: Option<u32>,
 }
 
 /// All watched connections, by the id the kernel side gave them.
@@ -170,6 +182,8 @@ struct Conn {
 struct Req {
     method: &'static str,
     route: String,
+    path: String,
+    version: &'static str,
     start_ns: u64,
     body: Framing,
     /// The request body was fully read (or there was none).
@@ -274,16 +288,20 @@ impl Conn {
             .template(head.path())
             .unwrap_or(UNMATCHED_ROUTE)
             .to_owned();
+        let version = head.version;
         sink.request_started(self.port, head.method, &route);
         self.asked_close |= head.close;
         let body_read = head.body.is_empty();
+        let (method, body) = (head.method, head.body);
         self.req = Some(Req {
-            method: head.method,
+            method,
             route,
+            path: head.into_path(),
+            version,
             start_ns: ts_ns,
-            body: head.body,
+            body,
             body_read,
-            head_request: head.method == "HEAD",
+            head_request: method == "HEAD",
             resp_head: Vec::new(),
             resp: None,
             body_sent: 0,
@@ -361,7 +379,12 @@ impl Conn {
                 elapsed: nanos(ts_ns.saturating_sub(req.start_ns)),
                 body_bytes_sent: req.body_sent,
             },
-            0,
+            &Ended {
+                path: &req.path,
+                version: req.version,
+                start_ns: req.start_ns,
+                unacked: None,
+            },
         );
     }
 
@@ -399,7 +422,12 @@ impl Conn {
                 elapsed: nanos(ev.ts_ns.saturating_sub(req.start_ns)),
                 body_bytes_sent: req.body_sent,
             },
-            ev.unacked,
+            &Ended {
+                path: &req.path,
+                version: req.version,
+                start_ns: req.start_ns,
+                unacked: Some(ev.unacked),
+            },
         );
     }
 
@@ -495,7 +523,8 @@ mod tests {
         fn request_started(&mut self, _: u16, method: &'static str, route: &str) {
             self.0.push(format!("start {method} {route}"));
         }
-        fn request_ended(&mut self, _: u16, r: &Record<'_>, unacked: u32) {
+        fn request_ended(&mut self, _: u16, r: &Record<'_>, ended: &Ended<'_>) {
+            let unacked = ended.unacked.unwrap_or(0);
             let end = match r.end {
                 End::Completed => "completed".to_owned(),
                 End::Disconnect { phase, cause } => {

@@ -25,6 +25,8 @@ pub struct RequestHead {
     /// The `http_request_method` label.
     pub method: &'static str,
     path: String,
+    /// `"1.0"` or `"1.1"`.
+    pub version: &'static str,
     /// How its body is framed.
     pub body: Framing,
     /// The client asked to close after this request.
@@ -37,6 +39,11 @@ impl RequestHead {
     /// The path, without the query.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The path, owned.
+    pub fn into_path(self) -> String {
+        self.path
     }
 }
 
@@ -179,6 +186,7 @@ pub fn request_head(buf: &[u8]) -> Head<RequestHead> {
         RequestHead {
             method,
             path,
+            version: if version == 0 { "1.0" } else { "1.1" },
             body,
             close,
             upgrade,

@@ -64,6 +64,8 @@ pub struct WatchConfig {
     pub ring_bytes: u32,
     /// The registry the metrics go into.
     pub registry: Registry,
+    /// Gives each request a server span when set (broken ones always kept).
+    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 /// A running watch.
@@ -120,7 +122,8 @@ pub fn resolve_ports(config: &WatchConfig) -> Result<BTreeSet<u16>, String> {
 /// starts following connections.
 pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
     let ports = resolve_ports(&config).map_err(StartError)?;
-    let mut sink = PortMetrics::new(&config.registry).map_err(|e| StartError(e.to_string()))?;
+    let mut sink = PortMetrics::new(&config.registry, config.tracer.clone())
+        .map_err(|e| StartError(e.to_string()))?;
     for port in &ports {
         sink.add_port(*port)
             .map_err(|e| StartError(e.to_string()))?;

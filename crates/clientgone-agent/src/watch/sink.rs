@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use clientgone::{CloseReason, Metrics, Record};
+use std::time::SystemTime;
+
+use clientgone::{CloseReason, End, Metrics, Record};
+use opentelemetry_sdk::trace::SdkTracer;
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-use super::conn::{Sink, Skip};
+use super::conn::{Ended, Sink, Skip};
 
 /// The metrics of every watched port.
 #[derive(Debug)]
@@ -18,11 +21,20 @@ pub struct PortMetrics {
     skipped: IntCounterVec,
     /// `clientgone_watch_events_lost_total`.
     pub events_lost: IntCounter,
+    /// Spans (OTLP), when traces are on.
+    tracer: Option<SdkTracer>,
+}
+
+/// `CLOCK_MONOTONIC` now, in ns: the clock of the kernel's event times.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 impl PortMetrics {
     /// Registers the watch's counters; each port's metrics come with [`Self::add_port`].
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+    pub fn new(registry: &Registry, tracer: Option<SdkTracer>) -> prometheus::Result<Self> {
         let skipped = IntCounterVec::new(
             Opts::new(
                 "clientgone_watch_connections_skipped_total",
@@ -42,6 +54,7 @@ impl PortMetrics {
             registry: registry.clone(),
             skipped,
             events_lost,
+            tracer,
         })
     }
 
@@ -91,9 +104,27 @@ impl Sink for PortMetrics {
         }
     }
 
-    fn request_ended(&mut self, port: u16, record: &Record<'_>, _unacked: u32) {
+    fn request_ended(&mut self, port: u16, record: &Record<'_>, ended: &Ended<'_>) {
         if let Some(m) = self.port(port) {
             m.request_ended(record);
+        }
+        if let Some(tracer) = &self.tracer {
+            // The kernel's clock to the wall clock: how long ago it started.
+            let ago =
+                std::time::Duration::from_nanos(monotonic_ns().saturating_sub(ended.start_ns));
+            let started = SystemTime::now() - ago;
+            let unacked = match record.end {
+                End::Disconnect { .. } => ended.unacked.map(u64::from),
+                _ => None,
+            };
+            clientgone::export_request_span(
+                tracer,
+                record,
+                ended.path,
+                ended.version,
+                started,
+                unacked,
+            );
         }
     }
 

@@ -16,4 +16,4 @@ pub use layer::DisconnectLayer;
 pub use request_body::RequestBody;
 pub use service::DisconnectService;
 pub(crate) use service::RequestHandle;
-pub use span::DISCONNECT_EVENT;
+pub use span::{DISCONNECT_EVENT, export_request_span};

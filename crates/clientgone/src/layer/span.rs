@@ -16,12 +16,13 @@
 //! join the request's trace.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Request, Version};
 use opentelemetry::global::BoxedTracer;
 use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::{SpanBuilder, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{SpanBuilder, SpanKind, SpanRef, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, StringValue};
 
 use crate::record::{End, Record};
@@ -86,59 +87,136 @@ impl RequestSpan {
 
     /// Writes the end of the request onto the span and ends it.
     pub(crate) fn finish(self, route: &Arc<str>, record: &Record<'_>, unacked_bytes: Option<u64>) {
-        let span = self.context.span();
-        let broken = matches!(record.end, End::Disconnect { .. });
-        let failed = record.status >= 500;
-        if !span.span_context().is_sampled() && !broken && !failed {
-            // Recorded only in case it broke; it did not, and the pipeline
-            // will drop it: no attributes to build.
-            span.end();
-            return;
-        }
         let path = self.facts.path.as_ref().map_or("/", PathAndQuery::path);
-        let mut attributes = Vec::with_capacity(8);
-        attributes.extend([
-            KeyValue::new("http.request.method", record.method),
-            KeyValue::new("http.route", StringValue::from(Arc::clone(route))),
-            KeyValue::new("http.response.status_code", i64::from(record.status)),
-            KeyValue::new("url.path", path.to_owned()),
-            KeyValue::new("url.scheme", "http"),
-            KeyValue::new("network.protocol.version", self.facts.version),
-        ]);
-        if let Some(client) = self.facts.client {
-            attributes.push(KeyValue::new("client.address", StringValue::from(client)));
-        }
-        match record.end {
-            End::Disconnect { phase, cause } => {
-                attributes.push(KeyValue::new("error.type", "client_disconnect"));
-                span.set_attributes(attributes);
-                span.set_status(Status::error("client disconnected"));
-                let mut event = vec![
-                    KeyValue::new("disconnect.phase", phase.as_str()),
-                    KeyValue::new("disconnect.cause", cause.as_str()),
-                    KeyValue::new("disconnect.elapsed_s", record.elapsed.as_secs_f64()),
-                    KeyValue::new(
-                        "http.response.body.bytes_sent",
-                        i64::try_from(record.body_bytes_sent).unwrap_or(i64::MAX),
-                    ),
-                ];
-                if let Some(bytes) = unacked_bytes {
-                    event.push(KeyValue::new(
-                        "disconnect.unacked_bytes",
-                        i64::try_from(bytes).unwrap_or(i64::MAX),
-                    ));
-                }
-                span.add_event(DISCONNECT_EVENT, event);
-            }
-            End::Completed if failed => {
-                attributes.push(KeyValue::new("error.type", record.status.to_string()));
-                span.set_attributes(attributes);
-                span.set_status(Status::error(""));
-            }
-            End::Completed => span.set_attributes(attributes),
-        }
-        span.end();
+        let facts = SpanEnd {
+            path,
+            version: self.facts.version,
+            client: self.facts.client,
+            unacked_bytes,
+            at: None,
+        };
+        write_end(self.context.span(), route, record, facts);
     }
+}
+
+/// What the end of a span is written with, beside the [`Record`].
+struct SpanEnd<'a> {
+    path: &'a str,
+    version: &'static str,
+    client: Option<Arc<str>>,
+    unacked_bytes: Option<u64>,
+    /// When the request ended, if not now.
+    at: Option<SystemTime>,
+}
+
+/// The attributes, status and `client.disconnect` event of a request's span,
+/// written once at its end — the one writer of both the layer's spans and
+/// [`export_request_span`]'s.
+fn write_end(span: SpanRef<'_>, route: &Arc<str>, record: &Record<'_>, facts: SpanEnd<'_>) {
+    let end = |span: SpanRef<'_>| match facts.at {
+        Some(at) => span.end_with_timestamp(at),
+        None => span.end(),
+    };
+    let broken = matches!(record.end, End::Disconnect { .. });
+    let failed = record.status >= 500;
+    if !span.span_context().is_sampled() && !broken && !failed {
+        // Recorded only in case it broke; it did not, and the pipeline
+        // will drop it: no attributes to build.
+        return end(span);
+    }
+    let mut attributes = Vec::with_capacity(8);
+    attributes.extend([
+        KeyValue::new("http.request.method", record.method),
+        KeyValue::new("http.route", StringValue::from(Arc::clone(route))),
+        KeyValue::new("http.response.status_code", i64::from(record.status)),
+        KeyValue::new("url.path", facts.path.to_owned()),
+        KeyValue::new("url.scheme", "http"),
+        KeyValue::new("network.protocol.version", facts.version),
+    ]);
+    if let Some(client) = facts.client {
+        attributes.push(KeyValue::new("client.address", StringValue::from(client)));
+    }
+    match record.end {
+        End::Disconnect { phase, cause } => {
+            attributes.push(KeyValue::new("error.type", "client_disconnect"));
+            span.set_attributes(attributes);
+            span.set_status(Status::error("client disconnected"));
+            let mut event = vec![
+                KeyValue::new("disconnect.phase", phase.as_str()),
+                KeyValue::new("disconnect.cause", cause.as_str()),
+                KeyValue::new("disconnect.elapsed_s", record.elapsed.as_secs_f64()),
+                KeyValue::new(
+                    "http.response.body.bytes_sent",
+                    i64::try_from(record.body_bytes_sent).unwrap_or(i64::MAX),
+                ),
+            ];
+            if let Some(bytes) = facts.unacked_bytes {
+                event.push(KeyValue::new(
+                    "disconnect.unacked_bytes",
+                    i64::try_from(bytes).unwrap_or(i64::MAX),
+                ));
+            }
+            match facts.at {
+                Some(at) => span.add_event_with_timestamp(DISCONNECT_EVENT, at, event),
+                None => span.add_event(DISCONNECT_EVENT, event),
+            }
+        }
+        End::Completed if failed => {
+            attributes.push(KeyValue::new("error.type", record.status.to_string()));
+            span.set_attributes(attributes);
+            span.set_status(Status::error(""));
+        }
+        End::Completed => span.set_attributes(attributes),
+    }
+    end(span)
+}
+
+/// Exports the server span of a request another source saw whole —
+/// `clientgone watch` learns of each request from kernel events — with the
+/// same name, attributes and `client.disconnect` event as the layer's spans,
+/// started at `started` and ended at `started + record.elapsed`;
+/// `protocol_version` is `network.protocol.version` (`"1.0"`, `"1.1"`). With the
+/// exporter's tail sampling, a broken request's span is kept whatever the ratio.
+///
+/// ```
+/// use clientgone::{Cause, End, Phase, Record, export_request_span};
+/// use opentelemetry::trace::noop::NoopTracer;
+/// use std::time::{Duration, SystemTime};
+///
+/// let record = Record {
+///     method: "GET",
+///     route: "/users/{id}",
+///     status: 499,
+///     end: End::Disconnect { phase: Phase::Handler, cause: Cause::Closed },
+///     elapsed: Duration::from_secs(1),
+///     body_bytes_sent: 0,
+/// };
+/// export_request_span(&NoopTracer::new(), &record, "/users/7", "1.1", SystemTime::now(), Some(0));
+/// ```
+pub fn export_request_span<T>(
+    tracer: &T,
+    record: &Record<'_>,
+    path: &str,
+    protocol_version: &'static str,
+    started: SystemTime,
+    unacked_bytes: Option<u64>,
+) where
+    T: Tracer,
+    T::Span: Send + Sync + 'static,
+{
+    let builder = SpanBuilder::from_name(format!("{} {}", record.method, record.route))
+        .with_kind(SpanKind::Server)
+        .with_start_time(started);
+    let context = Context::new().with_span(tracer.build(builder));
+    let route: Arc<str> = Arc::from(record.route);
+    let facts = SpanEnd {
+        path,
+        version: protocol_version,
+        client: None,
+        unacked_bytes,
+        at: Some(started + record.elapsed),
+    };
+    write_end(context.span(), &route, record, facts);
 }
 
 fn protocol_version(version: Version) -> &'static str {

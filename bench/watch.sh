@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# clientgone watch's cost and detection delay (BENCHMARKS.md, "clientgone watch").
+#
+#   sudo bash bench/watch.sh [ROUNDS] [SECONDS]      (defaults 4 rounds of 5 s)
+#
+# Throughput: nginx (Debian's, master_process off, one worker pinned to CPU 0)
+# serving a small static file, wrk on CPU 1 (1 thread, 32 keep-alive
+# connections). Rounds alternate: nginx alone, nginx with `clientgone watch`
+# attached to its port (the agent pinned to CPU 0 too, so its cost lands on
+# nginx's core). CPU per request is nginx's CPU (user + system: the BPF programs
+# run in its system calls) plus the agent's, from /proc/PID/stat. With
+# kernel.bpf_stats_enabled=1 the programs' own run time is read with bpftool.
+#
+# Detection delay: a Python client sends GET /slow to Python's http.server
+# (bench runs tests/watch/server.py), closes (FIN) mid-handler, and polls
+# /metrics on a kept-alive connection until the break is counted; the scrape's
+# own round trip is printed as the floor of what this method can see.
+# Needs root, nginx, wrk, python3, bpftool, a release build of clientgone.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-4}
+secs=${2:-5}
+bin=target/release/clientgone
+[ -x "$bin" ] || cargo build --release -p clientgone-agent
+dir=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
+mkdir -p "$dir/www"
+printf 'hello, small file\n' > "$dir/www/index.html"
+port=18090
+cat > "$dir/nginx.conf" <<CONF
+user root; master_process off; daemon off; worker_processes 1;
+pid $dir/nginx.pid; error_log $dir/error.log;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $dir/b; proxy_temp_path $dir/p; fastcgi_temp_path $dir/f;
+  uwsgi_temp_path $dir/u; scgi_temp_path $dir/s;
+  server { listen 127.0.0.1:$port; root $dir/www; } }
+CONF
+taskset -c 0 nginx -c "$dir/nginx.conf" &
+nginx_pid=$!
+sleep 0.5
+cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # clock ticks
+tick=$(getconf CLK_TCK)
+sysctl -qw kernel.bpf_stats_enabled=1
+echo "| round | watch | req/s | CPU µs/req (nginx) | CPU µs/req (agent) | CPU µs/req (both) |"
+echo "|---|---|---|---|---|---|"
+for r in $(seq 1 "$rounds"); do
+  for mode in off on; do
+    agent_pid=""
+    if [ $mode = on ]; then
+      taskset -c 0 "$bin" watch --port $port --metrics-listen 127.0.0.1:19465 2>"$dir/watch.log" &
+      agent_pid=$!
+      until grep -q watching "$dir/watch.log"; do sleep 0.05; done
+    fi
+    n0=$(cpu_of $nginx_pid); a0=0; [ -n "$agent_pid" ] && a0=$(cpu_of $agent_pid)
+    out=$(taskset -c 1 wrk -t1 -c32 -d${secs}s http://127.0.0.1:$port/index.html)
+    n1=$(cpu_of $nginx_pid); a1=0; [ -n "$agent_pid" ] && a1=$(cpu_of $agent_pid)
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    if [ -n "$agent_pid" ]; then
+      lost=$(curl -s 127.0.0.1:19465/metrics | awk '/^clientgone_watch_events_lost_total/ {print $2}')
+      done_=$(curl -s 127.0.0.1:19465/metrics | awk '/^http_server_request_duration_seconds_count/ {s+=$2} END {print s+0}')
+      bpftool prog show 2>/dev/null | awk '/name cg_/ {n=$4} /run_time_ns/ {for(i=1;i<=NF;i++){if($i=="run_time_ns")t=$(i+1); if($i=="run_cnt")c=$(i+1)} if(n!="") printf "  %s: %d runs, %.0f ns/run\n", n, c, (c>0?t/c:0) > "/dev/stderr"; n=""}'
+      kill $agent_pid; wait $agent_pid 2>/dev/null || true
+      echo "  (watch: $done_ requests counted of $reqs, events lost: $lost)" >&2
+    fi
+    awk -v n="$((n1-n0))" -v a="$((a1-a0))" -v q="$reqs" -v t="$tick" -v r="$r" -v m="$mode" -v rps="$rps" \
+      'BEGIN { printf "| %s | %s | %s | %.2f | %.2f | %.2f |\n", r, m, rps, n/t/q*1e6, a/t/q*1e6, (n+a)/t/q*1e6 }'
+  done
+done
+sysctl -qw kernel.bpf_stats_enabled=0
+
+# Detection delay.
+python3 crates/clientgone-agent/tests/watch/server.py 18091 > /dev/null &
+sleep 0.5
+"$bin" watch --port 18091 --metrics-listen 127.0.0.1:19466 2>"$dir/watch2.log" &
+until grep -q watching "$dir/watch2.log"; do sleep 0.05; done
+python3 - <<'PY'
+import http.client, socket, statistics, time
+def count(c, name="http_server_client_disconnects_total"):
+    c.request("GET", "/metrics"); body = c.getresponse().read().decode()
+    return sum(float(l.split()[-1]) for l in body.splitlines() if l.startswith(name))
+m = http.client.HTTPConnection("127.0.0.1", 19466)
+floor = []
+for _ in range(50):
+    t = time.perf_counter(); count(m); floor.append(time.perf_counter() - t)
+delays = []
+for i in range(200):
+    before = count(m)
+    s = socket.create_connection(("127.0.0.1", 18091))
+    s.sendall(b"GET /slow HTTP/1.1\r\nHost: b\r\n\r\n")
+    while count(m, "http_server_active_requests") < 1: pass   # its head was read
+    t0 = time.perf_counter(); s.close()
+    while count(m) == before: pass
+    delays.append(time.perf_counter() - t0)
+q = statistics.quantiles(delays, n=100)
+print(f"detection delay FIN -> counter over {len(delays)} breaks: p50 {q[49]*1e3:.3f} ms, p99 {q[98]*1e3:.3f} ms, max {max(delays)*1e3:.3f} ms; one scrape's round trip p50 {statistics.median(floor)*1e3:.3f} ms")
+PY
