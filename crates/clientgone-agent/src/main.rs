@@ -155,6 +155,14 @@ async fn run(cli: Cli, registry: Registry, tracer: Option<SdkTracer>) -> ExitCod
     }
 }
 
+/// "1 route template", "3 route templates": for the start-up lines.
+fn templates(count: usize) -> String {
+    format!(
+        "{count} route template{}",
+        if count == 1 { "" } else { "s" }
+    )
+}
+
 fn route_table(
     routes: Vec<String>,
     openapi: Option<&std::path::Path>,
@@ -202,10 +210,10 @@ async fn run_watch(args: WatchArgs, registry: Registry, tracer: Option<SdkTracer
     };
     let ports: Vec<String> = running.ports.iter().map(u16::to_string).collect();
     say!(
-        "clientgone watch: watching port{} {} ({count} route template{}), metrics on http://{}/metrics",
+        "clientgone watch: watching port{} {} ({}), metrics on http://{}/metrics",
         if ports.len() == 1 { "" } else { "s" },
         ports.join(", "),
-        if count == 1 { "" } else { "s" },
+        templates(count),
         running.metrics_addr
     );
     let token = running.shutdown_token();
@@ -279,10 +287,10 @@ async fn run_proxy(
         }
     };
     say!(
-        "clientgone proxy: http://{} -> {} ({count} route template{}), metrics on http://{}/metrics",
+        "clientgone proxy: http://{} -> {} ({}), metrics on http://{}/metrics",
         running.addr,
         args.upstream,
-        if count == 1 { "" } else { "s" },
+        templates(count),
         running.metrics_addr
     );
     serve_until_signal(running, "proxy").await

@@ -212,19 +212,22 @@ impl Conn {
     }
 
     /// Leaves this connection's requests out from now on.
-    fn skip(&mut self, why: Skip, sink: &mut impl Sink) {
+    /// Takes the request in flight, if any, out of the gauge uncounted.
+    fn lose_request(&mut self, sink: &mut impl Sink) {
         if let Some(req) = self.req.take() {
             sink.request_lost(self.port, req.method, &req.route);
         }
+    }
+
+    fn skip(&mut self, why: Skip, sink: &mut impl Sink) {
+        self.lose_request(sink);
         self.head.clear();
         self.done = true;
         sink.skipped(self.port, why);
     }
 
     fn forget(mut self, sink: &mut impl Sink) {
-        if let Some(req) = self.req.take() {
-            sink.request_lost(self.port, req.method, &req.route);
-        }
+        self.lose_request(sink);
         sink.connection_lost(self.port);
     }
 
