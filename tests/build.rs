@@ -1,7 +1,8 @@
-//! Decides whether the network-namespace and Prometheus tests can run here.
+//! Decides whether the network-namespace, Prometheus and grpcio tests can run here.
 //!
 //! The first need root, `ip netns` (iproute2) and iptables inside a namespace;
-//! the others Debian's `prometheus` package (the server and `promtool`). Where
+//! others Debian's `prometheus` package (the server and `promtool`), the gRPC
+//! ones Python's `grpcio` (PyPI). Where
 //! any is missing those tests are compiled as `#[ignore]`d with the reason —
 //! counted as skipped, never as passed. `.ci/run` installs all of it.
 
@@ -10,6 +11,7 @@ use std::process::{Command, Stdio};
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(netns)");
     println!("cargo::rustc-check-cfg=cfg(prometheus)");
+    println!("cargo::rustc-check-cfg=cfg(grpcio)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CLIENTGONE_NO_NETNS");
     if std::env::var_os("CLIENTGONE_NO_NETNS").is_none() && netns_usable() {
@@ -27,6 +29,13 @@ fn main() {
     } else {
         println!(
             "cargo::warning=Prometheus tests will be skipped: install Debian's prometheus package"
+        );
+    }
+    if runs(&["python3", "-c", "import grpc"]) {
+        println!("cargo::rustc-cfg=grpcio");
+    } else {
+        println!(
+            "cargo::warning=gRPC tests with a Python client will be skipped: pip install grpcio"
         );
     }
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod grpc;
 pub mod netns;
 pub mod otlp;
 pub mod prom;

@@ -52,17 +52,22 @@ pub enum Cause {
     WriteError,
     /// The request was dropped and none of the above could be told.
     Unknown,
+    /// gRPC: the call ended at or after the deadline its client sent in
+    /// `grpc-timeout` — the client's patience ran out, whether its reset or
+    /// the server's enforcement of that deadline came first.
+    DeadlineExceeded,
 }
 
 impl Cause {
     /// All causes, in label order.
-    pub const ALL: [Cause; 6] = [
+    pub const ALL: [Cause; 7] = [
         Cause::Closed,
         Cause::Reset,
         Cause::StreamReset,
         Cause::Timeout,
         Cause::WriteError,
         Cause::Unknown,
+        Cause::DeadlineExceeded,
     ];
 
     /// The Prometheus / OTel label value.
@@ -74,6 +79,7 @@ impl Cause {
             Cause::Timeout => "timeout",
             Cause::WriteError => "write_error",
             Cause::Unknown => "unknown",
+            Cause::DeadlineExceeded => "deadline_exceeded",
         }
     }
 
@@ -89,6 +95,7 @@ impl Cause {
             3 => Some(Cause::Timeout),
             4 => Some(Cause::WriteError),
             5 => Some(Cause::Unknown),
+            6 => Some(Cause::DeadlineExceeded),
             _ => None,
         }
     }

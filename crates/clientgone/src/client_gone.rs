@@ -57,6 +57,40 @@ impl ClientGone {
     pub fn is_gone(&self) -> bool {
         self.0.is_cancelled()
     }
+
+    /// The signal of a tonic call, in a handler behind
+    /// [`DisconnectLayer`](crate::DisconnectLayer); `None` without the layer.
+    ///
+    /// ```
+    /// use clientgone::ClientGone;
+    ///
+    /// async fn say_hello(request: tonic::Request<String>) -> Result<tonic::Response<String>, tonic::Status> {
+    ///     let gone = ClientGone::from_tonic(&request)
+    ///         .ok_or_else(|| tonic::Status::internal("served without clientgone::DisconnectLayer"))?;
+    ///     tokio::select! {
+    ///         _ = gone.cancelled() => Err(tonic::Status::cancelled("the client left")),
+    ///         _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
+    ///             Ok(tonic::Response::new(format!("Hello, {}!", request.get_ref())))
+    ///         }
+    ///     }
+    /// }
+    /// # let _ = say_hello;
+    /// ```
+    #[cfg(feature = "grpc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+    pub fn from_tonic<T>(request: &tonic::Request<T>) -> Option<ClientGone> {
+        let extensions = request.extensions();
+        let handle = extensions
+            .get::<crate::TrackedConnection>()
+            .and_then(|connection| connection.request.as_ref())
+            .or_else(|| {
+                extensions
+                    .get::<axum::extract::ConnectInfo<crate::TrackedConnection>>()
+                    .and_then(|info| info.0.request.as_ref())
+            })
+            .or_else(|| extensions.get::<RequestHandle>())?;
+        Some(ClientGone(handle.0.token()))
+    }
 }
 
 /// Rejection of [`ClientGone`] when the router lacks the layer.

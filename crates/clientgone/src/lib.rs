@@ -36,11 +36,13 @@
 //! [`DisconnectLayer::with_tracer`], the request's OpenTelemetry span.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_code)]
 
 mod classify;
 mod client_gone;
 mod connection;
+mod grpc;
 mod layer;
 mod metrics;
 mod record;
@@ -55,12 +57,13 @@ pub use connection::{
     ClientLeftHook, ConnectionOptions, ConnectionState, TrackedConnection, TrackedListener,
     TrackedStream,
 };
+pub use grpc::{GrpcMethods, GrpcMethodsError, GrpcStatus, OTHER_METHOD, RpcType};
 pub use layer::{
     DISCONNECT_EVENT, DisconnectLayer, DisconnectService, RequestBody, ResponseBody,
     ResponseFuture, export_request_span,
 };
 pub use metrics::{Metrics, MetricsBuilder, UNMATCHED_ROUTE};
-pub use record::{End, Record};
+pub use record::{CallRecord, End, Record};
 pub use serve::{Serve, serve};
 /// The token [`ClientGone::token`] hands out, re-exported so handlers can name
 /// it without a dependency on `tokio-util` of their own.

@@ -11,8 +11,9 @@ use prometheus::{
     Registry,
 };
 
-use crate::classify::{CloseReason, METHODS, Outcome};
-use crate::record::{End, Record};
+use crate::classify::{Cause, CloseReason, METHODS, Outcome, Phase};
+use crate::grpc::{GrpcStatus, RpcType};
+use crate::record::{CallRecord, End, Record};
 
 /// The route label of requests that matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -53,12 +54,19 @@ pub struct Metrics {
 #[derive(Debug)]
 struct Inner {
     vecs: Vecs,
+    rpc_vecs: Vecs,
     open_connections: IntGauge,
     connection_closes: [IntCounter; 6],
     connection_duration: Histogram,
     routes: RwLock<HashMap<Box<str>, Arc<RouteMetrics>>>,
+    rpc_methods: RwLock<HashMap<RpcKey, Arc<RpcMethodMetrics>>>,
 }
 
+/// A gRPC method's label and type.
+type RpcKey = (Arc<str>, RpcType);
+
+/// The four per-request families of one protocol: `http_server_*` keyed by
+/// (method, route), `rpc_server_*` keyed by (system, method, type).
 #[derive(Clone, Debug)]
 struct Vecs {
     request_duration: HistogramVec,
@@ -107,6 +115,68 @@ impl Metrics {
                 span_names: Default::default(),
             })
         }))
+    }
+
+    /// The children of one gRPC method (a label from
+    /// [`GrpcMethods`](crate::GrpcMethods), or `_OTHER`); created on first use.
+    pub(crate) fn rpc_method(&self, method: &Arc<str>, rpc_type: RpcType) -> Arc<RpcMethodMetrics> {
+        let key = (Arc::clone(method), rpc_type);
+        let read = self
+            .inner
+            .rpc_methods
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(found) = read.get(&key) {
+            return Arc::clone(found);
+        }
+        drop(read);
+        let mut methods = self
+            .inner
+            .rpc_methods
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(methods.entry(key).or_insert_with(|| {
+            let labels = [RPC_SYSTEM, method, rpc_type.as_str()];
+            Arc::new(RpcMethodMetrics {
+                method: Arc::clone(method),
+                rpc_type,
+                series: Series::new(&self.inner.rpc_vecs, &labels),
+            })
+        }))
+    }
+
+    /// For a source of gRPC calls other than
+    /// [`DisconnectLayer::grpc`](crate::DisconnectLayer::grpc): a call to
+    /// `method` (`pkg.Service/Method` of a method the server implements, or
+    /// [`OTHER_METHOD`](crate::OTHER_METHOD) — the caller keeps the label set
+    /// bounded) of `rpc_type` is in flight. End it with
+    /// [`call_ended`](Self::call_ended) — exactly once.
+    ///
+    /// ```
+    /// use clientgone::{Cause, CallRecord, End, GrpcStatus, Metrics, Phase, RpcType};
+    /// use std::time::Duration;
+    ///
+    /// let registry = prometheus::Registry::new();
+    /// let metrics = Metrics::new(&registry).unwrap();
+    /// metrics.call_started("helloworld.Greeter/SayHello", RpcType::Unary);
+    /// metrics.call_ended(&CallRecord {
+    ///     method: "helloworld.Greeter/SayHello",
+    ///     rpc_type: RpcType::Unary,
+    ///     status: GrpcStatus::DEADLINE_EXCEEDED,
+    ///     end: End::Disconnect { phase: Phase::Handler, cause: Cause::DeadlineExceeded },
+    ///     elapsed: Duration::from_millis(250),
+    ///     body_bytes_sent: 0,
+    /// });
+    /// ```
+    pub fn call_started(&self, method: &str, rpc_type: RpcType) {
+        self.rpc_method(&method.into(), rpc_type).call_started();
+    }
+
+    /// Ends a call begun with [`call_started`](Self::call_started): observes
+    /// it once in the duration histogram, and counts its break if it was one.
+    pub fn call_ended(&self, record: &CallRecord<'_>) {
+        self.rpc_method(&record.method.into(), record.rpc_type)
+            .record(record);
     }
 
     fn read_routes(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Arc<RouteMetrics>>> {
@@ -247,6 +317,46 @@ impl MetricsBuilder {
             ),
             &["http_request_method", "http_route", "phase"],
         )?;
+        let rpc_duration = HistogramVec::new(
+            hopts(
+                "rpc_server_call_duration_seconds",
+                "Duration of gRPC server calls, completed or broken off by the client.",
+                REQUEST_BUCKETS,
+            ),
+            &[
+                "rpc_system_name",
+                "rpc_method",
+                "rpc_type",
+                "rpc_response_status_code",
+                "outcome",
+            ],
+        )?;
+        let rpc_active = IntGaugeVec::new(
+            opts("rpc_server_active_calls", "gRPC server calls in flight."),
+            &["rpc_system_name", "rpc_method", "rpc_type"],
+        )?;
+        let rpc_disconnects = IntCounterVec::new(
+            opts(
+                "rpc_server_client_disconnects_total",
+                "gRPC calls whose client cancelled, gave up at its deadline or broke the \
+                 connection before the call was done.",
+            ),
+            &[
+                "rpc_system_name",
+                "rpc_method",
+                "rpc_type",
+                "phase",
+                "cause",
+            ],
+        )?;
+        let rpc_disconnect_elapsed = HistogramVec::new(
+            hopts(
+                "rpc_server_client_disconnect_elapsed_seconds",
+                "Time from a gRPC call's arrival until its client's break was noticed.",
+                ABANDON_BUCKETS,
+            ),
+            &["rpc_system_name", "rpc_method", "rpc_type", "phase"],
+        )?;
         let open_connections = IntGauge::with_opts(opts(
             "http_server_open_connections",
             "Open client connections.",
@@ -271,6 +381,12 @@ impl MetricsBuilder {
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(closes.clone()))?;
         registry.register(Box::new(connection_duration.clone()))?;
+        // Empty until the first gRPC call: a registry of an HTTP-only server
+        // shows none of them.
+        registry.register(Box::new(rpc_duration.clone()))?;
+        registry.register(Box::new(rpc_active.clone()))?;
+        registry.register(Box::new(rpc_disconnects.clone()))?;
+        registry.register(Box::new(rpc_disconnect_elapsed.clone()))?;
 
         // Every close reason exists from the start, so a rate() over it is never empty.
         let connection_closes = CloseReason::ALL.map(|r| closes.with_label_values(&[r.as_str()]));
@@ -283,10 +399,17 @@ impl MetricsBuilder {
                     disconnects,
                     disconnect_elapsed,
                 },
+                rpc_vecs: Vecs {
+                    request_duration: rpc_duration,
+                    active_requests: rpc_active,
+                    disconnects: rpc_disconnects,
+                    disconnect_elapsed: rpc_disconnect_elapsed,
+                },
                 open_connections,
                 connection_closes,
                 connection_duration,
                 routes: RwLock::new(HashMap::new()),
+                rpc_methods: RwLock::new(HashMap::new()),
             }),
         })
     }
@@ -300,25 +423,18 @@ fn method_position(label: &str) -> usize {
         .unwrap_or(METHODS.len() - 1)
 }
 
+/// The `rpc_system_name` label.
+const RPC_SYSTEM: &str = "grpc";
+
 /// The children of one route template, per method, created on first use.
 #[derive(Debug)]
 pub(crate) struct RouteMetrics {
     /// Shared, so a span's `http.route` attribute is a reference, not a copy.
     route: Arc<str>,
     vecs: Vecs,
-    methods: [OnceLock<MethodMetrics>; METHODS.len()],
+    methods: [OnceLock<Series<u16>>; METHODS.len()],
     /// `{method} {route}`, the OTel span name, made once per method.
     span_names: [OnceLock<Box<str>>; METHODS.len()],
-}
-
-#[derive(Debug)]
-struct MethodMetrics {
-    active: IntGauge,
-    /// A handful of (status, outcome) pairs per route and method: a short list
-    /// scanned under a read lock beats hashing.
-    durations: RwLock<Vec<(u16, Outcome, Histogram)>>,
-    disconnects: [[OnceLock<IntCounter>; 6]; 3],
-    elapsed: [OnceLock<Histogram>; 3],
 }
 
 impl RouteMetrics {
@@ -334,16 +450,9 @@ impl RouteMetrics {
         self.span_names[method].get_or_init(|| format!("{} {}", METHODS[method], self.route).into())
     }
 
-    fn method(&self, method: usize) -> &MethodMetrics {
-        self.methods[method].get_or_init(|| MethodMetrics {
-            active: self
-                .vecs
-                .active_requests
-                .with_label_values(&[METHODS[method], &self.route]),
-            durations: RwLock::new(Vec::new()),
-            disconnects: Default::default(),
-            elapsed: Default::default(),
-        })
+    fn method(&self, method: usize) -> &Series<u16> {
+        self.methods[method]
+            .get_or_init(|| Series::new(&self.vecs, &[METHODS[method], &self.route]))
     }
 
     pub(crate) fn request_started(&self, method: usize) {
@@ -356,29 +465,111 @@ impl RouteMetrics {
 
     /// Hands one finished request to the instruments.
     pub(crate) fn record(&self, method: usize, record: &Record<'_>) {
-        let m = self.method(method);
-        m.active.dec();
-        let outcome = record.end.outcome();
-        let seconds = record.elapsed.as_secs_f64();
-        self.observe_duration(m, method, record.status, outcome, seconds);
-        if let End::Disconnect { phase, cause } = record.end {
-            m.disconnects[phase.index()][cause.index()]
+        self.method(method)
+            .record(record.status, record.end, record.elapsed);
+    }
+}
+
+/// The children of one gRPC method (of one type).
+#[derive(Debug)]
+pub(crate) struct RpcMethodMetrics {
+    method: Arc<str>,
+    rpc_type: RpcType,
+    series: Series<GrpcStatus>,
+}
+
+impl RpcMethodMetrics {
+    /// The `rpc_method` label.
+    pub(crate) fn method(&self) -> &Arc<str> {
+        &self.method
+    }
+
+    pub(crate) fn rpc_type(&self) -> RpcType {
+        self.rpc_type
+    }
+
+    pub(crate) fn call_started(&self) {
+        self.series.active.inc();
+    }
+
+    /// Hands one finished call to the instruments.
+    pub(crate) fn record(&self, record: &CallRecord<'_>) {
+        self.series
+            .record(record.status, record.end, record.elapsed);
+    }
+}
+
+/// A status as its label says it.
+trait StatusLabel: Copy + PartialEq {
+    fn label(self) -> String;
+}
+
+impl StatusLabel for u16 {
+    fn label(self) -> String {
+        self.to_string()
+    }
+}
+
+impl StatusLabel for GrpcStatus {
+    fn label(self) -> String {
+        self.as_str().to_owned()
+    }
+}
+
+/// The series of one key (an HTTP route and method, or a gRPC method):
+/// children looked up once and kept, so the hot path neither formats nor
+/// hashes label values.
+#[derive(Debug)]
+struct Series<S> {
+    vecs: Vecs,
+    /// The key's leading label values, for children made later.
+    labels: Box<[Box<str>]>,
+    active: IntGauge,
+    /// A handful of (status, outcome) pairs per key: a short list scanned
+    /// under a read lock beats hashing.
+    durations: RwLock<Vec<(S, Outcome, Histogram)>>,
+    disconnects: [[OnceLock<IntCounter>; Cause::ALL.len()]; Phase::ALL.len()],
+    elapsed: [OnceLock<Histogram>; Phase::ALL.len()],
+}
+
+impl<S: StatusLabel> Series<S> {
+    fn new(vecs: &Vecs, labels: &[&str]) -> Self {
+        Series {
+            vecs: vecs.clone(),
+            labels: labels.iter().map(|l| Box::from(*l)).collect(),
+            active: vecs.active_requests.with_label_values(labels),
+            durations: RwLock::new(Vec::new()),
+            disconnects: Default::default(),
+            elapsed: Default::default(),
+        }
+    }
+
+    /// The key's label values followed by `more`.
+    fn values<'a>(&'a self, more: &[&'a str]) -> Vec<&'a str> {
+        self.labels
+            .iter()
+            .map(|l| &**l)
+            .chain(more.iter().copied())
+            .collect()
+    }
+
+    fn record(&self, status: S, end: End, elapsed: Duration) {
+        self.active.dec();
+        let seconds = elapsed.as_secs_f64();
+        self.observe_duration(status, end.outcome(), seconds);
+        if let End::Disconnect { phase, cause } = end {
+            self.disconnects[phase.index()][cause.index()]
                 .get_or_init(|| {
-                    self.vecs.disconnects.with_label_values(&[
-                        METHODS[method],
-                        &self.route,
-                        phase.as_str(),
-                        cause.as_str(),
-                    ])
+                    self.vecs
+                        .disconnects
+                        .with_label_values(&self.values(&[phase.as_str(), cause.as_str()]))
                 })
                 .inc();
-            m.elapsed[phase.index()]
+            self.elapsed[phase.index()]
                 .get_or_init(|| {
-                    self.vecs.disconnect_elapsed.with_label_values(&[
-                        METHODS[method],
-                        &self.route,
-                        phase.as_str(),
-                    ])
+                    self.vecs
+                        .disconnect_elapsed
+                        .with_label_values(&self.values(&[phase.as_str()]))
                 })
                 .observe(seconds);
         }
@@ -386,33 +577,25 @@ impl RouteMetrics {
 
     /// Observes one request in its (status, outcome) child, found in a short
     /// list under the read lock; created under the write lock the first time.
-    fn observe_duration(
-        &self,
-        m: &MethodMetrics,
-        method: usize,
-        status: u16,
-        outcome: Outcome,
-        seconds: f64,
-    ) {
-        let observe = |list: &Vec<(u16, Outcome, Histogram)>| {
+    fn observe_duration(&self, status: S, outcome: Outcome, seconds: f64) {
+        let observe = |list: &Vec<(S, Outcome, Histogram)>| {
             list.iter()
                 .find(|(s, o, _)| *s == status && *o == outcome)
                 .map(|(_, _, h)| h.observe(seconds))
                 .is_some()
         };
-        if observe(&m.durations.read().unwrap_or_else(|p| p.into_inner())) {
+        if observe(&self.durations.read().unwrap_or_else(|p| p.into_inner())) {
             return;
         }
-        let mut list = m.durations.write().unwrap_or_else(|p| p.into_inner());
+        let mut list = self.durations.write().unwrap_or_else(|p| p.into_inner());
         if observe(&list) {
             return;
         }
-        let h = self.vecs.request_duration.with_label_values(&[
-            METHODS[method],
-            &self.route,
-            &status.to_string(),
-            outcome.as_str(),
-        ]);
+        let label = status.label();
+        let h = self
+            .vecs
+            .request_duration
+            .with_label_values(&self.values(&[&label, outcome.as_str()]));
         h.observe(seconds);
         list.push((status, outcome, h));
     }

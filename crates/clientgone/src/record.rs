@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::classify::{Cause, Outcome, Phase};
+use crate::grpc::{GrpcStatus, RpcType};
 
 /// How a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,5 +45,24 @@ pub struct Record<'a> {
     /// From the request's arrival to its end (or to the moment the break was noticed).
     pub elapsed: Duration,
     /// Response body bytes handed to the connection before the end.
+    pub body_bytes_sent: u64,
+}
+
+/// One gRPC call's end: the [`Record`] of a call, handed to the
+/// `rpc_server_*` metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRecord<'a> {
+    /// The `rpc_method` label: `pkg.Service/Method`, or `_OTHER`.
+    pub method: &'a str,
+    /// How the method streams.
+    pub rpc_type: RpcType,
+    /// The status the call is recorded with: the one sent, `CANCELLED` for a
+    /// break, `DEADLINE_EXCEEDED` for a break at the client's deadline.
+    pub status: GrpcStatus,
+    /// Completed, or where and how the client broke off.
+    pub end: End,
+    /// From the call's arrival to its end (or to the moment the break was noticed).
+    pub elapsed: Duration,
+    /// Response body bytes (gRPC frames) handed to the connection before the end.
     pub body_bytes_sent: u64,
 }

@@ -81,6 +81,35 @@ impl TrackedListener {
         Ok((TrackedStream::new(stream, addr, self.metrics.clone()), addr))
     }
 
+    /// The accepted connections as a stream, for servers that take one —
+    /// tonic's `Server::serve_with_incoming`. Accept errors that concern one
+    /// connection are skipped, a shortage of file descriptors waited out, as
+    /// for `clientgone::serve`; the stream never ends.
+    ///
+    /// ```no_run
+    /// # async fn run(routes: tonic::service::Routes) -> Result<(), Box<dyn std::error::Error>> {
+    /// use clientgone::{DisconnectLayer, GrpcMethods, Metrics, TrackedListener};
+    ///
+    /// let metrics = Metrics::new(&prometheus::Registry::new())?;
+    /// let listener = TrackedListener::bind("127.0.0.1:50051", &metrics).await?;
+    /// tonic::transport::Server::builder()
+    ///     .layer(DisconnectLayer::new(metrics).grpc(GrpcMethods::new()))
+    ///     .add_routes(routes)
+    ///     .serve_with_incoming(listener.into_incoming())
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "grpc")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
+    pub fn into_incoming(
+        self,
+    ) -> impl futures_util::Stream<Item = io::Result<TrackedStream>> + Send + 'static {
+        futures_util::stream::unfold(self, |listener| async move {
+            let (stream, _) = listener.accept_retrying().await;
+            Some((Ok(stream), listener))
+        })
+    }
+
     /// Accepts one connection, waiting out errors that concern only one
     /// connection or a passing shortage of file descriptors.
     pub(crate) async fn accept_retrying(&self) -> (TrackedStream, SocketAddr) {

@@ -1,5 +1,6 @@
 //! The socket side: accept, set options, record what the socket says.
 
+mod h2_frames;
 mod hooks;
 mod listener;
 mod options;

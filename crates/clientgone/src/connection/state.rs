@@ -6,14 +6,23 @@
 //! *before* hyper drops the request's future — that ordering is what makes the
 //! classification deterministic.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::hooks::ClientLeftHooks;
 use crate::classify::{Cause, ClientEvent, CloseFacts, CloseReason, PeerSignal, close_reason};
 
 const NO_CAUSE: u8 = u8::MAX;
+
+/// How long after a client's `RST_STREAM` a dropped request may take it as
+/// its cause: hyper drops the stream's future microseconds after h2 reads
+/// the frame, even on a loaded server.
+const RESET_CLAIM_WINDOW: Duration = Duration::from_secs(2);
+
+/// Unclaimed stream resets kept per connection.
+const MAX_UNCLAIMED_RESETS: usize = 16;
 
 /// Per-connection facts, shared between the stream and the requests on it.
 ///
@@ -49,8 +58,9 @@ pub struct ConnectionState {
     /// The connection was handed over to another protocol (a `101` upgrade,
     /// `CONNECT`): what it reads from then on are no request heads.
     upgraded: AtomicBool,
-    /// How much of the HTTP/2 preface the first bytes matched (see `on_read`).
-    preface_matched: AtomicU8,
+    /// HTTP/2 streams the client reset and no request has claimed yet (see
+    /// `claim_stream_reset`).
+    stream_resets: Mutex<VecDeque<Instant>>,
     bytes_written: AtomicU64,
     /// The send queue's size when the first client event was seen (`u64::MAX`: unknown).
     unacked_at_event: AtomicU64,
@@ -79,7 +89,7 @@ impl ConnectionState {
             client_asked_close: AtomicBool::new(false),
             tracked_by_server: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
-            preface_matched: AtomicU8::new(0),
+            stream_resets: Mutex::new(VecDeque::new()),
             bytes_written: AtomicU64::new(0),
             unacked_at_event: AtomicU64::new(u64::MAX),
             hooks: ClientLeftHooks::default(),
@@ -143,20 +153,56 @@ impl ConnectionState {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    pub(crate) fn on_read(&self, data: &[u8]) {
-        let matched = self.preface_matched.load(Ordering::Relaxed);
-        if matched < PREFACE_UNDECIDED_BELOW {
-            // The connection's first bytes, until they are the whole HTTP/2
-            // preface or not it: HTTP/2 with prior knowledge has no heads to
-            // wait for, even before its first request (a pooled client may
-            // open it long before). A head sent a byte at a time starts "P"
-            // too, so only all 24 bytes decide.
-            let now = preface_progress(matched, data);
-            self.preface_matched.store(now, Ordering::Relaxed);
-            if usize::from(now) == HTTP2_PREFACE.len() {
-                self.http2.store(true, Ordering::Relaxed);
+    /// The client sent the whole HTTP/2 preface: HTTP/2 with prior
+    /// knowledge has no heads to wait for, even before its first request (a
+    /// pooled client may open it long before).
+    pub(crate) fn mark_http2(&self) {
+        self.http2.store(true, Ordering::Relaxed);
+    }
+
+    /// The client reset an HTTP/2 stream (`RST_STREAM`), read before h2
+    /// decoded it: the stream's request, if still in flight, is dropped next.
+    pub(crate) fn on_stream_reset(&self) {
+        let mut resets = self
+            .stream_resets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bounded whatever the client sends: resets of streams that had
+        // already ended are never claimed, and a flood of them keeps only
+        // the newest.
+        if resets.len() == MAX_UNCLAIMED_RESETS {
+            resets.pop_front();
+        }
+        resets.push_back(Instant::now());
+    }
+
+    /// A request of this connection was dropped with no connection event:
+    /// takes one stream reset read in the last [`RESET_CLAIM_WINDOW`], if
+    /// any. `false` means nothing on the wire explains the drop: the server
+    /// gave the request up itself (tonic's `Server::timeout` drops the
+    /// layers inside it).
+    ///
+    /// hyper does not say which stream a request is, so a reset is matched
+    /// by time, not stream id: a request dropped within the window after
+    /// the client reset *another* stream that had already ended would take
+    /// that reset. Clients reset finished streams rarely, and the window is
+    /// short.
+    pub(crate) fn claim_stream_reset(&self) -> bool {
+        let mut resets = self
+            .stream_resets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        while let Some(&at) = resets.front() {
+            resets.pop_front();
+            if at.elapsed() <= RESET_CLAIM_WINDOW {
+                return true;
             }
         }
+        false
+    }
+
+    /// The client sent bytes.
+    pub(crate) fn on_read(&self) {
         // Bytes that arrive while nothing is in flight are the start of the next
         // request head; `request_started` clears the mark once the head is parsed.
         if self.in_flight.load(Ordering::Acquire) == 0
@@ -282,52 +328,5 @@ impl ConnectionState {
             served_any: self.requests() > 0,
             client_asked_close: self.client_asked_close.load(Ordering::Acquire),
         })
-    }
-}
-
-/// The client connection preface of HTTP/2 (RFC 9113, section 3.4).
-const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// `preface_matched` below this: still reading the preface (that many bytes
-/// of it seen). At or above: decided — all of it (24), or [`NOT_PREFACE`].
-const PREFACE_UNDECIDED_BELOW: u8 = HTTP2_PREFACE.len() as u8;
-
-/// `preface_matched` once a byte differed from the preface.
-const NOT_PREFACE: u8 = u8::MAX;
-
-/// Bytes of the preface seen after `data`, given `matched` before it, or
-/// [`NOT_PREFACE`]. No HTTP/1 request starts with `PRI * HTTP/2.0`.
-fn preface_progress(matched: u8, data: &[u8]) -> u8 {
-    let rest = &HTTP2_PREFACE[usize::from(matched)..];
-    let n = data.len().min(rest.len());
-    if data[..n] == rest[..n] {
-        matched + n as u8
-    } else {
-        NOT_PREFACE
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_whole_preface_makes_a_connection_http2() {
-        let whole = HTTP2_PREFACE.len() as u8;
-        assert_eq!(
-            preface_progress(0, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"),
-            whole
-        );
-        // In pieces, as a slow client sends it.
-        let mut matched = 0;
-        for piece in HTTP2_PREFACE.chunks(5) {
-            assert!(matched < whole);
-            matched = preface_progress(matched, piece);
-        }
-        assert_eq!(matched, whole);
-        // A head sent a byte at a time starts like it, and is not it.
-        assert_eq!(preface_progress(0, b"P"), 1);
-        assert_eq!(preface_progress(1, b"O"), NOT_PREFACE);
-        assert_eq!(preface_progress(0, b"GET / HTTP/1.1\r\n"), NOT_PREFACE);
     }
 }

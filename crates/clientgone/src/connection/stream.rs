@@ -14,6 +14,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::h2_frames::{FrameEvent, FrameScanner};
 use super::hooks::ClientLeftHook;
 use super::send_queue::unacked_bytes;
 use super::state::ConnectionState;
@@ -27,6 +28,8 @@ pub struct TrackedStream {
     inner: TcpStream,
     connection: TrackedConnection,
     metrics: Option<Metrics>,
+    /// Reads what an HTTP/2 client sends for its stream resets.
+    frames: FrameScanner,
 }
 
 /// What a request gets to know about its connection: the peer's address and the
@@ -37,6 +40,7 @@ pub struct TrackedStream {
 #[derive(Clone, Debug)]
 pub struct TrackedConnection {
     remote_addr: SocketAddr,
+    local_addr: Option<SocketAddr>,
     state: Arc<ConnectionState>,
     /// The request this copy travels with, set by `DisconnectLayer` on the
     /// copy in the request's extensions (for `ClientGone`). Carried here, not
@@ -49,6 +53,11 @@ impl TrackedConnection {
     /// The client's address.
     pub fn remote_addr(&self) -> SocketAddr {
         self.remote_addr
+    }
+
+    /// The server's address of this connection, if the socket told it.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
     }
 
     /// The client's IP address as text (`203.0.113.9`, `2001:db8::1`),
@@ -122,10 +131,13 @@ impl TrackedStream {
         if let Some(m) = &metrics {
             m.connection_opened();
         }
+        let local_addr = inner.local_addr().ok();
         TrackedStream {
             inner,
+            frames: FrameScanner::default(),
             connection: TrackedConnection {
                 remote_addr,
+                local_addr,
                 state: Arc::new(ConnectionState::new()),
                 request: None,
             },
@@ -209,7 +221,15 @@ impl AsyncRead for TrackedStream {
         let result = ready!(Pin::new(&mut this.inner).poll_read(cx, buf));
         match &result {
             Ok(()) if buf.filled().len() > before => {
-                this.connection.state.on_read(&buf.filled()[before..]);
+                let state = &this.connection.state;
+                if this.frames.is_on() {
+                    this.frames
+                        .scan(&buf.filled()[before..], |event| match event {
+                            FrameEvent::Preface => state.mark_http2(),
+                            FrameEvent::StreamReset { .. } => state.on_stream_reset(),
+                        });
+                }
+                state.on_read();
             }
             // A zero-byte read into a buffer with room is the peer's FIN.
             Ok(()) if wanted => this.record_eof(),

@@ -56,6 +56,14 @@ impl<B: Body> Body for ResponseBody<B> {
         drop(entered);
         if let Some(guard) = this.guard.as_mut() {
             match &frame {
+                // Trailers are a body's last frame: hyper sends them with
+                // END_STREAM and polls no more. A gRPC call's status is in them.
+                Some(Ok(f)) if f.is_trailers() => {
+                    if let Some(trailers) = f.trailers_ref() {
+                        guard.grpc_status(trailers);
+                    }
+                    guard.complete();
+                }
                 Some(Ok(f)) => {
                     if let Some(data) = f.data_ref() {
                         guard.body_bytes(data.remaining());

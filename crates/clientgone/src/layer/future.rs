@@ -69,6 +69,11 @@ where
             Ok(res) => {
                 let status = res.status();
                 guard.head_sent(status.as_u16());
+                if guard.is_grpc() {
+                    // A trailers-only answer (an error, most often) carries
+                    // its status in the head.
+                    guard.grpc_status(res.headers());
+                }
                 // Only HTTP/1 hyper stops at the declared length; HTTP/2 polls
                 // the last frame before flow control lets it out, and ends
                 // the body itself.

@@ -10,7 +10,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +19,9 @@ use crate::classify::{
     BodyProgress, Cause, Phase, break_cause, break_phase, hands_over_connection, recorded_status,
 };
 use crate::connection::{ClientLeftHook, ConnectionState, TrackedConnection};
-use crate::metrics::RouteMetrics;
-use crate::record::{End, Record};
+use crate::grpc::{GrpcStatus, deadline_reached};
+use crate::metrics::{RouteMetrics, RpcMethodMetrics};
+use crate::record::{CallRecord, End, Record};
 
 use super::span::RequestSpan;
 
@@ -140,9 +141,7 @@ impl RequestShared {
 /// Ends one request exactly once; see the module docs.
 #[derive(Debug)]
 pub(crate) struct RequestGuard {
-    route: Arc<RouteMetrics>,
-    method: usize,
-    method_label: &'static str,
+    target: Target,
     start: Instant,
     http2: bool,
     shared: Arc<RequestShared>,
@@ -154,24 +153,46 @@ pub(crate) struct RequestGuard {
     span: Option<Box<RequestSpan>>,
 }
 
-impl RequestGuard {
-    pub(crate) fn new(
+/// Where a request's end is recorded.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// An HTTP request, in the `http_server_*` metrics.
+    Http {
         route: Arc<RouteMetrics>,
         method: usize,
         method_label: &'static str,
+    },
+    /// A gRPC call, in the `rpc_server_*` metrics.
+    Grpc(Box<GrpcCall>),
+}
+
+/// What a gRPC call's end needs beside an HTTP request's.
+#[derive(Debug)]
+pub(crate) struct GrpcCall {
+    pub(crate) method: Arc<RpcMethodMetrics>,
+    /// The client's deadline (`grpc-timeout`), from the call's arrival.
+    pub(crate) timeout: Option<Duration>,
+    /// The `grpc-status` sent, in the head (trailers-only) or the trailers.
+    pub(crate) status: Option<GrpcStatus>,
+}
+
+impl RequestGuard {
+    pub(crate) fn new(
+        target: Target,
         start: Instant,
         http2: bool,
         shared: Arc<RequestShared>,
         span: Option<Box<RequestSpan>>,
     ) -> Self {
-        route.request_started(method);
+        match &target {
+            Target::Http { route, method, .. } => route.request_started(*method),
+            Target::Grpc(call) => call.method.call_started(),
+        }
         if let Some(state) = shared.untracked_connection() {
             state.request_started(http2);
         }
         RequestGuard {
-            route,
-            method,
-            method_label,
+            target,
             start,
             http2,
             shared,
@@ -209,8 +230,32 @@ impl RequestGuard {
     /// client left before its answer.
     pub(crate) fn end_client_left(&mut self) {
         let phase = break_phase(self.shared.body_progress(), self.status.is_some());
-        let cause = self.cause();
-        self.end_broken(phase, cause);
+        match self.cause() {
+            Some(cause) => self.end_broken(phase, cause),
+            // A gRPC call dropped with nothing on the wire to explain it:
+            // the server gave it up (tonic's own timeout answered CANCELLED
+            // in its place), never the client.
+            None => {
+                if let Target::Grpc(call) = &mut self.target {
+                    call.status.get_or_insert(GrpcStatus::CANCELLED);
+                }
+                self.end(End::Completed)
+            }
+        }
+    }
+
+    /// Whether this request is a gRPC call.
+    pub(crate) fn is_grpc(&self) -> bool {
+        matches!(self.target, Target::Grpc(_))
+    }
+
+    /// The call's `grpc-status`, from a trailers-only head or the trailers.
+    pub(crate) fn grpc_status(&mut self, headers: &http::HeaderMap) {
+        if let Target::Grpc(call) = &mut self.target
+            && let Some(status) = GrpcStatus::from_headers(headers)
+        {
+            call.status = Some(status);
+        }
     }
 
     /// The request is served over HTTP/2.
@@ -221,9 +266,16 @@ impl RequestGuard {
     /// The response head was produced with this status.
     pub(crate) fn head_sent(&mut self, status: u16) {
         self.status = Some(status);
+        let connect = matches!(
+            self.target,
+            Target::Http {
+                method_label: "CONNECT",
+                ..
+            }
+        );
         if let Some(state) = self.shared.untracked_connection()
             && let Ok(status) = http::StatusCode::from_u16(status)
-            && hands_over_connection(self.method_label == "CONNECT", status)
+            && hands_over_connection(connect, status)
         {
             state.mark_upgraded();
         }
@@ -247,23 +299,42 @@ impl RequestGuard {
             return;
         }
         if self.shared.body_progress() == BodyProgress::Failed {
-            let cause = self.cause();
-            // A body error with no sign of the client leaving (on HTTP/1) is a
-            // malformed body — bad input, answered by the handler, not a break.
-            if cause != Cause::Unknown {
+            // A body error with no sign of the client leaving (on HTTP/1; on
+            // a gRPC call, no reset either) is a malformed body — bad input,
+            // answered by the handler, not a break.
+            if let Some(cause) = self.cause()
+                && cause != Cause::Unknown
+            {
                 return self.end_broken(Phase::RequestBody, cause);
             }
         }
         self.end(End::Completed);
     }
 
-    fn cause(&self) -> Cause {
-        let signal = self
-            .shared
-            .connection
-            .as_ref()
-            .map(|c| c.state().peer_signal());
-        break_cause(signal, self.http2)
+    /// How the client broke off, from what the connection saw — or, for a
+    /// gRPC call, `None` when nothing did: the server dropped it itself.
+    fn cause(&self) -> Option<Cause> {
+        let state = self.shared.connection.as_ref().map(|c| c.state());
+        let signal = state.map(|state| state.peer_signal());
+        let quiet = signal.is_some_and(|s| s.error.is_none() && !s.eof);
+        // A stream dropped on a live HTTP/2 connection takes the client's
+        // reset that explains it, if one came.
+        let reset_seen = quiet && self.http2 && state.is_some_and(|s| s.claim_stream_reset());
+        let Target::Grpc(call) = &self.target else {
+            return Some(break_cause(signal, self.http2));
+        };
+        let reached_deadline = call
+            .timeout
+            .is_some_and(|timeout| deadline_reached(self.start.elapsed(), timeout));
+        if reached_deadline {
+            // The client's patience ran out: its reset at the deadline, or
+            // tonic's enforcement of it, whichever came first.
+            return Some(Cause::DeadlineExceeded);
+        }
+        if quiet && self.http2 && !reset_seen {
+            return None;
+        }
+        Some(break_cause(signal, self.http2))
     }
 
     fn end_broken(&mut self, phase: Phase, cause: Cause) {
@@ -281,32 +352,71 @@ impl RequestGuard {
             End::Completed => None,
             End::Disconnect { phase, .. } => Some(phase),
         };
-        let record = Record {
-            method: self.method_label,
-            route: self.route.route(),
-            status: recorded_status(phase, self.status),
-            end,
-            elapsed: match (phase, self.shared.body_failed_at.get()) {
-                (Some(Phase::RequestBody), Some(&failed)) => failed - self.start,
-                _ => self.start.elapsed(),
-            },
-            body_bytes_sent: self.body_bytes_sent,
+        let elapsed = match (phase, self.shared.body_failed_at.get()) {
+            (Some(Phase::RequestBody), Some(&failed)) => failed - self.start,
+            _ => self.start.elapsed(),
         };
-        self.route.record(self.method, &record);
-        let connection = self.shared.connection.as_ref().map(|c| c.state());
-        let unacked = match end {
-            // The connection is alive after a stream reset: nothing died with it.
-            End::Disconnect { cause, .. } if cause != Cause::StreamReset => {
-                connection.and_then(|state| state.unacked_at_break())
+        match &self.target {
+            Target::Http {
+                route,
+                method,
+                method_label,
+            } => {
+                let record = Record {
+                    method: method_label,
+                    route: route.route(),
+                    status: recorded_status(phase, self.status),
+                    end,
+                    elapsed,
+                    body_bytes_sent: self.body_bytes_sent,
+                };
+                route.record(*method, &record);
+                let connection = self.shared.connection.as_ref().map(|c| c.state());
+                let unacked = match end {
+                    // The connection is alive after a stream reset: nothing died with it.
+                    End::Disconnect { cause, .. } if cause != Cause::StreamReset => {
+                        connection.and_then(|state| state.unacked_at_break())
+                    }
+                    _ => None,
+                };
+                if let Some(span) = self.span.take() {
+                    span.finish(route.route_shared(), &record, unacked);
+                }
             }
-            _ => None,
-        };
-        if let Some(span) = self.span.take() {
-            span.finish(self.route.route_shared(), &record, unacked);
+            Target::Grpc(call) => {
+                let record = CallRecord {
+                    method: call.method.method(),
+                    rpc_type: call.method.rpc_type(),
+                    status: call_status(end, call.status, self.status),
+                    end,
+                    elapsed,
+                    body_bytes_sent: self.body_bytes_sent,
+                };
+                call.method.record(&record);
+            }
         }
         if let Some(state) = self.shared.untracked_connection() {
             state.request_ended();
         }
+    }
+}
+
+/// The status a call is recorded with: for a break, `CANCELLED` (or
+/// `DEADLINE_EXCEEDED` at the client's deadline), whatever the server was
+/// about to send; else the `grpc-status` sent, or what a client reads from
+/// an HTTP status that came without one.
+fn call_status(end: End, sent: Option<GrpcStatus>, http: Option<u16>) -> GrpcStatus {
+    match end {
+        End::Disconnect {
+            cause: Cause::DeadlineExceeded,
+            ..
+        } => GrpcStatus::DEADLINE_EXCEEDED,
+        End::Disconnect { .. } => GrpcStatus::CANCELLED,
+        _ => match (sent, http) {
+            (Some(status), _) => status,
+            (None, Some(200) | None) => GrpcStatus::UNKNOWN,
+            (None, Some(http)) => GrpcStatus::from_http(http),
+        },
     }
 }
 

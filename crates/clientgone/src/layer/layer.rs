@@ -8,6 +8,7 @@ use tower::Layer;
 
 use super::service::DisconnectService;
 use super::span::SharedTracer;
+use crate::grpc::GrpcMethods;
 use crate::metrics::Metrics;
 
 /// Counts and classifies requests whose client broke off, per route template.
@@ -31,6 +32,7 @@ use crate::metrics::Metrics;
 pub struct DisconnectLayer {
     metrics: Metrics,
     tracer: Option<SharedTracer>,
+    grpc: Option<Arc<GrpcMethods>>,
 }
 
 impl std::fmt::Debug for DisconnectLayer {
@@ -38,6 +40,7 @@ impl std::fmt::Debug for DisconnectLayer {
         f.debug_struct("DisconnectLayer")
             .field("metrics", &self.metrics)
             .field("traced", &self.tracer.is_some())
+            .field("grpc_methods", &self.grpc.as_ref().map(|m| m.len()))
             .finish()
     }
 }
@@ -48,7 +51,44 @@ impl DisconnectLayer {
         DisconnectLayer {
             metrics,
             tracer: None,
+            grpc: None,
         }
+    }
+
+    /// Counts gRPC calls as calls: a request whose `content-type` is
+    /// `application/grpc` goes to the `rpc_server_*` metrics — under its
+    /// method if `methods` lists it, else `_OTHER` — and not to the
+    /// `http_server_*` request metrics. Other requests are counted as before,
+    /// so one layer serves a router with both.
+    ///
+    /// A call's status is read from its trailers or its trailers-only head.
+    /// A break at or after the deadline the client sent (`grpc-timeout`) has
+    /// the cause `deadline_exceeded`; one before it, the cause seen on the
+    /// wire (`stream_reset`, `closed`, `reset`, …). A call that the server
+    /// itself gives up — tonic's `Server::timeout`, which wraps this layer
+    /// from outside and answers `CANCELLED` — is recorded as completed with
+    /// `CANCELLED`, never as a break. Telling the two apart needs the
+    /// connection: serve with [`TrackedListener`](crate::TrackedListener)
+    /// (`clientgone::serve`, or tonic's `serve_with_incoming(listener.into_incoming())`).
+    ///
+    /// With tonic's router inside `clientgone::serve`:
+    ///
+    /// ```no_run
+    /// # async fn run(routes: tonic::service::Routes, descriptor: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+    /// use clientgone::{DisconnectLayer, GrpcMethods, Metrics, TrackedListener};
+    ///
+    /// let metrics = Metrics::new(&prometheus::Registry::new())?;
+    /// let methods = GrpcMethods::from_file_descriptor_set(descriptor)?;
+    /// let app = routes
+    ///     .into_axum_router()
+    ///     .layer(DisconnectLayer::new(metrics.clone()).grpc(methods));
+    /// let listener = TrackedListener::bind("127.0.0.1:50051", &metrics).await?;
+    /// clientgone::serve(listener, app).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn grpc(mut self, methods: GrpcMethods) -> Self {
+        self.grpc = Some(Arc::new(methods));
+        self
     }
 
     /// Also gives every request an OpenTelemetry server span, built with
@@ -88,6 +128,11 @@ impl<S> Layer<S> for DisconnectLayer {
     type Service = DisconnectService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DisconnectService::new(inner, self.metrics.clone(), self.tracer.clone())
+        DisconnectService::new(
+            inner,
+            self.metrics.clone(),
+            self.tracer.clone(),
+            self.grpc.clone(),
+        )
     }
 }

@@ -13,13 +13,14 @@ use http_body::Body;
 use tower::Service;
 
 use super::future::ResponseFuture;
-use super::guard::{RequestGuard, RequestShared, recording_panics};
+use super::guard::{GrpcCall, RequestGuard, RequestShared, Target, recording_panics};
 use super::request_body::RequestBody;
 use super::span::{RequestSpan, SharedTracer};
 use crate::BoxError;
 use crate::classify::{BodyProgress, METHODS, asks_to_close, method_index};
 use crate::connection::TrackedConnection;
-use crate::metrics::{Metrics, RouteMetrics, UNMATCHED_ROUTE};
+use crate::grpc::{GrpcMethods, OTHER_METHOD, RpcType, is_grpc, parse_grpc_timeout};
+use crate::metrics::{Metrics, RouteMetrics, RpcMethodMetrics, UNMATCHED_ROUTE};
 
 /// The service made by [`DisconnectLayer`](super::DisconnectLayer).
 #[derive(Clone)]
@@ -33,6 +34,8 @@ pub struct DisconnectService<S> {
 struct ServiceShared {
     metrics: Metrics,
     tracer: Option<SharedTracer>,
+    /// The gRPC methods, in the layer's gRPC mode.
+    grpc: Option<GrpcTable>,
     /// The children of the first route this service saw. `Router::layer`
     /// wraps each route's endpoint in a service of its own, so every request
     /// it sees has that same template: no lookup in the metrics' route map
@@ -54,13 +57,52 @@ impl ServiceShared {
     }
 }
 
+/// The gRPC methods, with the metrics children of each found once.
+struct GrpcTable {
+    methods: Arc<GrpcMethods>,
+    children: Box<[OnceLock<Arc<RpcMethodMetrics>>]>,
+    other: OnceLock<Arc<RpcMethodMetrics>>,
+}
+
+impl GrpcTable {
+    fn new(methods: Arc<GrpcMethods>) -> Self {
+        let children = (0..methods.len()).map(|_| OnceLock::new()).collect();
+        GrpcTable {
+            methods,
+            children,
+            other: OnceLock::new(),
+        }
+    }
+
+    /// The children of the method a request path calls, `_OTHER` if the
+    /// server does not list it: a client can send any path.
+    fn method(&self, metrics: &Metrics, path: &str) -> Arc<RpcMethodMetrics> {
+        let child = match self.methods.lookup(path) {
+            Some(i) => self.children[i].get_or_init(|| {
+                let (name, rpc_type) = self.methods.get(i);
+                metrics.rpc_method(name, rpc_type)
+            }),
+            None => self
+                .other
+                .get_or_init(|| metrics.rpc_method(&OTHER_METHOD.into(), RpcType::Unknown)),
+        };
+        Arc::clone(child)
+    }
+}
+
 impl<S> DisconnectService<S> {
-    pub(crate) fn new(inner: S, metrics: Metrics, tracer: Option<SharedTracer>) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        metrics: Metrics,
+        tracer: Option<SharedTracer>,
+        grpc: Option<Arc<GrpcMethods>>,
+    ) -> Self {
         DisconnectService {
             inner,
             shared: Arc::new(ServiceShared {
                 metrics,
                 tracer,
+                grpc: grpc.map(GrpcTable::new),
                 route: OnceLock::new(),
             }),
         }
@@ -90,6 +132,11 @@ impl RequestHandle {
         extensions
             .get::<ConnectInfo<TrackedConnection>>()
             .and_then(|ConnectInfo(connection)| connection.request.as_ref())
+            .or_else(|| {
+                extensions
+                    .get::<TrackedConnection>()
+                    .and_then(|connection| connection.request.as_ref())
+            })
             .or_else(|| extensions.get::<RequestHandle>())
     }
 }
@@ -111,31 +158,11 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let start = Instant::now();
-        let method = method_index(req.method());
-        let route = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
-        let route = self.shared.route(route);
         // The request's shared state, and its handle for `ClientGone` in the
-        // request's own `ConnectInfo` (one lookup of it; an extension of its
-        // own where there is none).
+        // request's own connection info (one lookup of it; an extension of
+        // its own where there is none).
         let body_empty = req.body().is_end_stream();
-        let info = req
-            .extensions_mut()
-            .get_mut::<ConnectInfo<TrackedConnection>>();
-        let shared = Arc::new(RequestShared::new(
-            info.as_ref().map(|ConnectInfo(c)| c.clone()),
-            body_empty,
-        ));
-        let handle = RequestHandle(shared.clone());
-        match info {
-            Some(ConnectInfo(connection)) => connection.request = Some(handle),
-            None => {
-                warn_no_connection();
-                req.extensions_mut().insert(handle);
-            }
-        }
+        let shared = attach_request(req.extensions_mut(), body_empty);
         let connection = shared.connection();
         // Under `axum::serve` nothing else reads the request for a close the
         // client asked for (`clientgone::serve` does it itself).
@@ -147,23 +174,45 @@ where
         }
         let http2 = req.version() == Version::HTTP_2;
         let head_request = req.method() == Method::HEAD;
-        let span = self.shared.tracer.as_ref().map(|tracer| {
-            Box::new(RequestSpan::start(
-                tracer,
-                route.span_name(method),
-                &req,
-                connection.map(TrackedConnection::remote_ip_text),
-            ))
-        });
-        let mut guard = RequestGuard::new(
-            route,
-            method,
-            METHODS[method],
-            start,
-            http2,
-            shared.clone(),
-            span,
-        );
+        let grpc = self.shared.grpc.as_ref().filter(|_| is_grpc(&req));
+        let (target, span) = match grpc {
+            Some(table) => {
+                let method = table.method(&self.shared.metrics, req.uri().path());
+                let timeout = req
+                    .headers()
+                    .get("grpc-timeout")
+                    .and_then(parse_grpc_timeout);
+                let call = GrpcCall {
+                    method,
+                    timeout,
+                    status: None,
+                };
+                (Target::Grpc(Box::new(call)), None)
+            }
+            None => {
+                let method = method_index(req.method());
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+                let route = self.shared.route(route);
+                let span = self.shared.tracer.as_ref().map(|tracer| {
+                    Box::new(RequestSpan::start(
+                        tracer,
+                        route.span_name(method),
+                        &req,
+                        connection.map(TrackedConnection::remote_ip_text),
+                    ))
+                });
+                let target = Target::Http {
+                    route,
+                    method,
+                    method_label: METHODS[method],
+                };
+                (target, span)
+            }
+        };
+        let mut guard = RequestGuard::new(target, start, http2, shared.clone(), span);
         let req = if shared.body_progress() == BodyProgress::Done {
             // Nothing to watch in an empty body; an axum body passes unboxed.
             req.map(AxumBody::new)
@@ -179,6 +228,32 @@ where
         drop(_entered);
         ResponseFuture::new(inner, guard, head_request)
     }
+}
+
+/// Creates the request's shared state with its connection (from axum's
+/// `ConnectInfo`, or tonic's raw connect info), and leaves the handle to it
+/// where `ClientGone` looks.
+fn attach_request(extensions: &mut http::Extensions, body_empty: bool) -> Arc<RequestShared> {
+    if let Some(ConnectInfo(connection)) = extensions.get_mut::<ConnectInfo<TrackedConnection>>() {
+        let shared = Arc::new(RequestShared::new(Some(connection.clone()), body_empty));
+        connection.request = Some(RequestHandle(shared.clone()));
+        return shared;
+    }
+    if let Some(connection) = extensions.get_mut::<TrackedConnection>() {
+        // tonic's `Server` over `TrackedListener::into_incoming`.
+        let shared = Arc::new(RequestShared::new(Some(connection.clone()), body_empty));
+        connection.request = Some(RequestHandle(shared.clone()));
+        #[cfg(feature = "grpc")]
+        {
+            let info = crate::grpc::tcp_connect_info(connection);
+            extensions.insert(info);
+        }
+        return shared;
+    }
+    warn_no_connection();
+    let shared = Arc::new(RequestShared::new(None, body_empty));
+    extensions.insert(RequestHandle(shared.clone()));
+    shared
 }
 
 /// Said once per process: without its connection the layer still counts

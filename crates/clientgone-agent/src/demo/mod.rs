@@ -1,4 +1,7 @@
-//! `clientgone demo`: the instrumented sample server, ready to try.
+//! `clientgone demo`: the instrumented sample server, ready to try — HTTP
+//! routes and, on the same port over h2c, the gRPC service of [`grpc`].
+
+pub mod grpc;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -26,14 +29,22 @@ pub type DemoConfig = ServerConfig;
 /// The running demo.
 pub type RunningDemo = RunningServer;
 
-/// The demo's routes, instrumented by `layer`.
+/// The demo's routes, instrumented by `layer` (put in gRPC mode with the
+/// demo service's methods).
 pub fn app(layer: DisconnectLayer) -> Router {
     Router::new()
         .route("/hello", get(hello))
         .route("/stream", get(stream_chunks))
         .route("/upload", post(upload))
         .route("/items/{id}", get(item))
-        .layer(layer)
+        // The service's own route, not `Routes::into_axum_router`: that
+        // router's fallback answers every unknown path with a gRPC
+        // UNIMPLEMENTED, HTTP requests included.
+        .route_service(
+            &format!("{}/{{*method}}", grpc::SERVICE_PATH),
+            grpc::service(),
+        )
+        .layer(layer.grpc(grpc::methods()))
 }
 
 /// Binds both listeners and starts serving. Fails with a one-line message when

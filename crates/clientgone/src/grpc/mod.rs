@@ -1,0 +1,35 @@
+//! gRPC: the vocabulary of a call — its method ([`GrpcMethods`]), its
+//! [`RpcType`], its [`GrpcStatus`] and the client's deadline — for
+//! [`DisconnectLayer::grpc`](crate::DisconnectLayer::grpc), which counts
+//! calls in the `rpc_server_*` metrics.
+//!
+//! Nothing here needs tonic: a gRPC call is an HTTP/2 request whose
+//! `content-type` is `application/grpc`, and the layer reads it as such. The
+//! `grpc` feature adds what ties it to tonic and protobuf: descriptor sets,
+//! tonic's `Connected` for [`TrackedStream`](crate::TrackedStream), and
+//! [`ClientGone::from_tonic`](crate::ClientGone::from_tonic).
+
+mod methods;
+mod status;
+mod timeout;
+#[cfg(feature = "grpc")]
+mod tonic;
+
+pub use methods::{GrpcMethods, GrpcMethodsError, OTHER_METHOD, RpcType};
+pub use status::GrpcStatus;
+pub(crate) use timeout::{deadline_reached, parse_grpc_timeout};
+#[cfg(feature = "grpc")]
+pub(crate) use tonic::tcp_connect_info;
+
+/// Whether a request is a gRPC call: its `content-type` is
+/// `application/grpc`, alone or with a `+codec` suffix.
+pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| {
+            let v = v.as_bytes();
+            v.len() >= 16
+                && v[..16].eq_ignore_ascii_case(b"application/grpc")
+                && matches!(v.get(16), None | Some(b'+' | b';'))
+        })
+}
