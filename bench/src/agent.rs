@@ -75,6 +75,7 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                     upstream,
                     routes,
                     upstream_timeout: a.upstream_timeout,
+                    grpc: None,
                 })
                 .await
                 .map_err(|e| e.to_string())?

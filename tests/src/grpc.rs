@@ -86,3 +86,82 @@ impl Drop for GrpcDriver {
         let _ = self.child.start_kill();
     }
 }
+
+/// A gRPC server that is not ours: Python grpcio serving the demo's service
+/// (`tests/grpc/server.py`), reporting each call's start, end and cancel.
+pub struct GrpcUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+/// One event the upstream reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamEvent {
+    /// `start`, `cancelled` or `done`.
+    pub event: String,
+    /// The method (`Wait`, `Ticks`, …).
+    pub method: String,
+    /// When it happened.
+    pub at: std::time::Instant,
+}
+
+impl GrpcUpstream {
+    /// Starts the server on a free loopback port.
+    pub async fn start() -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/grpc/server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg("0")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs the grpcio server");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let first = tokio::time::timeout(DEADLINE, stdout.next_line())
+            .await
+            .expect("the server starts in time")
+            .expect("server's stdout")
+            .expect("the server is running");
+        let first: Value = serde_json::from_str(&first).expect("JSON");
+        let port = first["port"].as_u64().expect("the port") as u16;
+        GrpcUpstream {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child,
+            stdout,
+        }
+    }
+
+    /// The next event the server reports (panics after [`DEADLINE`]).
+    pub async fn next_event(&mut self) -> UpstreamEvent {
+        let line = tokio::time::timeout(DEADLINE, self.stdout.next_line())
+            .await
+            .expect("the upstream reports in time")
+            .expect("upstream's stdout")
+            .expect("the upstream is running");
+        let at = std::time::Instant::now();
+        let v: Value = serde_json::from_str(&line).expect("JSON");
+        UpstreamEvent {
+            event: v["event"].as_str().unwrap_or_default().to_owned(),
+            method: v["method"].as_str().unwrap_or_default().to_owned(),
+            at,
+        }
+    }
+
+    /// Waits for `event` of `method`, skipping others.
+    pub async fn wait_for(&mut self, event: &str, method: &str) -> UpstreamEvent {
+        loop {
+            let e = self.next_event().await;
+            if e.event == event && e.method == method {
+                return e;
+            }
+        }
+    }
+}
+
+impl Drop for GrpcUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}

@@ -95,6 +95,7 @@ async fn start_proxy_with(upstream: &str, routes: RouteTable, timeout: Duration)
         upstream: Upstream::parse(upstream).unwrap(),
         routes,
         upstream_timeout: timeout,
+        grpc: None,
     })
     .await
     .expect("proxy starts")

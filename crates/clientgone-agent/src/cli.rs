@@ -118,6 +118,13 @@ pub struct ProxyArgs {
     /// counted again from each piece of request body it takes.
     #[arg(long, default_value = "60s", value_parser = parse_positive_duration, value_name = "DURATION")]
     pub upstream_timeout: Duration,
+    /// Count gRPC calls per method: a protobuf FileDescriptorSet naming the
+    /// upstream's services (`protoc --descriptor_set_out`, `buf build -o`).
+    /// Needs an h2c:// upstream. gRPC calls then wait for the upstream's
+    /// answer as long as their own deadline (`grpc-timeout`) says, and an
+    /// upstream that fails is answered with a gRPC status (UNAVAILABLE).
+    #[arg(long, value_name = "FILE")]
+    pub grpc_descriptor: Option<std::path::PathBuf>,
     /// Connection options.
     #[command(flatten)]
     pub connection: ConnectionArgs,

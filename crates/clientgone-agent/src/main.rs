@@ -266,6 +266,24 @@ async fn run_proxy(
             return ExitCode::from(USAGE);
         }
     };
+    let grpc = match args.grpc_descriptor.as_deref() {
+        None => None,
+        Some(_) if !upstream.h2c => {
+            say!(
+                "clientgone: --grpc-descriptor needs an h2c:// upstream (gRPC runs over HTTP/2): \
+                 write --upstream h2c://{}",
+                upstream.authority
+            );
+            return ExitCode::from(USAGE);
+        }
+        Some(path) => match grpc_methods(path) {
+            Ok(methods) => Some(methods),
+            Err(e) => {
+                say!("clientgone: --grpc-descriptor {}: {e}", path.display());
+                return ExitCode::from(USAGE);
+            }
+        },
+    };
     let count = routes.templates().len();
     let config = ProxyConfig {
         server: ServerConfig {
@@ -278,6 +296,7 @@ async fn run_proxy(
         upstream,
         routes,
         upstream_timeout: args.upstream_timeout,
+        grpc,
     };
     let running = match proxy::start(config).await {
         Ok(running) => running,
@@ -294,6 +313,12 @@ async fn run_proxy(
         running.metrics_addr
     );
     serve_until_signal(running, "proxy").await
+}
+
+/// The gRPC methods of a descriptor set file.
+fn grpc_methods(path: &std::path::Path) -> Result<clientgone::GrpcMethods, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    clientgone::GrpcMethods::from_file_descriptor_set(&bytes).map_err(|e| e.to_string())
 }
 
 async fn run_traffic(args: TrafficArgs) -> ExitCode {

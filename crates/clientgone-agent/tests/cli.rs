@@ -106,6 +106,65 @@ fn bad_flags_are_one_line_and_exit_2() {
 }
 
 #[test]
+fn a_bad_grpc_descriptor_is_one_line_saying_what_is_wrong() {
+    let dir = std::env::temp_dir().join(format!("clientgone-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.bin");
+    std::fs::write(&garbage, b"\xff\xff\xff not protobuf").unwrap();
+    let empty = dir.join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let (garbage, empty) = (garbage.to_str().unwrap(), empty.to_str().unwrap());
+    for (args, says) in [
+        (
+            &[
+                "proxy",
+                "--upstream",
+                "h2c://127.0.0.1:1",
+                "--grpc-descriptor",
+                "/nonexistent.bin",
+            ][..],
+            "/nonexistent.bin",
+        ),
+        (
+            &[
+                "proxy",
+                "--upstream",
+                "h2c://127.0.0.1:1",
+                "--grpc-descriptor",
+                garbage,
+            ],
+            "not a protobuf FileDescriptorSet",
+        ),
+        (
+            &[
+                "proxy",
+                "--upstream",
+                "h2c://127.0.0.1:1",
+                "--grpc-descriptor",
+                empty,
+            ],
+            "no service methods",
+        ),
+        (
+            &[
+                "proxy",
+                "--upstream",
+                "http://127.0.0.1:1",
+                "--grpc-descriptor",
+                empty,
+            ],
+            "needs an h2c:// upstream",
+        ),
+    ] {
+        let (code, stderr) = run_to_end(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn an_address_in_use_is_one_line_and_exit_2() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

@@ -57,7 +57,9 @@ pub use connection::{
     ClientLeftHook, ConnectionOptions, ConnectionState, TrackedConnection, TrackedListener,
     TrackedStream,
 };
-pub use grpc::{GrpcMethods, GrpcMethodsError, GrpcStatus, OTHER_METHOD, RpcType};
+pub use grpc::{
+    GrpcMethods, GrpcMethodsError, GrpcStatus, OTHER_METHOD, RpcType, grpc_timeout, is_grpc_request,
+};
 pub use layer::{
     DISCONNECT_EVENT, DisconnectLayer, DisconnectService, RequestBody, ResponseBody,
     ResponseFuture, export_request_span,

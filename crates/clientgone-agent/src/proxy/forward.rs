@@ -14,7 +14,7 @@ use axum::http::uri::{PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use clientgone::{TrackedConnection, method_label};
+use clientgone::{GrpcStatus, TrackedConnection, method_label};
 use http_body::{Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{HttpConnector, capture_connection};
@@ -35,10 +35,12 @@ struct Inner {
     client: Client<UpstreamConnector, Body>,
     upstream: Upstream,
     timeout: Duration,
+    /// gRPC calls are told from other requests (`--grpc-descriptor`).
+    grpc: bool,
 }
 
 impl Forwarder {
-    pub(crate) fn new(upstream: Upstream, timeout: Duration) -> Self {
+    pub(crate) fn new(upstream: Upstream, timeout: Duration, grpc: bool) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
@@ -53,6 +55,7 @@ impl Forwarder {
             client,
             upstream,
             timeout,
+            grpc,
         }))
     }
 }
@@ -171,6 +174,13 @@ pub(crate) async fn forward(
     }
     let method = method_label(req.method());
     let client_version = req.version();
+    let grpc = f.grpc && clientgone::is_grpc_request(&req);
+    // A gRPC call's own deadline bounds the wait for the upstream's head, and
+    // nothing else does: a stream's first answer may rightly take long.
+    let head_timeout = match grpc {
+        true => clientgone::grpc_timeout(req.headers()),
+        false => Some(f.timeout),
+    };
     let (mut parts, body) = req.into_parts();
 
     let uri = match upstream_uri(&f.upstream, &parts.uri) {
@@ -189,6 +199,13 @@ pub(crate) async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     strip_hop_by_hop(&mut parts.headers);
+    if grpc {
+        // `TE` is hop-by-hop, but gRPC servers want `te: trailers` from the
+        // hop before them; this one passes trailers both ways.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let headers = &mut parts.headers;
     if let Some(ip) = client_ip {
         let earlier = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
@@ -225,9 +242,28 @@ pub(crate) async fn forward(
     let result = tokio::select! {
         biased;
         result = in_flight => Ok(result),
-        () = upstream_deadline(&side, f.timeout) => Err(()),
+        () = upstream_deadline(&side, head_timeout) => Err(()),
     };
     match result {
+        // A gRPC client reads its status, never an HTTP error page: the
+        // upstream's failure is a trailers-only answer (and, as for any
+        // request, never the client's break).
+        Err(()) if grpc => {
+            // The call's own deadline ran out: the client's patience, and
+            // the upstream request ends on its behalf.
+            guard.end(UpstreamOutcome::Cancelled);
+            grpc_error(
+                GrpcStatus::DEADLINE_EXCEEDED,
+                "the upstream did not answer before the call's deadline",
+            )
+        }
+        Ok(Err(e)) if grpc && !side.gone.load(Ordering::Acquire) => {
+            guard.end(UpstreamOutcome::Error);
+            grpc_error(
+                GrpcStatus::UNAVAILABLE,
+                &format!("the upstream failed: {}", error_chain(&e)),
+            )
+        }
         Err(()) if side.waiting_for_client.load(Ordering::Acquire) => {
             // The upstream took all the body it was given and waits for more:
             // the client stalled its upload. Its doing (nginx answers 408 on
@@ -273,11 +309,38 @@ pub(crate) async fn forward(
     }
 }
 
+/// A trailers-only gRPC answer: HTTP 200, the status in the head.
+fn grpc_error(status: GrpcStatus, message: &str) -> Response {
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(u16::from(status.code())));
+    // grpc-message is percent-encoded; the proxy's own messages are plain
+    // ASCII, so only what is not printable (or is '%') needs escaping.
+    let encoded: String = message
+        .bytes()
+        .map(|b| match b {
+            b' '..=b'~' if b != b'%' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    if let Ok(value) = HeaderValue::from_str(&encoded) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
 /// Resolves when the upstream has had `timeout` to answer: counted from the
 /// request's start, and again from each piece of its body the upstream takes
 /// — an upload that keeps flowing is not the upstream being slow, however
-/// long it takes.
-async fn upstream_deadline(side: &ClientSide, timeout: Duration) {
+/// long it takes. Never without a timeout.
+async fn upstream_deadline(side: &ClientSide, timeout: Option<Duration>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
     loop {
         tokio::select! {
             () = tokio::time::sleep(timeout) => return,

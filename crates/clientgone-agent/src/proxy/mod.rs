@@ -14,7 +14,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::http::uri::Authority;
 use axum::routing::any;
-use clientgone::{DisconnectLayer, UNMATCHED_ROUTE};
+use clientgone::{DisconnectLayer, GrpcMethods, UNMATCHED_ROUTE};
 
 pub use crate::routes::{RouteError, RouteTable, openapi_paths};
 pub use upstream::{UpstreamMetrics, UpstreamOutcome};
@@ -87,6 +87,9 @@ pub struct ProxyConfig {
     pub routes: RouteTable,
     /// How long the upstream may take to answer (its response head).
     pub upstream_timeout: Duration,
+    /// The upstream's gRPC methods (`--grpc-descriptor`): gRPC calls are then
+    /// counted as calls, and answered the gRPC way when the upstream fails.
+    pub grpc: Option<GrpcMethods>,
 }
 
 /// The proxy's router: every template forwards, and so does the fallback (counted
@@ -96,9 +99,14 @@ pub fn app(
     forwarder_metrics: UpstreamMetrics,
     upstream: Upstream,
     timeout: Duration,
+    grpc: Option<GrpcMethods>,
     layer: DisconnectLayer,
 ) -> Router {
-    let forwarder = Forwarder::new(upstream, timeout);
+    let forwarder = Forwarder::new(upstream, timeout, grpc.is_some());
+    let layer = match grpc {
+        Some(methods) => layer.grpc(methods),
+        None => layer,
+    };
     // Each route's handler carries its route's upstream metrics.
     let handler = |route: Arc<UpstreamRoute>| {
         move |state: State<Forwarder>, req: Request| forward(state, route.clone(), req)
@@ -122,9 +130,17 @@ pub async fn start(config: ProxyConfig) -> Result<RunningServer, StartError> {
         upstream,
         routes,
         upstream_timeout,
+        grpc,
     } = config;
     server::start(server, move |layer| {
-        app(&routes, upstream_metrics, upstream, upstream_timeout, layer)
+        app(
+            &routes,
+            upstream_metrics,
+            upstream,
+            upstream_timeout,
+            grpc,
+            layer,
+        )
     })
     .await
 }

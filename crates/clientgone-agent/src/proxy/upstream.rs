@@ -207,7 +207,10 @@ impl<B: Body> Body for UpstreamBody<B> {
         match &frame {
             None => this.guard.end(UpstreamOutcome::Completed),
             Some(Err(_)) => this.guard.end(UpstreamOutcome::Error),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.guard.end(UpstreamOutcome::Completed),
+            // Trailers are the last frame (a gRPC call's status is in them).
+            Some(Ok(f)) if f.is_trailers() || this.inner.is_end_stream() => {
+                this.guard.end(UpstreamOutcome::Completed)
+            }
             Some(Ok(_)) => {}
         }
         Poll::Ready(frame)

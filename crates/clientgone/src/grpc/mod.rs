@@ -18,12 +18,35 @@ mod tonic;
 pub use methods::{GrpcMethods, GrpcMethodsError, OTHER_METHOD, RpcType};
 pub use status::GrpcStatus;
 pub(crate) use timeout::{deadline_reached, parse_grpc_timeout};
+
+/// The deadline a gRPC client gave its call: its `grpc-timeout` header, from
+/// the call's arrival. `None` without one, or for a malformed one.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("grpc-timeout", "250m".parse().unwrap());
+/// assert_eq!(clientgone::grpc_timeout(&headers), Some(Duration::from_millis(250)));
+/// ```
+pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    headers.get("grpc-timeout").and_then(parse_grpc_timeout)
+}
 #[cfg(feature = "grpc")]
 pub(crate) use tonic::tcp_connect_info;
 
 /// Whether a request is a gRPC call: its `content-type` is
 /// `application/grpc`, alone or with a `+codec` suffix.
-pub(crate) fn is_grpc<B>(req: &http::Request<B>) -> bool {
+///
+/// ```
+/// let call = http::Request::builder()
+///     .header("content-type", "application/grpc+proto")
+///     .body(())
+///     .unwrap();
+/// assert!(clientgone::is_grpc_request(&call));
+/// assert!(!clientgone::is_grpc_request(&http::Request::new(())));
+/// ```
+pub fn is_grpc_request<B>(req: &http::Request<B>) -> bool {
     req.headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| {

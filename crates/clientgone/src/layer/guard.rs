@@ -298,6 +298,19 @@ impl RequestGuard {
         if self.ended {
             return;
         }
+        if let Target::Grpc(call) = &self.target
+            && call.status == Some(GrpcStatus::DEADLINE_EXCEEDED)
+            && call
+                .timeout
+                .is_some_and(|timeout| deadline_reached(self.start.elapsed(), timeout))
+        {
+            // The server (a proxy, a handler that honours deadlines) ended the
+            // call at the client's deadline: the client's patience ran out, as
+            // when its own reset comes first. The phase is where the client
+            // was left: no message of the answer sent yet is `handler`.
+            let phase = break_phase(self.shared.body_progress(), self.body_bytes_sent > 0);
+            return self.end_broken(phase, Cause::DeadlineExceeded);
+        }
         if self.shared.body_progress() == BodyProgress::Failed {
             // A body error with no sign of the client leaving (on HTTP/1; on
             // a gRPC call, no reset either) is a malformed body — bad input,

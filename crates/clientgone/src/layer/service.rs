@@ -19,7 +19,7 @@ use super::span::{RequestSpan, SharedTracer};
 use crate::BoxError;
 use crate::classify::{BodyProgress, METHODS, asks_to_close, method_index};
 use crate::connection::TrackedConnection;
-use crate::grpc::{GrpcMethods, OTHER_METHOD, RpcType, is_grpc, parse_grpc_timeout};
+use crate::grpc::{GrpcMethods, OTHER_METHOD, RpcType, grpc_timeout, is_grpc_request};
 use crate::metrics::{Metrics, RouteMetrics, RpcMethodMetrics, UNMATCHED_ROUTE};
 
 /// The service made by [`DisconnectLayer`](super::DisconnectLayer).
@@ -174,14 +174,11 @@ where
         }
         let http2 = req.version() == Version::HTTP_2;
         let head_request = req.method() == Method::HEAD;
-        let grpc = self.shared.grpc.as_ref().filter(|_| is_grpc(&req));
+        let grpc = self.shared.grpc.as_ref().filter(|_| is_grpc_request(&req));
         let (target, span) = match grpc {
             Some(table) => {
                 let method = table.method(&self.shared.metrics, req.uri().path());
-                let timeout = req
-                    .headers()
-                    .get("grpc-timeout")
-                    .and_then(parse_grpc_timeout);
+                let timeout = grpc_timeout(req.headers());
                 let call = GrpcCall {
                     method,
                     timeout,
