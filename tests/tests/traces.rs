@@ -439,3 +439,90 @@ fn rss_kib() -> u64 {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test]
+#[cfg_attr(not(grpcio), ignore = "needs Python grpcio: pip install grpcio")]
+async fn a_cancelled_grpc_call_is_exported_at_ratio_zero_with_rpc_attributes() {
+    use clientgone_tests::grpc::GrpcDriver;
+    use serde_json::json;
+
+    let (endpoint, mut received) = grpc_receiver().await;
+    let traced = start_traced(
+        OtlpConfig::new(OtlpProtocol::Grpc)
+            .endpoint(endpoint)
+            .sample_ratio(0.0),
+    )
+    .await;
+    let m = traced.demo.metrics_addr;
+    let mut client = GrpcDriver::connect(traced.demo.addr);
+    // A completed call (not exported at ratio 0), then a cancelled one.
+    client
+        .start("ok", json!({"method": "Wait", "request": {"delay_ms": 1}}))
+        .await;
+    assert_eq!(client.result("ok").await.0, "OK");
+    client
+        .start(
+            "c",
+            json!({"method": "Wait", "request": {"delay_ms": 60000}}),
+        )
+        .await;
+    wait_for_value(m, "rpc_server_active_calls", &[], 1.0).await;
+    client.cancel("c").await;
+    wait_for_value(m, "rpc_server_client_disconnects_total", &[], 1.0).await;
+    traced.flush().await.expect("flush");
+
+    let mut seen = Vec::new();
+    let call = received
+        .wait_for(DEADLINE, &mut seen, |s| {
+            s.span.name == "clientgone.demo.v1.Demo/Wait"
+        })
+        .await
+        .expect("the cancelled call's span arrives");
+    let span = &call.span;
+    assert_eq!(span.kind, v1::span::SpanKind::Server as i32);
+    assert_eq!(
+        span.status.as_ref().map(|s| s.code),
+        Some(v1::status::StatusCode::Error as i32)
+    );
+    let a = &span.attributes;
+    assert_eq!(string_attr(a, "rpc.system.name").as_deref(), Some("grpc"));
+    assert_eq!(
+        string_attr(a, "rpc.method").as_deref(),
+        Some("clientgone.demo.v1.Demo/Wait")
+    );
+    assert_eq!(
+        string_attr(a, "rpc.response.status_code").as_deref(),
+        Some("CANCELLED")
+    );
+    assert_eq!(
+        string_attr(a, "network.protocol.version").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        string_attr(a, "error.type").as_deref(),
+        Some("client_disconnect")
+    );
+    let event = span
+        .events
+        .iter()
+        .find(|e| e.name == "client.disconnect")
+        .expect("a client.disconnect event");
+    let e = &event.attributes;
+    assert_eq!(
+        string_attr(e, "disconnect.phase").as_deref(),
+        Some("handler")
+    );
+    assert_eq!(
+        string_attr(e, "disconnect.cause").as_deref(),
+        Some("stream_reset")
+    );
+    assert!(double_attr(e, "disconnect.elapsed_s").is_some_and(|s| s > 0.0));
+    // The completed call was not exported: one span of the method in all.
+    traced.flush().await.expect("flush");
+    seen.extend(received.drain());
+    let calls = seen
+        .iter()
+        .filter(|s| s.span.name == "clientgone.demo.v1.Demo/Wait")
+        .count();
+    assert_eq!(calls, 1, "only the broken call at ratio 0");
+}

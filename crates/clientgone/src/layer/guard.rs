@@ -369,6 +369,15 @@ impl RequestGuard {
             (Some(Phase::RequestBody), Some(&failed)) => failed - self.start,
             _ => self.start.elapsed(),
         };
+        let unacked = match end {
+            // The connection is alive after a stream reset: nothing died with it.
+            End::Disconnect { cause, .. } if cause != Cause::StreamReset => self
+                .shared
+                .connection
+                .as_ref()
+                .and_then(|c| c.state().unacked_at_break()),
+            _ => None,
+        };
         match &self.target {
             Target::Http {
                 route,
@@ -384,14 +393,6 @@ impl RequestGuard {
                     body_bytes_sent: self.body_bytes_sent,
                 };
                 route.record(*method, &record);
-                let connection = self.shared.connection.as_ref().map(|c| c.state());
-                let unacked = match end {
-                    // The connection is alive after a stream reset: nothing died with it.
-                    End::Disconnect { cause, .. } if cause != Cause::StreamReset => {
-                        connection.and_then(|state| state.unacked_at_break())
-                    }
-                    _ => None,
-                };
                 if let Some(span) = self.span.take() {
                     span.finish(route.route_shared(), &record, unacked);
                 }
@@ -406,6 +407,9 @@ impl RequestGuard {
                     body_bytes_sent: self.body_bytes_sent,
                 };
                 call.method.record(&record);
+                if let Some(span) = self.span.take() {
+                    span.finish_call(&record, unacked);
+                }
             }
         }
         if let Some(state) = self.shared.untracked_connection() {

@@ -179,12 +179,22 @@ where
             Some(table) => {
                 let method = table.method(&self.shared.metrics, req.uri().path());
                 let timeout = grpc_timeout(req.headers());
+                // Named `pkg.Service/Method` (or `_OTHER`), as the RPC
+                // conventions name a server span.
+                let span = self.shared.tracer.as_ref().map(|tracer| {
+                    Box::new(RequestSpan::start(
+                        tracer,
+                        method.method(),
+                        &req,
+                        connection.map(TrackedConnection::remote_ip_text),
+                    ))
+                });
                 let call = GrpcCall {
                     method,
                     timeout,
                     status: None,
                 };
-                (Target::Grpc(Box::new(call)), None)
+                (Target::Grpc(Box::new(call)), span)
             }
             None => {
                 let method = method_index(req.method());

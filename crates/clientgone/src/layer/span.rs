@@ -16,7 +16,7 @@
 //! join the request's trace.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Request, Version};
@@ -25,7 +25,9 @@ use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::{SpanBuilder, SpanKind, SpanRef, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, StringValue};
 
-use crate::record::{End, Record};
+use crate::classify::{Cause, Phase};
+use crate::grpc::GrpcStatus;
+use crate::record::{CallRecord, End, Record};
 
 /// The name of the event a broken request's span gets.
 pub const DISCONNECT_EVENT: &str = "client.disconnect";
@@ -85,6 +87,47 @@ impl RequestSpan {
         &self.context
     }
 
+    /// Writes the end of a gRPC call onto the span and ends it.
+    pub(crate) fn finish_call(self, record: &CallRecord<'_>, unacked_bytes: Option<u64>) {
+        let span = self.context.span();
+        let broken = matches!(record.end, End::Disconnect { .. });
+        let failed = is_server_error(record.status);
+        if !span.span_context().is_sampled() && !broken && !failed {
+            return span.end();
+        }
+        let mut attributes = vec![
+            KeyValue::new("rpc.system.name", "grpc"),
+            KeyValue::new("rpc.method", record.method.to_owned()),
+            KeyValue::new("rpc.response.status_code", record.status.as_str()),
+            KeyValue::new("network.protocol.version", self.facts.version),
+        ];
+        if let Some(client) = self.facts.client {
+            attributes.push(KeyValue::new("client.address", StringValue::from(client)));
+        }
+        match record.end {
+            End::Disconnect { phase, cause } => {
+                attributes.push(KeyValue::new("error.type", "client_disconnect"));
+                span.set_attributes(attributes);
+                span.set_status(Status::error("client disconnected"));
+                let disconnect = Disconnect {
+                    phase,
+                    cause,
+                    elapsed: record.elapsed,
+                    body_bytes_sent: record.body_bytes_sent,
+                    unacked_bytes,
+                };
+                span.add_event(DISCONNECT_EVENT, disconnect.attributes());
+            }
+            End::Completed if failed => {
+                attributes.push(KeyValue::new("error.type", record.status.as_str()));
+                span.set_attributes(attributes);
+                span.set_status(Status::error(""));
+            }
+            End::Completed => span.set_attributes(attributes),
+        }
+        span.end();
+    }
+
     /// Writes the end of the request onto the span and ends it.
     pub(crate) fn finish(self, route: &Arc<str>, record: &Record<'_>, unacked_bytes: Option<u64>) {
         let path = self.facts.path.as_ref().map_or("/", PathAndQuery::path);
@@ -141,21 +184,14 @@ fn write_end(span: SpanRef<'_>, route: &Arc<str>, record: &Record<'_>, facts: Sp
             attributes.push(KeyValue::new("error.type", "client_disconnect"));
             span.set_attributes(attributes);
             span.set_status(Status::error("client disconnected"));
-            let mut event = vec![
-                KeyValue::new("disconnect.phase", phase.as_str()),
-                KeyValue::new("disconnect.cause", cause.as_str()),
-                KeyValue::new("disconnect.elapsed_s", record.elapsed.as_secs_f64()),
-                KeyValue::new(
-                    "http.response.body.bytes_sent",
-                    i64::try_from(record.body_bytes_sent).unwrap_or(i64::MAX),
-                ),
-            ];
-            if let Some(bytes) = facts.unacked_bytes {
-                event.push(KeyValue::new(
-                    "disconnect.unacked_bytes",
-                    i64::try_from(bytes).unwrap_or(i64::MAX),
-                ));
+            let event = Disconnect {
+                phase,
+                cause,
+                elapsed: record.elapsed,
+                body_bytes_sent: record.body_bytes_sent,
+                unacked_bytes: facts.unacked_bytes,
             }
+            .attributes();
             match facts.at {
                 Some(at) => span.add_event_with_timestamp(DISCONNECT_EVENT, at, event),
                 None => span.add_event(DISCONNECT_EVENT, event),
@@ -169,6 +205,51 @@ fn write_end(span: SpanRef<'_>, route: &Arc<str>, record: &Record<'_>, facts: Sp
         End::Completed => span.set_attributes(attributes),
     }
     end(span)
+}
+
+/// The `client.disconnect` event of a broken request or call.
+struct Disconnect {
+    phase: Phase,
+    cause: Cause,
+    elapsed: Duration,
+    body_bytes_sent: u64,
+    unacked_bytes: Option<u64>,
+}
+
+impl Disconnect {
+    fn attributes(&self) -> Vec<KeyValue> {
+        let mut event = vec![
+            KeyValue::new("disconnect.phase", self.phase.as_str()),
+            KeyValue::new("disconnect.cause", self.cause.as_str()),
+            KeyValue::new("disconnect.elapsed_s", self.elapsed.as_secs_f64()),
+            KeyValue::new(
+                "http.response.body.bytes_sent",
+                i64::try_from(self.body_bytes_sent).unwrap_or(i64::MAX),
+            ),
+        ];
+        if let Some(bytes) = self.unacked_bytes {
+            event.push(KeyValue::new(
+                "disconnect.unacked_bytes",
+                i64::try_from(bytes).unwrap_or(i64::MAX),
+            ));
+        }
+        event
+    }
+}
+
+/// The statuses the OpenTelemetry RPC conventions call a server's error:
+/// `CANCELLED`, `INVALID_ARGUMENT`, `NOT_FOUND` and the like are the
+/// client's doing or an answer, not the server failing.
+fn is_server_error(status: GrpcStatus) -> bool {
+    matches!(
+        status.as_str(),
+        "UNKNOWN"
+            | "DEADLINE_EXCEEDED"
+            | "UNIMPLEMENTED"
+            | "INTERNAL"
+            | "UNAVAILABLE"
+            | "DATA_LOSS"
+    )
 }
 
 /// Exports the server span of a request another source saw whole —
