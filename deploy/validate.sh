@@ -44,8 +44,10 @@ echo "dashboards/clientgone.json is valid JSON"
 
 echo "== dashboard PromQL"
 # Every panel query, with the dashboard variables substituted, must parse
-# (checked by promtool as recording rules) and filter on $job and $instance
-# (and on $route where the metric has http_route).
+# (checked by promtool as recording rules) and filter on $job and $instance,
+# and on $route where the metric has http_route; the gRPC metrics (rpc_server_*
+# and their method:/method_cause: rules) have no http_route and filter on
+# $rpc_method instead.
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 python3 - dashboards/clientgone.json "$tmp/dashboard_rules.yml" <<'PY'
@@ -67,21 +69,25 @@ walk(dash.get("panels", []))
 if not exprs:
     sys.exit("validate: the dashboard has no queries")
 
-subst = {"job": ".*", "instance": ".*", "route": ".*", "__rate_interval": "1m",
-         "__interval": "1m", "__range": "1h"}
+subst = {"job": ".*", "instance": ".*", "route": ".*", "rpc_method": ".*",
+         "__rate_interval": "1m", "__interval": "1m", "__range": "1h"}
 def substitute(expr):
     return re.sub(r"\$\{?(\w+)\}?", lambda m: subst[m.group(1)], expr)
 
 bad = []
 lines = ["groups:", "  - name: dashboard", "    rules:"]
 for i, (title, expr) in enumerate(exprs):
-    for name in re.findall(r"\b((?:http_server_|route:)[\w:]*)(?!\w|:|\{)", expr):
+    for name in re.findall(
+            r"\b((?:(?:route|method|method_cause):)?(?:http|rpc)_server_[\w:]*)(?!\w|:|\{)", expr):
         bad.append(f"{title}: {name} has no label filter")
     selectors = re.findall(r"[\w:]+\{[^}]*\}", expr)
     for sel in selectors:
         if 'job=~"$job"' not in sel or 'instance=~"$instance"' not in sel:
             bad.append(f"{title}: {sel} does not filter on $job and $instance")
-        if not sel.startswith(("http_server_open_connections", "http_server_connection_")) \
+        if re.match(r"(?:\w+:)?rpc_server_", sel):
+            if 'rpc_method=~"$rpc_method"' not in sel:
+                bad.append(f"{title}: {sel} does not filter on $rpc_method")
+        elif not sel.startswith(("http_server_open_connections", "http_server_connection_")) \
                 and 'http_route=~"$route"' not in sel:
             bad.append(f"{title}: {sel} does not filter on $route")
     if not selectors:
@@ -91,7 +97,7 @@ for i, (title, expr) in enumerate(exprs):
 if bad:
     sys.exit("validate:\n  " + "\n  ".join(bad))
 open(sys.argv[2], "w").write("\n".join(lines) + "\n")
-print(f"{len(exprs)} dashboard queries filter on $job, $instance and $route")
+print(f"{len(exprs)} dashboard queries filter on $job, $instance and $route or $rpc_method")
 PY
 promtool check rules "$tmp/dashboard_rules.yml"
 

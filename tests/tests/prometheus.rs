@@ -137,6 +137,8 @@ fn substitute(expr: &str) -> String {
         .replace("$instance", ".*")
         .replace("${route}", ".*")
         .replace("$route", ".*")
+        .replace("${rpc_method}", ".*")
+        .replace("$rpc_method", ".*")
 }
 
 /// (where, PromQL) for every expression of the dashboard: panel targets, and the

@@ -7,17 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 fn expected_labels(kind: Kind) -> (&'static str, Vec<(&'static str, &'static str)>) {
     let e = kind.expectation();
-    let mut labels = vec![("http_route", e.route), ("http_request_method", e.method)];
-    match e.disconnect {
-        None => {
-            labels.push(("outcome", "completed"));
-            ("http_server_request_duration_seconds_count", labels)
-        }
-        Some((phase, cause)) => {
-            labels.extend([("phase", phase), ("cause", cause)]);
-            ("http_server_client_disconnects_total", labels)
-        }
-    }
+    (e.metric(), e.labels())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,22 +34,36 @@ async fn the_summary_of_2000_requests_equals_the_counter_deltas() {
         let want = before.value(name, &labels) + summary.ok(kind) as f64;
         wait_for_value(demo.metrics_addr, name, &labels, want).await;
     }
-    let after = wait_for_value(demo.metrics_addr, "http_server_active_requests", &[], 0.0).await;
-    let breaks: u64 = Kind::ALL
-        .iter()
-        .filter(|k| k.expectation().disconnect.is_some())
-        .map(|k| summary.ok(*k))
-        .sum();
+    wait_for_value(demo.metrics_addr, "http_server_active_requests", &[], 0.0).await;
+    let after = wait_for_value(demo.metrics_addr, "rpc_server_active_calls", &[], 0.0).await;
+    let count = |grpc: bool, broken: bool| -> f64 {
+        Kind::ALL
+            .iter()
+            .filter(|k| k.is_grpc() == grpc && k.expectation().disconnect.is_some() == broken)
+            .map(|k| summary.ok(*k) as f64)
+            .sum()
+    };
     assert_eq!(
         after.value("http_server_client_disconnects_total", &[]),
-        breaks as f64,
+        count(false, true),
         "no break beyond the scripted ones: {summary}\n{}",
         after.text
     );
     assert_eq!(
+        after.value("rpc_server_client_disconnects_total", &[]),
+        count(true, true),
+        "no gRPC break beyond the scripted ones: {summary}\n{}",
+        after.text
+    );
+    assert_eq!(
         after.value("http_server_request_duration_seconds_count", &[]),
-        2000.0,
+        count(false, true) + count(false, false),
         "every request observed once"
+    );
+    assert_eq!(
+        after.value("rpc_server_call_duration_seconds_count", &[]),
+        count(true, true) + count(true, false),
+        "every call observed once, and in the gRPC metrics only"
     );
     wait_for_value(demo.metrics_addr, "http_server_open_connections", &[], 0.0).await;
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use clientgone::ConnectionOptions;
 
+use crate::traffic::{DEFAULT_WEIGHTS, Kind};
+
 /// Catch, classify and count HTTP clients that break their connection before the
 /// response is done.
 #[derive(Debug, Parser)]
@@ -189,23 +191,38 @@ pub struct TrafficArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
     pub concurrency: u32,
     /// Weight of completed requests (GET /items/{id}).
-    #[arg(long, default_value_t = 70, value_parser = weight, value_name = "W")]
+    #[arg(long, default_value_t = DEFAULT_WEIGHTS[0], value_parser = weight, value_name = "W")]
     pub completed: u32,
     /// Weight of FIN while the handler waits (GET /hello).
-    #[arg(long, default_value_t = 8, value_parser = weight, value_name = "W")]
+    #[arg(long, default_value_t = DEFAULT_WEIGHTS[1], value_parser = weight, value_name = "W")]
     pub fin: u32,
     /// Weight of RST while the handler waits (GET /hello).
-    #[arg(long, default_value_t = 6, value_parser = weight, value_name = "W")]
+    #[arg(long, default_value_t = DEFAULT_WEIGHTS[2], value_parser = weight, value_name = "W")]
     pub rst: u32,
     /// Weight of half-sent bodies then FIN (POST /upload).
-    #[arg(long, default_value_t = 5, value_parser = weight, value_name = "W")]
+    #[arg(long, default_value_t = DEFAULT_WEIGHTS[3], value_parser = weight, value_name = "W")]
     pub half_body: u32,
     /// Weight of RST mid-stream (GET /stream).
-    #[arg(long, default_value_t = 6, value_parser = weight, value_name = "W")]
+    #[arg(long, default_value_t = DEFAULT_WEIGHTS[4], value_parser = weight, value_name = "W")]
     pub mid_stream: u32,
     /// Weight of HTTP/2 RST_STREAM (GET /hello over h2c).
-    #[arg(long, default_value_t = 5, value_parser = weight, value_name = "W")]
+    #[arg(long, default_value_t = DEFAULT_WEIGHTS[5], value_parser = weight, value_name = "W")]
     pub h2_reset: u32,
+    /// Weight of completed gRPC calls (Demo/Wait).
+    #[arg(long, default_value_t = DEFAULT_WEIGHTS[6], value_parser = weight, value_name = "W")]
+    pub grpc_completed: u32,
+    /// Weight of gRPC calls cancelled while the handler waits (Demo/Wait).
+    #[arg(long, default_value_t = DEFAULT_WEIGHTS[7], value_parser = weight, value_name = "W")]
+    pub grpc_cancel: u32,
+    /// Weight of gRPC calls whose deadline runs out (Demo/Wait, grpc-timeout = --patience).
+    #[arg(long, default_value_t = DEFAULT_WEIGHTS[8], value_parser = weight, value_name = "W")]
+    pub grpc_deadline: u32,
+    /// Weight of server streams dropped after three messages (Demo/Ticks).
+    #[arg(long, default_value_t = DEFAULT_WEIGHTS[9], value_parser = weight, value_name = "W")]
+    pub grpc_stream_cancel: u32,
+    /// Weight of client streams dropped after three chunks (Demo/Upload).
+    #[arg(long, default_value_t = DEFAULT_WEIGHTS[10], value_parser = weight, value_name = "W")]
+    pub grpc_upload_abort: u32,
     /// How long a leaving client waits before it leaves.
     #[arg(long, default_value = "50ms", value_parser = patience, value_name = "DURATION")]
     pub patience: Duration,
@@ -216,7 +233,7 @@ pub struct TrafficArgs {
 
 impl TrafficArgs {
     /// The weights in `Kind::ALL` order.
-    pub fn weights(&self) -> [u32; 6] {
+    pub fn weights(&self) -> [u32; Kind::COUNT] {
         [
             self.completed,
             self.fin,
@@ -224,6 +241,11 @@ impl TrafficArgs {
             self.half_body,
             self.mid_stream,
             self.h2_reset,
+            self.grpc_completed,
+            self.grpc_cancel,
+            self.grpc_deadline,
+            self.grpc_stream_cancel,
+            self.grpc_upload_abort,
         ]
     }
 }

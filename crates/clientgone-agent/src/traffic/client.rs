@@ -30,6 +30,7 @@ pub(crate) async fn run(
         Kind::HalfBody => half_body(addr, patience).await,
         Kind::MidStream => mid_stream(addr).await,
         Kind::H2Reset => h2_reset(addr, patience).await,
+        grpc => super::grpc::run(grpc, addr, patience).await,
     }
 }
 

@@ -1,10 +1,12 @@
 //! `clientgone traffic`: a load generator that breaks connections on purpose, so
 //! users can try their own setup and hold its summary against the counters.
 //!
-//! It speaks to the demo's routes (`/items/{id}`, `/hello`, `/upload`, `/stream`);
-//! each request is one of the scripted [`Kind`]s, drawn at the configured ratios.
+//! It speaks to the demo's routes (`/items/{id}`, `/hello`, `/upload`, `/stream`)
+//! and its gRPC service (`clientgone.demo.v1.Demo`); each request or call is
+//! one of the scripted [`Kind`]s, drawn at the configured ratios.
 
 mod client;
+mod grpc;
 mod kind;
 mod summary;
 
@@ -16,7 +18,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-pub use kind::{Expectation, Kind};
+pub use kind::{Expectation, Kind, Series};
 pub use summary::Summary;
 
 /// What to send, how fast, for how long.
@@ -33,7 +35,7 @@ pub struct TrafficConfig {
     /// Requests in flight at most.
     pub concurrency: usize,
     /// Relative weight of each kind, in [`Kind::ALL`] order.
-    pub weights: [u32; 6],
+    pub weights: [u32; Kind::COUNT],
     /// How long a leaving client waits before it leaves.
     pub patience: Duration,
     /// Seed of the kind draw, for a repeatable mix.
@@ -52,13 +54,17 @@ impl TrafficConfig {
             duration: Some(Duration::from_secs(30)),
             requests: None,
             concurrency: 64,
-            weights: [70, 8, 6, 5, 6, 5],
+            weights: DEFAULT_WEIGHTS,
             patience: Duration::from_millis(50),
             seed: 1,
             progress: false,
         }
     }
 }
+
+/// The default mix, in [`Kind::ALL`] order: mostly completed requests and
+/// calls, every kind of break present.
+pub const DEFAULT_WEIGHTS: [u32; Kind::COUNT] = [60, 6, 5, 4, 5, 4, 6, 3, 3, 2, 2];
 
 /// Runs the generator until its duration or request count is reached, or
 /// `stop` is cancelled; returns what it did.
@@ -113,7 +119,7 @@ pub async fn run(config: TrafficConfig, stop: CancellationToken) -> Summary {
     summary
 }
 
-fn draw(rng: &mut fastrand::Rng, weights: &[u32; 6], total: u32) -> Kind {
+fn draw(rng: &mut fastrand::Rng, weights: &[u32; Kind::COUNT], total: u32) -> Kind {
     if total == 0 {
         return Kind::Completed;
     }
@@ -153,12 +159,15 @@ mod tests {
     #[test]
     fn the_draw_follows_the_weights() {
         let mut rng = fastrand::Rng::with_seed(7);
-        let weights = [50, 0, 25, 0, 25, 0];
-        let mut counts = [0u32; 6];
+        let weights = [50, 0, 25, 0, 25, 0, 0, 0, 0, 0, 0];
+        let mut counts = [0u32; Kind::COUNT];
         for _ in 0..10_000 {
             counts[draw(&mut rng, &weights, 100).index()] += 1;
         }
-        assert_eq!(counts[1] + counts[3] + counts[5], 0);
+        assert_eq!(
+            counts[1] + counts[3] + counts[5] + counts[6..].iter().sum::<u32>(),
+            0
+        );
         assert!((4_500..5_500).contains(&counts[0]), "{counts:?}");
         assert!((2_000..3_000).contains(&counts[2]), "{counts:?}");
     }

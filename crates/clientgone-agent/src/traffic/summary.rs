@@ -10,11 +10,11 @@ use super::kind::Kind;
 #[derive(Clone, Debug, Default)]
 pub struct Summary {
     /// Requests that went as scripted, per kind ([`Kind::ALL`] order).
-    pub ok: [u64; 6],
+    pub ok: [u64; Kind::COUNT],
     /// Requests that did not (connection refused, unexpected answer, …).
-    pub failed: [u64; 6],
+    pub failed: [u64; Kind::COUNT],
     /// The first failure message of each kind.
-    pub first_failure: [Option<String>; 6],
+    pub first_failure: [Option<String>; Kind::COUNT],
     /// How long the run took.
     pub elapsed: Duration,
 }
@@ -62,24 +62,20 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<11} {:>7} {:>7}  expected on /metrics",
+            "{:<18} {:>7} {:>7}  expected on /metrics",
             "kind", "ok", "failed"
         )?;
         for kind in Kind::ALL {
             let e = kind.expectation();
-            let expect = match e.disconnect {
-                None => format!(
-                    "http_server_request_duration_seconds_count{{http_route=\"{}\",outcome=\"completed\"}}",
-                    e.route
-                ),
-                Some((phase, cause)) => format!(
-                    "http_server_client_disconnects_total{{http_route=\"{}\",phase=\"{phase}\",cause=\"{cause}\"}}",
-                    e.route
-                ),
-            };
+            let labels: Vec<String> = e
+                .labels()
+                .iter()
+                .map(|(name, value)| format!("{name}=\"{value}\""))
+                .collect();
+            let expect = format!("{}{{{}}}", e.metric(), labels.join(","));
             writeln!(
                 f,
-                "{:<11} {:>7} {:>7}  +{} {expect}",
+                "{:<18} {:>7} {:>7}  +{} {expect}",
                 kind.name(),
                 self.ok(kind),
                 self.failed[kind.index()],

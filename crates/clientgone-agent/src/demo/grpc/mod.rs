@@ -47,7 +47,8 @@ type Boxed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl pb::demo_server::Demo for DemoService {
-    /// Answers after `delay_ms` (default 5000).
+    /// Answers after `delay_ms` (default 5000), or `DEADLINE_EXCEEDED` at
+    /// the client's deadline if that comes first.
     async fn wait(
         &self,
         request: Request<pb::WaitRequest>,
@@ -61,7 +62,16 @@ impl pb::demo_server::Demo for DemoService {
                 "delay_ms must be at most {MAX_DELAY_MS}"
             )));
         }
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let delay = Duration::from_millis(delay);
+        // As gRPC servers in Go and Java do, the call ends at the client's
+        // deadline: nobody waits for the answer after it.
+        if let Some(deadline) = clientgone::grpc_timeout(request.metadata().as_ref())
+            && deadline < delay
+        {
+            tokio::time::sleep(deadline).await;
+            return Err(Status::deadline_exceeded("the call's deadline ran out"));
+        }
+        tokio::time::sleep(delay).await;
         Ok(Response::new(pb::WaitReply {
             message: "Hello, World!".into(),
         }))
