@@ -75,7 +75,18 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                     upstream,
                     routes,
                     upstream_timeout: a.upstream_timeout,
-                    grpc: None,
+                    grpc: match &a.grpc_descriptor {
+                        Some(path) => Some(
+                            std::fs::read(path)
+                                .map_err(|e| e.to_string())
+                                .and_then(|bytes| {
+                                    clientgone::GrpcMethods::from_file_descriptor_set(&bytes)
+                                        .map_err(|e| e.to_string())
+                                })
+                                .map_err(|e| format!("--grpc-descriptor: {e}"))?,
+                        ),
+                        None => None,
+                    },
                 })
                 .await
                 .map_err(|e| e.to_string())?

@@ -15,6 +15,7 @@ mod bare_proxy;
 mod breaks;
 mod close;
 mod detect;
+mod grpc;
 mod instructions;
 mod memory;
 mod overhead;
@@ -57,6 +58,10 @@ enum Command {
     /// User-space instructions per request under valgrind's callgrind:
     /// deterministic where CPU time is noisy (needs valgrind).
     Instructions(instructions::Args),
+    /// A unary gRPC call on one core: bare tonic against tonic with
+    /// clientgone's gRPC layer, and through `clientgone proxy` (needs h2load,
+    /// and valgrind for the instruction counts).
+    Grpc(grpc::Args),
     /// Runs overhead, detect, scrape, memory, breaks and proxy in that order.
     All(AllArgs),
     /// Runs one server configuration (the bench re-executes itself with this).
@@ -69,6 +74,9 @@ enum Command {
     /// re-executes itself with this).
     #[command(hide = true)]
     Agent(agent::AgentArgs),
+    /// Runs one tonic server of the `grpc` part (the bench re-executes itself with this).
+    #[command(hide = true)]
+    GrpcServe(grpc::ServeArgs),
     /// Runs the bare axum + hyper-util proxy the `proxy` part compares with
     /// (the bench re-executes itself with this).
     #[command(hide = true)]
@@ -101,6 +109,8 @@ fn main() -> ExitCode {
         Command::Breaks(args) => breaks::run(&args).map(|t| print!("{t}")),
         Command::Proxy(args) => proxy::run(&args).map(|t| print!("{t}")),
         Command::Instructions(args) => instructions::run(&args).map(|t| print!("{t}")),
+        Command::Grpc(args) => grpc::run(&args).map(|t| print!("{t}")),
+        Command::GrpcServe(args) => grpc::serve(&args),
         Command::All(args) => all(&args),
         Command::Serve(args) => servers::serve(&args),
         Command::Receive => receiver::receive(),

@@ -468,19 +468,7 @@ impl ServerProcess {
 
     /// CPU time (user + system, all threads) the server has used so far.
     pub fn cpu_time(&self) -> Result<Duration, String> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .map_err(|e| format!("cannot read the server's /proc stat: {e}"))?;
-        // Fields after the parenthesised command name, which may hold spaces:
-        // state is field 3, utime 14, stime 15.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-        match (ticks(11), ticks(12)) {
-            (Some(u), Some(s)) => Ok(Duration::from_secs_f64(
-                (u + s) as f64 / *CLOCK_TICKS as f64,
-            )),
-            _ => Err(format!("cannot parse /proc/{}/stat", self.pid())),
-        }
+        process_cpu_time(self.pid())
     }
 
     /// Resident set size in KiB (`VmRSS`).
@@ -504,6 +492,23 @@ impl ServerProcess {
 
 /// Clock ticks per second for `/proc/*/stat`; 100 on every Linux we run on,
 /// asked of `getconf` to be sure.
+/// CPU time (user + system, all threads) process `pid` has used so far.
+pub(crate) fn process_cpu_time(pid: u32) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid))
+        .map_err(|e| format!("cannot read the server's /proc stat: {e}"))?;
+    // Fields after the parenthesised command name, which may hold spaces:
+    // state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(u), Some(s)) => Ok(Duration::from_secs_f64(
+            (u + s) as f64 / *CLOCK_TICKS as f64,
+        )),
+        _ => Err(format!("cannot parse /proc/{}/stat", pid)),
+    }
+}
+
 pub(crate) static CLOCK_TICKS: LazyLock<u64> = LazyLock::new(|| {
     Command::new("getconf")
         .arg("CLK_TCK")

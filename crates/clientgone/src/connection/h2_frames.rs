@@ -72,69 +72,118 @@ impl FrameScanner {
     /// Reads the next bytes the client sent, in order; `event` is called for
     /// what they show.
     pub(crate) fn scan(&mut self, mut data: &[u8], mut event: impl FnMut(FrameEvent)) {
-        while !data.is_empty() {
-            match &mut self.scan {
-                Scan::Off => return,
-                Scan::Preface(matched) => {
-                    let rest = &PREFACE[*matched..];
-                    let n = data.len().min(rest.len());
-                    if data[..n] != rest[..n] {
-                        self.scan = Scan::Off;
-                        return;
-                    }
-                    *matched += n;
-                    data = &data[n..];
-                    if *matched == PREFACE.len() {
-                        event(FrameEvent::Preface);
-                        self.scan = fresh_header();
-                    }
+        loop {
+            data = self.scan_whole_frames(data, &mut event);
+            if data.is_empty() {
+                return;
+            }
+            data = self.scan_piece(data, &mut event);
+            if data.is_empty() || matches!(self.scan, Scan::Off) {
+                return;
+            }
+        }
+    }
+
+    /// The usual case: between frames, with whole frames at hand — read in
+    /// place, a header at a time (copying nine bytes would be a call to
+    /// memcpy). Returns what is left: a frame cut off by the read's end.
+    fn scan_whole_frames<'a>(
+        &mut self,
+        mut data: &'a [u8],
+        event: &mut impl FnMut(FrameEvent),
+    ) -> &'a [u8] {
+        if !matches!(self.scan, Scan::Header { have: 0, .. }) {
+            return data;
+        }
+        while let Some(header) = data.first_chunk::<FRAME_HEADER_LEN>() {
+            let len =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let whole = FRAME_HEADER_LEN + len;
+            if data.len() < whole {
+                break;
+            }
+            if header[3] == RST_STREAM && len == 4 {
+                let stream =
+                    u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+                let code = u32::from_be_bytes([data[9], data[10], data[11], data[12]]);
+                event(FrameEvent::StreamReset { stream, code });
+            }
+            data = &data[whole..];
+        }
+        data
+    }
+
+    /// Reads bytes one state at a time: the preface, and frames split across
+    /// reads. Returns what is left.
+    fn scan_piece<'a>(
+        &mut self,
+        mut data: &'a [u8],
+        event: &mut impl FnMut(FrameEvent),
+    ) -> &'a [u8] {
+        match &mut self.scan {
+            Scan::Off => return &[],
+            Scan::Preface(matched) => {
+                let rest = &PREFACE[*matched..];
+                let n = data.len().min(rest.len());
+                if data[..n] != rest[..n] {
+                    self.scan = Scan::Off;
+                    return &[];
                 }
-                Scan::Header { buf, have } => {
-                    let n = data.len().min(FRAME_HEADER_LEN - *have);
-                    buf[*have..*have + n].copy_from_slice(&data[..n]);
-                    *have += n;
-                    data = &data[n..];
-                    if *have == FRAME_HEADER_LEN {
-                        let len = usize::from(buf[0]) << 16
-                            | usize::from(buf[1]) << 8
-                            | usize::from(buf[2]);
-                        let kind = buf[3];
-                        let stream =
-                            u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
-                        self.scan = match (kind, len) {
-                            (RST_STREAM, 4) => Scan::Reset {
-                                stream,
-                                buf: [0; 4],
-                                have: 0,
-                            },
-                            (_, 0) => fresh_header(),
-                            (_, len) => Scan::Skip(len),
-                        };
-                    }
+                *matched += n;
+                data = &data[n..];
+                if *matched == PREFACE.len() {
+                    event(FrameEvent::Preface);
+                    self.scan = fresh_header();
                 }
-                Scan::Skip(left) => {
-                    let n = data.len().min(*left);
-                    *left -= n;
-                    data = &data[n..];
-                    if *left == 0 {
-                        self.scan = fresh_header();
-                    }
+            }
+            Scan::Header { buf, have } => {
+                let n = data.len().min(FRAME_HEADER_LEN - *have);
+                buf[*have..*have + n].copy_from_slice(&data[..n]);
+                *have += n;
+                data = &data[n..];
+                if *have == FRAME_HEADER_LEN {
+                    let header = *buf;
+                    self.scan = after_header(&header);
                 }
-                Scan::Reset { stream, buf, have } => {
-                    let n = data.len().min(4 - *have);
-                    buf[*have..*have + n].copy_from_slice(&data[..n]);
-                    *have += n;
-                    data = &data[n..];
-                    if *have == 4 {
-                        event(FrameEvent::StreamReset {
-                            stream: *stream,
-                            code: u32::from_be_bytes(*buf),
-                        });
-                        self.scan = fresh_header();
-                    }
+            }
+            Scan::Skip(left) => {
+                let n = data.len().min(*left);
+                *left -= n;
+                data = &data[n..];
+                if *left == 0 {
+                    self.scan = fresh_header();
+                }
+            }
+            Scan::Reset { stream, buf, have } => {
+                let n = data.len().min(4 - *have);
+                buf[*have..*have + n].copy_from_slice(&data[..n]);
+                *have += n;
+                data = &data[n..];
+                if *have == 4 {
+                    event(FrameEvent::StreamReset {
+                        stream: *stream,
+                        code: u32::from_be_bytes(*buf),
+                    });
+                    self.scan = fresh_header();
                 }
             }
         }
+        data
+    }
+}
+
+/// What follows a frame header.
+fn after_header(header: &[u8; FRAME_HEADER_LEN]) -> Scan {
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+    match (header[3], len) {
+        (RST_STREAM, 4) => Scan::Reset {
+            stream,
+            buf: [0; 4],
+            have: 0,
+        },
+        (_, 0) => fresh_header(),
+        (_, len) => Scan::Skip(len),
     }
 }
 

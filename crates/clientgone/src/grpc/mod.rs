@@ -30,8 +30,11 @@ pub(crate) use timeout::{deadline_reached, parse_grpc_timeout};
 /// assert_eq!(clientgone::grpc_timeout(&headers), Some(Duration::from_millis(250)));
 /// ```
 pub fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
-    headers.get("grpc-timeout").and_then(parse_grpc_timeout)
+    headers.get(GRPC_TIMEOUT).and_then(parse_grpc_timeout)
 }
+
+/// Built once: a `&str` name is parsed into a header name at every lookup.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 #[cfg(feature = "grpc")]
 pub(crate) use tonic::tcp_connect_info;
 

@@ -1,6 +1,9 @@
 //! [`GrpcStatus`]: the gRPC status a call ended with, as its label says it.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+
+/// Built once: a `&str` name is parsed into a header name at every lookup.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The names of the gRPC status codes 0 to 16, in code order
 /// (`rpc.response.status_code` of the OpenTelemetry RPC conventions).
@@ -72,7 +75,7 @@ impl GrpcStatus {
     /// The `grpc-status` of a trailers block or a trailers-only head, if it
     /// has one; a value that is no number is `UNKNOWN`.
     pub fn from_headers(headers: &HeaderMap) -> Option<GrpcStatus> {
-        let value = headers.get("grpc-status")?;
+        let value = headers.get(GRPC_STATUS)?;
         let code = std::str::from_utf8(value.as_bytes())
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok());

@@ -69,11 +69,6 @@ where
             Ok(res) => {
                 let status = res.status();
                 guard.head_sent(status.as_u16());
-                if guard.is_grpc() {
-                    // A trailers-only answer (an error, most often) carries
-                    // its status in the head.
-                    guard.grpc_status(res.headers());
-                }
                 // Only HTTP/1 hyper stops at the declared length; HTTP/2 polls
                 // the last frame before flow control lets it out, and ends
                 // the body itself.
@@ -87,6 +82,12 @@ where
                     || declared_len == Some(0)
                     || res.body().is_end_stream();
                 if bodiless {
+                    if guard.is_grpc() {
+                        // A trailers-only answer (an error, most often)
+                        // carries its status in the head; an answer with a
+                        // body carries it in its trailers.
+                        guard.grpc_status(res.headers());
+                    }
                     guard.complete();
                     return Poll::Ready(Ok(res.map(|b| ResponseBody::new(b, None, None))));
                 }
