@@ -57,6 +57,7 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                 options: a.connection.options(),
                 registry,
                 tracer: None,
+                buckets: a.buckets.buckets(),
             })
             .await
             .map_err(|e| e.to_string())?,
@@ -71,6 +72,7 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                         options: a.connection.options(),
                         registry,
                         tracer: None,
+                        buckets: a.buckets.buckets(),
                     },
                     upstream,
                     routes,

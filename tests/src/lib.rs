@@ -37,6 +37,7 @@ pub async fn start_demo_with(options: ConnectionOptions) -> RunningDemo {
         options,
         registry: prometheus::Registry::new(),
         tracer: None,
+        buckets: Default::default(),
     })
     .await
     .expect("demo starts on loopback")

@@ -26,6 +26,7 @@ async fn start_proxy(upstream: &str) -> RunningServer {
             options: Default::default(),
             registry: prometheus::Registry::new(),
             tracer: None,
+            buckets: Default::default(),
         },
         upstream: Upstream::parse(upstream).unwrap(),
         routes: RouteTable::new(Vec::new()).unwrap(),

@@ -425,3 +425,62 @@ async fn metrics_merged_as_the_readme_says_keep_scrapes_out_and_unmatched_in() {
         1.0,
     );
 }
+
+#[tokio::test]
+async fn histogram_buckets_given_to_the_demo_are_the_ones_on_metrics() {
+    let demo = clientgone_agent::demo::start(clientgone_agent::demo::DemoConfig {
+        listen: "127.0.0.1:0".into(),
+        metrics_listen: "127.0.0.1:0".into(),
+        options: Default::default(),
+        registry: prometheus::Registry::new(),
+        tracer: None,
+        buckets: clientgone::Buckets {
+            request_duration: vec![0.05, 0.5],
+            disconnect_elapsed: vec![1.0, 30.0, 300.0],
+            connection_duration: vec![60.0],
+        },
+    })
+    .await
+    .expect("demo starts");
+    let mut conn = Http1Connection::open(demo.addr).await;
+    assert_eq!(conn.request("GET", "/items/1").await.0, 200);
+    conn.close().await;
+    let stream = send_raw(
+        demo.addr,
+        b"GET /hello?delay_ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .await;
+    wait_for_value(demo.metrics_addr, "http_server_active_requests", &[], 1.0).await;
+    drop(stream);
+    wait_for_value(
+        demo.metrics_addr,
+        "http_server_client_disconnects_total",
+        &[],
+        1.0,
+    )
+    .await;
+    let s = wait_for_value(
+        demo.metrics_addr,
+        "http_server_connection_duration_seconds_count",
+        &[],
+        2.0,
+    )
+    .await;
+    for (family, want) in [
+        (
+            "http_server_request_duration_seconds_bucket",
+            vec!["+Inf", "0.05", "0.5"],
+        ),
+        (
+            "http_server_client_disconnect_elapsed_seconds_bucket",
+            vec!["+Inf", "1", "30", "300"],
+        ),
+        (
+            "http_server_connection_duration_seconds_bucket",
+            vec!["+Inf", "60"],
+        ),
+    ] {
+        let les: Vec<String> = s.label_values(family, "le").into_iter().collect();
+        assert_eq!(les, want, "{family}\n{}", s.text);
+    }
+}

@@ -91,6 +91,7 @@ async fn start_proxy_with(upstream: &str, routes: RouteTable, timeout: Duration)
             options: Default::default(),
             registry: prometheus::Registry::new(),
             tracer: None,
+            buckets: Default::default(),
         },
         upstream: Upstream::parse(upstream).unwrap(),
         routes,

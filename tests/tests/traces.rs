@@ -33,6 +33,7 @@ async fn start_traced(config: OtlpConfig) -> Traced {
         options: Default::default(),
         registry,
         tracer: Some(pipeline.tracer()),
+        buckets: Default::default(),
     })
     .await
     .expect("demo starts");

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use clientgone::ConnectionOptions;
+use clientgone::{Buckets, ConnectionOptions};
 
 use crate::traffic::{DEFAULT_WEIGHTS, Kind};
 
@@ -84,6 +84,9 @@ pub struct WatchArgs {
     /// Size of the kernel-to-agent ring buffer in MiB (a power of two).
     #[arg(long, default_value_t = 16, value_parser = ring_mib, value_name = "MIB")]
     pub ring_buffer_mib: u32,
+    /// Histogram buckets.
+    #[command(flatten)]
+    pub buckets: BucketArgs,
 }
 
 fn ring_mib(s: &str) -> Result<u32, String> {
@@ -130,6 +133,58 @@ pub struct ProxyArgs {
     /// Connection options.
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    /// Histogram buckets.
+    #[command(flatten)]
+    pub buckets: BucketArgs,
+}
+
+/// The histograms' bucket bounds, on every server command.
+#[derive(Debug, Args)]
+pub struct BucketArgs {
+    /// Upper bounds, in seconds, of the request (and gRPC call) duration
+    /// histogram's buckets, comma-separated and increasing, like
+    /// 0.005,0.05,0.5,5 (default: 1 ms to 300 s).
+    #[arg(long, value_parser = buckets, value_name = "SECONDS,…")]
+    pub request_duration_buckets: Option<Vec<f64>>,
+    /// Upper bounds, in seconds, of the time-to-abandon histogram's buckets
+    /// (*_client_disconnect_elapsed_seconds; default: 10 ms to 600 s).
+    #[arg(long, value_parser = buckets, value_name = "SECONDS,…")]
+    pub disconnect_elapsed_buckets: Option<Vec<f64>>,
+    /// Upper bounds, in seconds, of the connection duration histogram's
+    /// buckets (default: 10 ms to 1 h).
+    #[arg(long, value_parser = buckets, value_name = "SECONDS,…")]
+    pub connection_duration_buckets: Option<Vec<f64>>,
+}
+
+impl BucketArgs {
+    /// The buckets, the defaults where no flag is given.
+    pub fn buckets(&self) -> Buckets {
+        let mut buckets = Buckets::default();
+        if let Some(b) = &self.request_duration_buckets {
+            buckets.request_duration = b.clone();
+        }
+        if let Some(b) = &self.disconnect_elapsed_buckets {
+            buckets.disconnect_elapsed = b.clone();
+        }
+        if let Some(b) = &self.connection_duration_buckets {
+            buckets.connection_duration = b.clone();
+        }
+        buckets
+    }
+}
+
+/// A comma-separated list of bucket bounds in seconds, checked.
+fn buckets(s: &str) -> Result<Vec<f64>, String> {
+    let values = s
+        .split(',')
+        .map(|v| {
+            let v = v.trim();
+            v.parse::<f64>()
+                .map_err(|_| format!("'{v}' is not a number of seconds"))
+        })
+        .collect::<Result<Vec<f64>, String>>()?;
+    clientgone::check_buckets(&values)?;
+    Ok(values)
 }
 
 /// The trace-export part of `--help`.
@@ -170,6 +225,9 @@ pub struct DemoArgs {
     /// Connection options.
     #[command(flatten)]
     pub connection: ConnectionArgs,
+    /// Histogram buckets.
+    #[command(flatten)]
+    pub buckets: BucketArgs,
 }
 
 /// Flags of `clientgone traffic`.

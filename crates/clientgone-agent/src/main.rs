@@ -124,6 +124,7 @@ async fn run(cli: Cli, registry: Registry, tracer: Option<SdkTracer>) -> ExitCod
                 options: args.connection.options(),
                 registry,
                 tracer,
+                buckets: args.buckets.buckets(),
             };
             let running = match demo::start(config).await {
                 Ok(running) => running,
@@ -200,6 +201,7 @@ async fn run_watch(args: WatchArgs, registry: Registry, tracer: Option<SdkTracer
         ring_bytes: args.ring_buffer_mib << 20,
         registry,
         tracer,
+        buckets: args.buckets.buckets(),
     };
     let running = match watch::start(config).await {
         Ok(running) => running,
@@ -292,6 +294,7 @@ async fn run_proxy(
             options: args.connection.options(),
             registry,
             tracer,
+            buckets: args.buckets.buckets(),
         },
         upstream,
         routes,

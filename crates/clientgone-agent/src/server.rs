@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use axum::Router;
-use clientgone::{ConnectionOptions, DisconnectLayer, Metrics, TrackedListener};
+use clientgone::{Buckets, ConnectionOptions, DisconnectLayer, Metrics, TrackedListener};
 use opentelemetry_sdk::trace::SdkTracer;
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -27,6 +27,8 @@ pub struct ServerConfig {
     /// Gives each request an OTel server span when set (see
     /// `OtlpPipeline::tracer`).
     pub tracer: Option<SdkTracer>,
+    /// The histograms' bucket bounds.
+    pub buckets: Buckets,
 }
 
 /// Why a server could not start: one line, fit for stderr.
@@ -83,7 +85,10 @@ pub async fn start(
     make_app: impl FnOnce(DisconnectLayer) -> Router,
 ) -> Result<RunningServer, StartError> {
     let registry = config.registry;
-    let metrics = Metrics::new(&registry).map_err(|e| StartError(e.to_string()))?;
+    let metrics = Metrics::builder()
+        .buckets(config.buckets)
+        .register(&registry)
+        .map_err(|e| StartError(e.to_string()))?;
     let mut layer = DisconnectLayer::new(metrics.clone());
     if let Some(tracer) = config.tracer {
         layer = layer.with_tracer(tracer);

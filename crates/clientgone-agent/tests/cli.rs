@@ -84,6 +84,11 @@ fn bad_flags_are_one_line_and_exit_2() {
             "--route",
             "/users/:id",
         ],
+        &["demo", "--request-duration-buckets", "0.5,0.1"],
+        &["demo", "--request-duration-buckets", ""],
+        &["demo", "--disconnect-elapsed-buckets", "1,NaN"],
+        &["demo", "--connection-duration-buckets", "1,2,soon"],
+        &["demo", "--connection-duration-buckets", "-1,2"],
     ] {
         let (code, stderr) = run_to_end(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

@@ -64,7 +64,7 @@ pub use layer::{
     DISCONNECT_EVENT, DisconnectLayer, DisconnectService, RequestBody, ResponseBody,
     ResponseFuture, export_request_span,
 };
-pub use metrics::{Metrics, MetricsBuilder, UNMATCHED_ROUTE};
+pub use metrics::{Buckets, Metrics, MetricsBuilder, UNMATCHED_ROUTE, check_buckets};
 pub use record::{CallRecord, End, Record};
 pub use serve::{Serve, serve};
 /// The token [`ClientGone::token`] hands out, re-exported so handlers can name

@@ -83,7 +83,8 @@ impl Metrics {
         Metrics::builder().register(registry)
     }
 
-    /// Settings before registration: labels every series carries.
+    /// Settings before registration: labels every series carries, the
+    /// histograms' buckets.
     ///
     /// ```
     /// let registry = prometheus::Registry::new();
@@ -254,11 +255,99 @@ impl Metrics {
     }
 }
 
+/// The upper bounds (seconds) of the histograms' buckets; `+Inf` is always
+/// added. The defaults are the ones documented on each field.
+///
+/// ```
+/// let buckets = clientgone::Buckets {
+///     request_duration: vec![0.01, 0.1, 1.0, 10.0],
+///     ..Default::default()
+/// };
+/// let registry = prometheus::Registry::new();
+/// let metrics = clientgone::Metrics::builder().buckets(buckets).register(&registry)?;
+/// # drop(metrics);
+/// # Ok::<(), prometheus::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buckets {
+    /// `http_server_request_duration_seconds` and
+    /// `rpc_server_call_duration_seconds` (and the proxy's
+    /// `http_client_request_duration_seconds`): 1 ms to 300 s.
+    pub request_duration: Vec<f64>,
+    /// `*_client_disconnect_elapsed_seconds`, the time to abandon: 10 ms to
+    /// 600 s, with marks at the usual client and load-balancer timeouts.
+    pub disconnect_elapsed: Vec<f64>,
+    /// `http_server_connection_duration_seconds`: 10 ms to an hour.
+    pub connection_duration: Vec<f64>,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets {
+            request_duration: REQUEST_BUCKETS.to_vec(),
+            disconnect_elapsed: ABANDON_BUCKETS.to_vec(),
+            connection_duration: CONNECTION_BUCKETS.to_vec(),
+        }
+    }
+}
+
+impl Buckets {
+    /// Checks every list: see [`check_buckets`].
+    pub fn check(&self) -> Result<(), String> {
+        for (name, buckets) in [
+            ("request duration", &self.request_duration),
+            ("disconnect elapsed", &self.disconnect_elapsed),
+            ("connection duration", &self.connection_duration),
+        ] {
+            check_buckets(buckets).map_err(|e| format!("{name} buckets: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a list of bucket upper bounds (seconds): at least one, each a
+/// finite number, none negative, each larger than the one before. The error
+/// says which value is wrong.
+///
+/// ```
+/// use clientgone::check_buckets;
+///
+/// assert!(check_buckets(&[0.1, 0.5, 1.0]).is_ok());
+/// assert_eq!(check_buckets(&[]).unwrap_err(), "no buckets: give at least one upper bound");
+/// assert!(check_buckets(&[0.5, 0.1]).unwrap_err().contains("0.5 then 0.1"));
+/// assert!(check_buckets(&[f64::NAN]).is_err());
+/// ```
+pub fn check_buckets(buckets: &[f64]) -> Result<(), String> {
+    if buckets.is_empty() {
+        return Err("no buckets: give at least one upper bound".into());
+    }
+    for &b in buckets {
+        if !b.is_finite() {
+            return Err(format!(
+                "{b} is not a finite number of seconds (+Inf is always added)"
+            ));
+        }
+        if b < 0.0 {
+            return Err(format!("{b} is negative: durations are not"));
+        }
+    }
+    for pair in buckets.windows(2) {
+        if pair[1] <= pair[0] {
+            return Err(format!(
+                "buckets must increase, but {} then {} does not",
+                pair[0], pair[1]
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Builds [`Metrics`]: see [`Metrics::builder`].
 #[derive(Clone, Debug, Default)]
 #[must_use = "a builder does nothing until `register` is called"]
 pub struct MetricsBuilder {
     const_labels: HashMap<String, String>,
+    buckets: Buckets,
 }
 
 impl MetricsBuilder {
@@ -270,11 +359,20 @@ impl MetricsBuilder {
         self
     }
 
+    /// The histograms' bucket bounds, instead of the defaults.
+    pub fn buckets(mut self, buckets: Buckets) -> Self {
+        self.buckets = buckets;
+        self
+    }
+
     /// Creates the instruments and registers them in `registry`.
     ///
     /// Fails if the same names with the same constant labels are already
-    /// registered there, or a label name is not a valid Prometheus name.
+    /// registered there, a label name is not a valid Prometheus name, or a
+    /// bucket list is not one ([`check_buckets`]).
     pub fn register(self, registry: &Registry) -> prometheus::Result<Metrics> {
+        self.buckets.check().map_err(prometheus::Error::Msg)?;
+        let buckets = self.buckets;
         let labels = self.const_labels;
         let opts = |name: &str, help: &str| Opts::new(name, help).const_labels(labels.clone());
         let hopts = |name: &str, help: &str, buckets: &[f64]| {
@@ -286,7 +384,7 @@ impl MetricsBuilder {
             hopts(
                 "http_server_request_duration_seconds",
                 "Duration of HTTP server requests, completed or broken off by the client.",
-                REQUEST_BUCKETS,
+                &buckets.request_duration,
             ),
             &[
                 "http_request_method",
@@ -313,7 +411,7 @@ impl MetricsBuilder {
             hopts(
                 "http_server_client_disconnect_elapsed_seconds",
                 "Time from a request's arrival until its client's break was noticed.",
-                ABANDON_BUCKETS,
+                &buckets.disconnect_elapsed,
             ),
             &["http_request_method", "http_route", "phase"],
         )?;
@@ -321,7 +419,7 @@ impl MetricsBuilder {
             hopts(
                 "rpc_server_call_duration_seconds",
                 "Duration of gRPC server calls, completed or broken off by the client.",
-                REQUEST_BUCKETS,
+                &buckets.request_duration,
             ),
             &[
                 "rpc_system_name",
@@ -353,7 +451,7 @@ impl MetricsBuilder {
             hopts(
                 "rpc_server_client_disconnect_elapsed_seconds",
                 "Time from a gRPC call's arrival until its client's break was noticed.",
-                ABANDON_BUCKETS,
+                &buckets.disconnect_elapsed,
             ),
             &["rpc_system_name", "rpc_method", "rpc_type", "phase"],
         )?;
@@ -371,7 +469,7 @@ impl MetricsBuilder {
         let connection_duration = Histogram::with_opts(hopts(
             "http_server_connection_duration_seconds",
             "Lifetime of client connections.",
-            CONNECTION_BUCKETS,
+            &buckets.connection_duration,
         ))?;
 
         registry.register(Box::new(request_duration.clone()))?;
@@ -598,5 +696,49 @@ impl<S: StatusLabel> Series<S> {
             .with_label_values(&self.values(&[&label, outcome.as_str()]));
         h.observe(seconds);
         list.push((status, outcome, h));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_lists_are_checked() {
+        let cases: [(&[f64], Option<&str>); 8] = [
+            (&[0.1], None),
+            (&[0.0, 0.1, 1.0], None),
+            (&[], Some("no buckets")),
+            (&[0.5, 0.1], Some("0.5 then 0.1")),
+            (&[0.1, 0.1], Some("0.1 then 0.1")),
+            (&[0.1, f64::NAN], Some("NaN is not a finite")),
+            (&[0.1, f64::INFINITY], Some("inf is not a finite")),
+            (&[-1.0, 1.0], Some("-1 is negative")),
+        ];
+        for (buckets, want) in cases {
+            match (check_buckets(buckets), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.contains(w), "{buckets:?}: {e}"),
+                (got, want) => panic!("{buckets:?}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_buckets_fail_registration_with_the_reason() {
+        let registry = Registry::new();
+        let err = Metrics::builder()
+            .buckets(Buckets {
+                disconnect_elapsed: vec![2.0, 1.0],
+                ..Buckets::default()
+            })
+            .register(&registry)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("disconnect elapsed buckets"),
+            "{err}"
+        );
+        // Nothing was registered: the defaults still register afterwards.
+        assert!(Metrics::new(&registry).is_ok());
     }
 }

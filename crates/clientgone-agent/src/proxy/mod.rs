@@ -123,8 +123,12 @@ pub fn app(
 
 /// Starts the proxy. Fails with a one-line message on a bad address.
 pub async fn start(config: ProxyConfig) -> Result<RunningServer, StartError> {
-    let upstream_metrics =
-        UpstreamMetrics::new(&config.server.registry).map_err(|e| StartError(e.to_string()))?;
+    config.server.buckets.check().map_err(StartError)?;
+    let upstream_metrics = UpstreamMetrics::new(
+        &config.server.registry,
+        &config.server.buckets.request_duration,
+    )
+    .map_err(|e| StartError(e.to_string()))?;
     let ProxyConfig {
         server,
         upstream,

@@ -39,17 +39,14 @@ pub struct UpstreamMetrics {
 }
 
 impl UpstreamMetrics {
-    /// Registers the histogram in `registry`.
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+    /// Registers the histogram in `registry`, with the request-duration buckets.
+    pub fn new(registry: &Registry, buckets: &[f64]) -> prometheus::Result<Self> {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "http_client_request_duration_seconds",
                 "Duration of the proxy's requests to the upstream.",
             )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                60.0, 120.0, 300.0,
-            ]),
+            .buckets(buckets.to_vec()),
             &[
                 "http_request_method",
                 "http_route",

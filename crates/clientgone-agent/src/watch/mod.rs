@@ -66,6 +66,8 @@ pub struct WatchConfig {
     pub registry: Registry,
     /// Gives each request a server span when set (broken ones always kept).
     pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    /// The histograms' bucket bounds.
+    pub buckets: clientgone::Buckets,
 }
 
 /// A running watch.
@@ -122,8 +124,12 @@ pub fn resolve_ports(config: &WatchConfig) -> Result<BTreeSet<u16>, String> {
 /// starts following connections.
 pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
     let ports = resolve_ports(&config).map_err(StartError)?;
-    let mut sink = PortMetrics::new(&config.registry, config.tracer.clone())
-        .map_err(|e| StartError(e.to_string()))?;
+    let mut sink = PortMetrics::new(
+        &config.registry,
+        config.tracer.clone(),
+        config.buckets.clone(),
+    )
+    .map_err(|e| StartError(e.to_string()))?;
     for port in &ports {
         sink.add_port(*port)
             .map_err(|e| StartError(e.to_string()))?;

@@ -23,6 +23,8 @@ pub struct PortMetrics {
     pub events_lost: IntCounter,
     /// Spans (OTLP), when traces are on.
     tracer: Option<SdkTracer>,
+    /// Every port's histogram buckets.
+    buckets: clientgone::Buckets,
 }
 
 /// `CLOCK_MONOTONIC` now, in ns: the clock of the kernel's event times.
@@ -34,7 +36,11 @@ fn monotonic_ns() -> u64 {
 
 impl PortMetrics {
     /// Registers the watch's counters; each port's metrics come with [`Self::add_port`].
-    pub fn new(registry: &Registry, tracer: Option<SdkTracer>) -> prometheus::Result<Self> {
+    pub fn new(
+        registry: &Registry,
+        tracer: Option<SdkTracer>,
+        buckets: clientgone::Buckets,
+    ) -> prometheus::Result<Self> {
         let skipped = IntCounterVec::new(
             Opts::new(
                 "clientgone_watch_connections_skipped_total",
@@ -55,6 +61,7 @@ impl PortMetrics {
             skipped,
             events_lost,
             tracer,
+            buckets,
         })
     }
 
@@ -65,6 +72,7 @@ impl PortMetrics {
         }
         let metrics = Metrics::builder()
             .const_label("server_port", port.to_string())
+            .buckets(self.buckets.clone())
             .register(&self.registry)?;
         for why in Skip::ALL {
             self.skipped
