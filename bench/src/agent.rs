@@ -89,6 +89,7 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                         ),
                         None => None,
                     },
+                    skip: a.skip_routes,
                 })
                 .await
                 .map_err(|e| e.to_string())?

@@ -19,6 +19,10 @@ const UPLOAD: &str = "clientgone.demo.v1.Demo/Upload";
 const ECHO: &str = "clientgone.demo.v1.Demo/Echo";
 
 async fn start_proxy(upstream: &str) -> RunningServer {
+    start_proxy_with(upstream, Some(grpc::methods())).await
+}
+
+async fn start_proxy_with(upstream: &str, grpc: Option<clientgone::GrpcMethods>) -> RunningServer {
     proxy::start(ProxyConfig {
         server: ServerConfig {
             listen: "127.0.0.1:0".into(),
@@ -31,7 +35,8 @@ async fn start_proxy(upstream: &str) -> RunningServer {
         upstream: Upstream::parse(upstream).unwrap(),
         routes: RouteTable::new(Vec::new()).unwrap(),
         upstream_timeout: Duration::from_secs(60),
-        grpc: Some(grpc::methods()),
+        grpc,
+        skip: Vec::new(),
     })
     .await
     .expect("proxy starts")
@@ -244,4 +249,32 @@ async fn an_unreachable_upstream_answers_unavailable_and_is_no_client_break() {
     .await;
     assert_eq!(s.value("rpc_server_client_disconnects_total", &[]), 0.0);
     assert_eq!(upstream_outcome(&s, "error"), 1.0, "{}", s.text);
+}
+
+#[tokio::test]
+#[cfg_attr(not(grpcio), ignore = "needs Python grpcio: pip install grpcio")]
+async fn without_a_descriptor_grpc_passes_through_as_http() {
+    let upstream = GrpcUpstream::start().await;
+    let proxy = start_proxy_with(&format!("h2c://{}", upstream.addr), None).await;
+    let mut client = GrpcDriver::connect(proxy.addr);
+    client
+        .start("w", json!({"method": "Wait", "request": {"delay_ms": 10}}))
+        .await;
+    client
+        .start(
+            "t",
+            json!({"method": "Ticks", "request": {"count": 2, "interval_ms": 10}}),
+        )
+        .await;
+    assert_eq!(client.result("w").await.0, "OK");
+    let (code, messages) = client.result("t").await;
+    assert_eq!((code.as_str(), messages.len()), ("OK", 2));
+    let s = wait_for_value(
+        proxy.metrics_addr,
+        "http_server_request_duration_seconds_count",
+        &[("http_request_method", "POST"), ("outcome", "completed")],
+        2.0,
+    )
+    .await;
+    assert_eq!(s.value("rpc_server_call_duration_seconds_count", &[]), 0.0);
 }

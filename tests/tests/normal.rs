@@ -484,3 +484,66 @@ async fn histogram_buckets_given_to_the_demo_are_the_ones_on_metrics() {
         assert_eq!(les, want, "{family}\n{}", s.text);
     }
 }
+
+#[tokio::test]
+async fn the_demos_health_check_is_in_no_metric() {
+    let demo = start_demo().await;
+    let mut conn = Http1Connection::open(demo.addr).await;
+    for _ in 0..3 {
+        let (status, body) = conn.request("GET", "/healthz").await;
+        assert_eq!((status, &body[..]), (200, &b"ok\n"[..]));
+    }
+    assert_eq!(conn.request("GET", "/items/1").await.0, 200);
+    conn.close().await;
+    let s = wait_for_value(
+        demo.metrics_addr,
+        "http_server_connection_closes_total",
+        &[("reason", "idle")],
+        1.0,
+    )
+    .await;
+    let routes = s.label_values("http_server_request_duration_seconds_count", "http_route");
+    assert_eq!(routes, ["/items/{id}".to_owned()].into(), "{}", s.text);
+    assert!(!s.text.contains("/healthz"), "{}", s.text);
+}
+
+#[tokio::test]
+async fn a_skipped_route_broken_off_by_its_client_is_no_break() {
+    // The skipped handler says when it runs: the metrics cannot.
+    let entered = std::sync::Arc::new(tokio::sync::Notify::new());
+    let probe_entered = entered.clone();
+    let (addr, registry) = serve_app(move |metrics| {
+        let slow = || async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "late"
+        };
+        let probe = move || async move {
+            probe_entered.notify_one();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            "late"
+        };
+        Router::new()
+            .route("/probe/{*rest}", get(probe))
+            .route("/slow", get(slow))
+            .layer(DisconnectLayer::new(metrics).skip(["/probe/{*rest}"]))
+    })
+    .await;
+    let skipped = send_raw(addr, b"GET /probe/deep HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    tokio::time::timeout(DEADLINE, entered.notified())
+        .await
+        .expect("the skipped handler runs");
+    let counted = send_raw(addr, b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    wait_for_registry_value(&registry, "http_server_active_requests", &[], 1.0).await;
+    drop(skipped);
+    drop(counted);
+    let s =
+        wait_for_registry_value(&registry, "http_server_connection_closes_total", &[], 2.0).await;
+    s.assert_value(
+        "http_server_client_disconnects_total",
+        &[("http_route", "/slow")],
+        1.0,
+    );
+    s.assert_value("http_server_client_disconnects_total", &[], 1.0);
+    assert!(!s.text.contains("/probe"), "{}", s.text);
+    assert_eq!(s.value("http_server_active_requests", &[]), 0.0);
+}

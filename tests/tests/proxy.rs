@@ -84,6 +84,15 @@ async fn start_proxy(upstream: &str, routes: &[&str], timeout: Duration) -> Runn
 }
 
 async fn start_proxy_with(upstream: &str, routes: RouteTable, timeout: Duration) -> RunningServer {
+    start_proxy_skipping(upstream, routes, timeout, Vec::new()).await
+}
+
+async fn start_proxy_skipping(
+    upstream: &str,
+    routes: RouteTable,
+    timeout: Duration,
+    skip: Vec<String>,
+) -> RunningServer {
     proxy::start(ProxyConfig {
         server: ServerConfig {
             listen: "127.0.0.1:0".into(),
@@ -97,6 +106,7 @@ async fn start_proxy_with(upstream: &str, routes: RouteTable, timeout: Duration)
         routes,
         upstream_timeout: timeout,
         grpc: None,
+        skip,
     })
     .await
     .expect("proxy starts")
@@ -665,4 +675,31 @@ async fn a_stalled_upload_is_a_408_for_the_client_not_an_upstream_timeout() {
         0.0,
     );
     s.assert_value("http_server_client_disconnects_total", &[], 0.0);
+}
+
+#[tokio::test]
+async fn skipped_routes_are_forwarded_and_in_no_metric() {
+    let upstream = PythonUpstream::start();
+    // Only the counted route is given: a skipped template is routed too.
+    let routes = RouteTable::new(["/users/{id}".to_owned()]).unwrap();
+    let proxy = start_proxy_skipping(
+        &format!("http://{}", upstream.addr),
+        routes,
+        Duration::from_secs(60),
+        vec!["/echo/{n}".to_owned()],
+    )
+    .await;
+    let mut conn = Http1Connection::open(proxy.addr).await;
+    assert_eq!(conn.request("GET", "/echo/5").await.0, 200);
+    assert_eq!(conn.request("GET", "/users/7").await.0, 200);
+    conn.close().await;
+    assert!(upstream.requested("/echo/5").await, "forwarded");
+    let duration = "http_server_request_duration_seconds_count";
+    let s = wait_for_value(proxy.metrics_addr, duration, &[], 1.0).await;
+    assert_eq!(
+        s.label_values(duration, "http_route"),
+        ["/users/{id}".to_owned()].into()
+    );
+    assert_eq!(s.value(UPSTREAM, &[]), 1.0, "nor on the upstream side");
+    assert!(!s.text.contains("/echo"), "{}", s.text);
 }

@@ -119,6 +119,11 @@ pub struct ProxyArgs {
     /// Read route templates from an OpenAPI 3 document's `paths` (YAML or JSON).
     #[arg(long, value_name = "FILE")]
     pub openapi: Option<std::path::PathBuf>,
+    /// A route template to forward but leave out of every metric, like
+    /// /healthz or /assets/{*path} (repeatable); with --grpc-descriptor also a
+    /// gRPC method, like grpc.health.v1.Health/Check.
+    #[arg(long = "skip-route", value_name = "TEMPLATE")]
+    pub skip_routes: Vec<String>,
     /// How long the upstream may take to send its response head (then 504),
     /// counted again from each piece of request body it takes.
     #[arg(long, default_value = "60s", value_parser = parse_positive_duration, value_name = "DURATION")]

@@ -134,7 +134,7 @@ async fn run(cli: Cli, registry: Registry, tracer: Option<SdkTracer>) -> ExitCod
                 }
             };
             say!(
-                "clientgone demo: serving http://{0}/hello, metrics on http://{1}/metrics",
+                "clientgone demo: serving http://{0}/hello and gRPC clientgone.demo.v1.Demo (h2c), metrics on http://{1}/metrics",
                 running.addr,
                 running.metrics_addr
             );
@@ -287,6 +287,7 @@ async fn run_proxy(
         },
     };
     let count = routes.templates().len();
+    let grpc_count = grpc.as_ref().map(clientgone::GrpcMethods::len);
     let config = ProxyConfig {
         server: ServerConfig {
             listen: args.listen,
@@ -300,6 +301,7 @@ async fn run_proxy(
         routes,
         upstream_timeout: args.upstream_timeout,
         grpc,
+        skip: args.skip_routes,
     };
     let running = match proxy::start(config).await {
         Ok(running) => running,
@@ -308,8 +310,12 @@ async fn run_proxy(
             return ExitCode::from(USAGE);
         }
     };
+    let grpc_line = match grpc_count {
+        Some(n) => format!(", {n} gRPC method{}", if n == 1 { "" } else { "s" }),
+        None => String::new(),
+    };
     say!(
-        "clientgone proxy: http://{} -> {} ({}), metrics on http://{}/metrics",
+        "clientgone proxy: http://{} -> {} ({}{grpc_line}), metrics on http://{}/metrics",
         running.addr,
         args.upstream,
         templates(count),

@@ -233,7 +233,7 @@ impl Demo {
         }
         // Keep reading, so the demo never writes into a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        // "clientgone demo: serving http://A/hello, metrics on http://B/metrics"
+        // "clientgone demo: serving http://A/hello and gRPC …, metrics on http://B/metrics"
         let addrs: Vec<SocketAddr> = line
             .split("http://")
             .skip(1)

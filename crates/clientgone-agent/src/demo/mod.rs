@@ -37,6 +37,9 @@ pub fn app(layer: DisconnectLayer) -> Router {
         .route("/stream", get(stream_chunks))
         .route("/upload", post(upload))
         .route("/items/{id}", get(item))
+        // A health check on the app's own port, left out of the metrics on
+        // purpose (`DisconnectLayer::skip`): probes are not traffic.
+        .route("/healthz", get(|| async { "ok\n" }))
         // The service's own route, not `Routes::into_axum_router`: that
         // router's fallback answers every unknown path with a gRPC
         // UNIMPLEMENTED, HTTP requests included.
@@ -44,7 +47,7 @@ pub fn app(layer: DisconnectLayer) -> Router {
             &format!("{}/{{*method}}", grpc::SERVICE_PATH),
             grpc::service(),
         )
-        .layer(layer.grpc(grpc::methods()))
+        .layer(layer.grpc(grpc::methods()).skip(["/healthz"]))
 }
 
 /// Binds both listeners and starts serving. Fails with a one-line message when

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::uri::{PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
@@ -37,10 +37,12 @@ struct Inner {
     timeout: Duration,
     /// gRPC calls are told from other requests (`--grpc-descriptor`).
     grpc: bool,
+    /// Route templates and gRPC methods left out of every metric.
+    skip: Arc<[Box<str>]>,
 }
 
 impl Forwarder {
-    pub(crate) fn new(upstream: Upstream, timeout: Duration, grpc: bool) -> Self {
+    pub(crate) fn new(upstream: Upstream, timeout: Duration, grpc: bool, skip: &[String]) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
@@ -56,6 +58,7 @@ impl Forwarder {
             upstream,
             timeout,
             grpc,
+            skip: skip.iter().map(|s| s.as_str().into()).collect(),
         }))
     }
 }
@@ -175,6 +178,16 @@ pub(crate) async fn forward(
     let method = method_label(req.method());
     let client_version = req.version();
     let grpc = f.grpc && clientgone::is_grpc_request(&req);
+    let skipped = !f.skip.is_empty() && {
+        let name = match grpc {
+            true => req.uri().path().strip_prefix('/'),
+            false => req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str),
+        };
+        name.is_some_and(|name| f.skip.iter().any(|s| **s == *name))
+    };
     // A gRPC call's own deadline bounds the wait for the upstream's head, and
     // nothing else does: a stream's first answer may rightly take long.
     let head_timeout = match grpc {
@@ -192,6 +205,15 @@ pub(crate) async fn forward(
             );
         }
     };
+    // `TE` is hop-by-hop, but a client that takes trailers (every gRPC
+    // client) wants the hop after us to send them, and gRPC servers refuse
+    // a call without `te: trailers`: this proxy passes trailers both ways.
+    let wants_trailers = parts.headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -199,9 +221,9 @@ pub(crate) async fn forward(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     strip_hop_by_hop(&mut parts.headers);
-    if grpc {
-        // `TE` is hop-by-hop, but gRPC servers want `te: trailers` from the
-        // hop before them; this one passes trailers both ways.
+    // On HTTP/2 only (where gRPC lives): over HTTP/1.1 `TE` would need its
+    // own `Connection: TE`, and no HTTP/1.1 client of ours relies on it.
+    if grpc || (wants_trailers && f.upstream.h2c) {
         parts
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
@@ -237,7 +259,7 @@ pub(crate) async fn forward(
     let mut request = http::Request::from_parts(parts, body);
     let connection = (!f.upstream.h2c).then(|| capture_connection(&mut request));
     let http1_client = client.as_ref().filter(|_| client_version < Version::HTTP_2);
-    let mut guard = route.start(method);
+    let mut guard = route.start(method, skipped);
     let in_flight = InFlight::new(f.client.request(request), connection, http1_client, &side);
     let result = tokio::select! {
         biased;

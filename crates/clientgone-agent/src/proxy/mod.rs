@@ -90,6 +90,9 @@ pub struct ProxyConfig {
     /// The upstream's gRPC methods (`--grpc-descriptor`): gRPC calls are then
     /// counted as calls, and answered the gRPC way when the upstream fails.
     pub grpc: Option<GrpcMethods>,
+    /// Route templates (in `routes` too) and gRPC methods forwarded but left
+    /// out of every metric (`--skip-route`).
+    pub skip: Vec<String>,
 }
 
 /// The proxy's router: every template forwards, and so does the fallback (counted
@@ -100,13 +103,15 @@ pub fn app(
     upstream: Upstream,
     timeout: Duration,
     grpc: Option<GrpcMethods>,
+    skip: Vec<String>,
     layer: DisconnectLayer,
 ) -> Router {
-    let forwarder = Forwarder::new(upstream, timeout, grpc.is_some());
+    let forwarder = Forwarder::new(upstream, timeout, grpc.is_some(), &skip);
     let layer = match grpc {
         Some(methods) => layer.grpc(methods),
         None => layer,
-    };
+    }
+    .skip(skip);
     // Each route's handler carries its route's upstream metrics.
     let handler = |route: Arc<UpstreamRoute>| {
         move |state: State<Forwarder>, req: Request| forward(state, route.clone(), req)
@@ -135,7 +140,23 @@ pub async fn start(config: ProxyConfig) -> Result<RunningServer, StartError> {
         routes,
         upstream_timeout,
         grpc,
+        skip,
     } = config;
+    // A skipped template is a route too, so its requests match it; a name
+    // without a leading '/' is a gRPC method.
+    let (templates, methods): (Vec<&String>, Vec<&String>) =
+        skip.iter().partition(|s| s.starts_with('/'));
+    if let Some(method) = methods.first()
+        && grpc.is_none()
+    {
+        return Err(StartError(format!(
+            "--skip-route {method}: a route template starts with '/' \
+             (a gRPC method like pkg.Service/Method needs --grpc-descriptor)"
+        )));
+    }
+    let routes = RouteTable::new(templates.into_iter().cloned())
+        .and_then(|templates| routes.merge(templates))
+        .map_err(|e| StartError(format!("--skip-route: {e}")))?;
     server::start(server, move |layer| {
         app(
             &routes,
@@ -143,6 +164,7 @@ pub async fn start(config: ProxyConfig) -> Result<RunningServer, StartError> {
             upstream,
             upstream_timeout,
             grpc,
+            skip,
             layer,
         )
     })

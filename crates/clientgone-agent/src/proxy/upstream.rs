@@ -90,14 +90,15 @@ struct Child {
 }
 
 impl UpstreamRoute {
-    /// Starts timing one upstream request.
-    pub(crate) fn start(self: &Arc<Self>, method: &'static str) -> UpstreamGuard {
+    /// Starts timing one upstream request; `skipped` (a route or method
+    /// left out on purpose, `--skip-route`) records nothing.
+    pub(crate) fn start(self: &Arc<Self>, method: &'static str, skipped: bool) -> UpstreamGuard {
         UpstreamGuard {
             route: Arc::clone(self),
             method,
             status: None,
             start: Instant::now(),
-            ended: false,
+            ended: skipped,
         }
     }
 

@@ -109,6 +109,9 @@ async fn deadline(addr: SocketAddr, patience: Duration) -> Result<(), Failure> {
     framed.extend(message);
     body.send_data(framed.into(), true)
         .map_err(|e| format!("h2 body: {e}"))?;
+    // Every handle of the connection goes with the call, so the driver
+    // closes it as soon as the answer is in.
+    drop(body);
     let status = tokio::time::timeout(ANSWER_WITHIN, async move {
         let response = response.await.map_err(|e| format!("h2 response: {e}"))?;
         if let Some(status) = clientgone::GrpcStatus::from_headers(response.headers()) {

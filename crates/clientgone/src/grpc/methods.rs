@@ -132,8 +132,13 @@ impl GrpcMethods {
     #[cfg_attr(docsrs, doc(cfg(feature = "grpc")))]
     pub fn from_file_descriptor_set(bytes: &[u8]) -> Result<Self, GrpcMethodsError> {
         use prost::Message;
-        let set = prost_types::FileDescriptorSet::decode(bytes)
-            .map_err(|e| GrpcMethodsError(format!("not a protobuf FileDescriptorSet: {e}")))?;
+        let set = prost_types::FileDescriptorSet::decode(bytes).map_err(|e| {
+            GrpcMethodsError(format!(
+                "not a protobuf FileDescriptorSet ({e}); a .proto source is compiled into one \
+                     with `protoc --include_imports --descriptor_set_out=FILE`, \
+                     `python3 -m grpc_tools.protoc` (same flags) or `buf build -o FILE`"
+            ))
+        })?;
         let mut methods = GrpcMethods::new();
         for file in &set.file {
             let package = file.package();

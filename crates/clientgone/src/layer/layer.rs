@@ -33,6 +33,7 @@ pub struct DisconnectLayer {
     metrics: Metrics,
     tracer: Option<SharedTracer>,
     grpc: Option<Arc<GrpcMethods>>,
+    skip: Arc<[Box<str>]>,
 }
 
 impl std::fmt::Debug for DisconnectLayer {
@@ -41,6 +42,7 @@ impl std::fmt::Debug for DisconnectLayer {
             .field("metrics", &self.metrics)
             .field("traced", &self.tracer.is_some())
             .field("grpc_methods", &self.grpc.as_ref().map(|m| m.len()))
+            .field("skip", &self.skip)
             .finish()
     }
 }
@@ -52,7 +54,37 @@ impl DisconnectLayer {
             metrics,
             tracer: None,
             grpc: None,
+            skip: Arc::new([]),
         }
+    }
+
+    /// Leaves requests of these route templates (`/healthz`, `/metrics`,
+    /// `/assets/{*path}`) — or, in gRPC mode, these methods
+    /// (`grpc.health.v1.Health/Check`) — out on purpose: they pass through
+    /// untouched and are in no metric (not in the duration histogram, not in
+    /// flight, never a break) and get no span. A template is the one the
+    /// route was added with; [`ClientGone`](crate::ClientGone) is not
+    /// available in their handlers.
+    ///
+    /// ```
+    /// use axum::{routing::get, Router};
+    /// use clientgone::{DisconnectLayer, Metrics};
+    ///
+    /// let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+    /// let app: Router = Router::new()
+    ///     .route("/healthz", get(|| async { "ok" }))
+    ///     .route("/users/{id}", get(|| async { "user" }))
+    ///     .layer(DisconnectLayer::new(metrics).skip(["/healthz"]));
+    /// ```
+    pub fn skip<I>(mut self, names: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        let mut all: Vec<Box<str>> = self.skip.iter().cloned().collect();
+        all.extend(names.into_iter().map(|n| n.into().into_boxed_str()));
+        self.skip = all.into();
+        self
     }
 
     /// Counts gRPC calls as calls: a request whose `content-type` is
@@ -133,6 +165,7 @@ impl<S> Layer<S> for DisconnectLayer {
             self.metrics.clone(),
             self.tracer.clone(),
             self.grpc.clone(),
+            Arc::clone(&self.skip),
         )
     }
 }

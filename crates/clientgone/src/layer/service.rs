@@ -42,9 +42,29 @@ struct ServiceShared {
     /// (a lock and a string hash) on the hot path. A service that sees other
     /// templates still finds them there.
     route: OnceLock<Arc<RouteMetrics>>,
+    /// Route templates and gRPC methods left out on purpose.
+    skip: Arc<[Box<str>]>,
+    /// Whether the first route this service saw is skipped (as `route`: one
+    /// comparison per request, not a scan of `skip`).
+    first_skipped: OnceLock<(Box<str>, bool)>,
 }
 
 impl ServiceShared {
+    /// Whether requests of this route template (or gRPC method) are left out.
+    fn skipped(&self, name: &str) -> bool {
+        if self.skip.is_empty() {
+            return false;
+        }
+        if let Some((first, skip)) = self.first_skipped.get()
+            && **first == *name
+        {
+            return *skip;
+        }
+        let skip = self.skip.iter().any(|s| **s == *name);
+        let _ = self.first_skipped.set((name.into(), skip));
+        skip
+    }
+
     fn route(&self, template: &str) -> Arc<RouteMetrics> {
         if let Some(route) = self.route.get()
             && route.route() == template
@@ -111,6 +131,7 @@ impl<S> DisconnectService<S> {
         metrics: Metrics,
         tracer: Option<SharedTracer>,
         grpc: Option<Arc<GrpcMethods>>,
+        skip: Arc<[Box<str>]>,
     ) -> Self {
         DisconnectService {
             inner,
@@ -119,6 +140,8 @@ impl<S> DisconnectService<S> {
                 tracer,
                 grpc: grpc.map(GrpcTable::new),
                 route: OnceLock::new(),
+                skip,
+                first_skipped: OnceLock::new(),
             }),
         }
     }
@@ -172,6 +195,18 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if !self.shared.skip.is_empty() {
+            let name = match self.shared.grpc.is_some() && is_grpc_request(&req) {
+                true => req.uri().path().strip_prefix('/'),
+                false => req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str),
+            };
+            if name.is_some_and(|name| self.shared.skipped(name)) {
+                return ResponseFuture::untracked(self.inner.call(req.map(AxumBody::new)));
+            }
+        }
         let start = Instant::now();
         // The request's shared state, and its handle for `ClientGone` in the
         // request's own connection info (one lookup of it; an extension of
