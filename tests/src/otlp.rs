@@ -195,3 +195,186 @@ pub fn closed_port_endpoint() -> String {
     drop(listener);
     endpoint
 }
+
+/// What an OTLP metrics receiver got: every export request, in order.
+pub struct ReceivedMetrics(
+    mpsc::UnboundedReceiver<
+        opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+    >,
+);
+
+/// One data point, flattened: the metric's name, its attributes as text
+/// (sorted), and its value — a counter's or gauge's number, a histogram's
+/// count, sum and per-bucket counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    /// The OpenTelemetry metric name.
+    pub metric: String,
+    /// `key=value`, sorted by key.
+    pub attributes: Vec<String>,
+    /// Number points: the value; histograms: `[count, sum, buckets…]`.
+    pub values: Vec<f64>,
+}
+
+impl ReceivedMetrics {
+    /// Waits (up to `within`) for an export whose points satisfy `pred`;
+    /// returns those points.
+    pub async fn wait_for(
+        &mut self,
+        within: Duration,
+        pred: impl Fn(&[Point]) -> bool,
+    ) -> Option<Vec<Point>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let request = tokio::time::timeout_at(deadline, self.0.recv())
+                .await
+                .ok()??;
+            let points = flatten_metrics(&request);
+            if pred(&points) {
+                return Some(points);
+            }
+        }
+    }
+}
+
+fn text(v: &Option<AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn flatten_metrics(
+    request: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+) -> Vec<Point> {
+    use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
+    let mut points = Vec::new();
+    let attrs = |kvs: &[KeyValue]| {
+        let mut a: Vec<String> = kvs
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, text(&kv.value)))
+            .collect();
+        a.sort();
+        a
+    };
+    for r in &request.resource_metrics {
+        for s in &r.scope_metrics {
+            for m in &s.metrics {
+                match &m.data {
+                    Some(Data::Sum(sum)) => {
+                        for p in &sum.data_points {
+                            let v = match p.value {
+                                Some(number_data_point::Value::AsInt(i)) => i as f64,
+                                Some(number_data_point::Value::AsDouble(d)) => d,
+                                None => f64::NAN,
+                            };
+                            points.push(Point {
+                                metric: m.name.clone(),
+                                attributes: attrs(&p.attributes),
+                                values: vec![v],
+                            });
+                        }
+                    }
+                    Some(Data::Histogram(h)) => {
+                        for p in &h.data_points {
+                            let mut values = vec![p.count as f64, p.sum.unwrap_or(f64::NAN)];
+                            values.extend(p.bucket_counts.iter().map(|c| *c as f64));
+                            points.push(Point {
+                                metric: m.name.clone(),
+                                attributes: attrs(&p.attributes),
+                                values,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    points.sort_by(|a, b| (&a.metric, &a.attributes).cmp(&(&b.metric, &b.attributes)));
+    points
+}
+
+struct MetricsSink(
+    mpsc::UnboundedSender<
+        opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+    >,
+);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService
+    for MetricsSink
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// An OTLP/gRPC metrics receiver on loopback; returns its endpoint.
+pub async fn grpc_metrics_receiver() -> (String, ReceivedMetrics) {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(MetricsSink(tx)))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (endpoint, ReceivedMetrics(rx))
+}
+
+/// An OTLP/HTTP (protobuf) metrics receiver on loopback; returns its full URL.
+pub async fn http_metrics_receiver() -> (String, ReceivedMetrics) {
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use opentelemetry_proto::tonic::collector::metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    };
+    use prost::Message as _;
+
+    async fn export(
+        State(tx): State<mpsc::UnboundedSender<ExportMetricsServiceRequest>>,
+        headers: axum::http::HeaderMap,
+        body: axum::body::Bytes,
+    ) -> (StatusCode, Vec<u8>) {
+        if headers.get("content-type").and_then(|v| v.to_str().ok())
+            != Some("application/x-protobuf")
+        {
+            return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new());
+        }
+        match ExportMetricsServiceRequest::decode(body) {
+            Ok(request) => {
+                let _ = tx.send(request);
+                (
+                    StatusCode::OK,
+                    ExportMetricsServiceResponse::default().encode_to_vec(),
+                )
+            }
+            Err(_) => (StatusCode::BAD_REQUEST, Vec::new()),
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new()
+        .route("/v1/metrics", axum::routing::post(export))
+        .with_state(tx);
+    tokio::spawn(axum::serve(listener, app).into_future());
+    (format!("http://{addr}/v1/metrics"), ReceivedMetrics(rx))
+}

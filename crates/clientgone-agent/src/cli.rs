@@ -209,6 +209,12 @@ them). Honoured variables:
   OTEL_TRACES_EXPORTER (otlp | none). A malformed value stops the start (exit 2).
   Endpoints are http:// (this build has no TLS).
 
+Metrics are pushed over OTLP too (beside /metrics) with OTEL_METRICS_EXPORTER=otlp:
+  OTEL_EXPORTER_OTLP_METRICS_ENDPOINT (else OTEL_EXPORTER_OTLP_ENDPOINT, else
+  localhost), OTEL_EXPORTER_OTLP_METRICS_PROTOCOL (else OTEL_EXPORTER_OTLP_PROTOCOL),
+  OTEL_METRIC_EXPORT_INTERVAL (ms, default 60000), OTEL_METRIC_EXPORT_TIMEOUT (ms,
+  default 30000). Cumulative, under the OpenTelemetry names (http.server.request.duration, …).
+
 TOKIO_WORKER_THREADS sets the number of worker threads (default: the CPUs this
 process may use); with one, the runtime is single-threaded.";
 

@@ -11,7 +11,7 @@ use clientgone_agent::proxy::{self, ProxyConfig, RouteTable, Upstream};
 use clientgone_agent::server::{RunningServer, ServerConfig};
 use clientgone_agent::traffic::{self, TrafficConfig};
 use clientgone_agent::watch::{self, WatchConfig};
-use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline};
+use clientgone_exporter::otlp::{MetricsConfig, OtlpConfig, OtlpMetrics, OtlpPipeline};
 use opentelemetry_sdk::trace::SdkTracer;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +58,14 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
+    // Metrics pushed over OTLP: only by the commands that serve metrics.
+    let push = match MetricsConfig::from_env() {
+        Ok(config) => config.filter(|_| !matches!(cli.command, Command::Traffic(_))),
+        Err(e) => {
+            say!("clientgone: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
     let runtime = match clientgone_agent::runtime::build() {
         Ok(rt) => rt,
         Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
@@ -86,6 +94,22 @@ fn main() -> ExitCode {
         }
         None => None,
     };
+    let push = match push.map(|c| {
+        let line = c.describe();
+        runtime
+            .block_on(async { OtlpMetrics::start(c, &registry) })
+            .map(|p| (p, line))
+    }) {
+        Some(Ok((push, line))) => {
+            say!("clientgone: {line}");
+            Some(push)
+        }
+        Some(Err(e)) => {
+            say!("clientgone: {e}");
+            return ExitCode::from(USAGE);
+        }
+        None => None,
+    };
     let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(
@@ -99,6 +123,13 @@ fn main() -> ExitCode {
 
     let tracer = pipeline.as_ref().map(OtlpPipeline::tracer);
     let code = runtime.block_on(run(cli, registry, tracer));
+    if let Some(push) = push {
+        // One last export, so the final counts reach the collector.
+        let pushed = runtime.block_on(tokio::time::timeout(FLUSH_TIMEOUT, push.shutdown()));
+        if pushed.is_err() {
+            say!("clientgone: the last metrics export did not finish in {FLUSH_TIMEOUT:?}");
+        }
+    }
     if let Some(pipeline) = pipeline {
         // The flush blocks until the exports it waits for have run on the
         // runtime: it waits on a blocking thread while this one drives the

@@ -67,6 +67,11 @@ pub const HONOURED_VARIABLES: &[&str] = &[
     "OTEL_BSP_MAX_QUEUE_SIZE",
     "OTEL_BSP_SCHEDULE_DELAY",
     "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_METRIC_EXPORT_INTERVAL",
+    "OTEL_METRIC_EXPORT_TIMEOUT",
 ];
 
 /// A variable with a value we cannot use.
@@ -280,6 +285,89 @@ impl OtlpConfig {
     }
 }
 
+/// [`MetricsConfig::from_env`](super::MetricsConfig::from_env) over any lookup.
+pub(crate) fn metrics_from_lookup(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Option<super::MetricsConfig>, ConfigError> {
+    let get = |key: &str| {
+        lookup(key)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    match get("OTEL_METRICS_EXPORTER").as_deref() {
+        // The spec's default is otlp; ours is none: `/metrics` is always
+        // there, and pushing is asked for.
+        None | Some("none") | Some("prometheus") => return Ok(None),
+        Some("otlp") => {}
+        Some(other) => {
+            return Err(ConfigError {
+                variable: "OTEL_METRICS_EXPORTER",
+                message: format!("'{other}' is not supported; use otlp or none"),
+            });
+        }
+    }
+    let (variable, protocol) = match get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") {
+        Some(p) => ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", Some(p)),
+        None => (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            get("OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ),
+    };
+    let protocol = match protocol.as_deref() {
+        None | Some("grpc") => OtlpProtocol::Grpc,
+        Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+        Some(other) => {
+            return Err(ConfigError {
+                variable,
+                message: format!("'{other}' is not supported; use grpc or http/protobuf"),
+            });
+        }
+    };
+    let endpoint = match (
+        get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
+        get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+    ) {
+        (Some(e), _) => {
+            check_endpoint(&e).map_err(|message| ConfigError {
+                variable: "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                message,
+            })?;
+            e
+        }
+        (None, Some(base)) => {
+            check_endpoint(&base).map_err(|message| ConfigError {
+                variable: "OTEL_EXPORTER_OTLP_ENDPOINT",
+                message,
+            })?;
+            match protocol {
+                OtlpProtocol::Grpc => base,
+                _ => format!("{}/v1/metrics", base.trim_end_matches('/')),
+            }
+        }
+        (None, None) => match protocol {
+            OtlpProtocol::Grpc => "http://localhost:4317".to_owned(),
+            _ => "http://localhost:4318/v1/metrics".to_owned(),
+        },
+    };
+    let ms = |variable: &'static str, default: u64| -> Result<Duration, ConfigError> {
+        match get(variable) {
+            Some(v) => whole_number(variable, &v, 1..=u64::from(u32::MAX))
+                .map(|n| Duration::from_millis(n as u64)),
+            None => Ok(Duration::from_millis(default)),
+        }
+    };
+    let mut config = super::MetricsConfig::new(
+        protocol,
+        endpoint,
+        ms("OTEL_METRIC_EXPORT_INTERVAL", 60_000)?,
+    );
+    config.timeout = ms("OTEL_METRIC_EXPORT_TIMEOUT", 30_000)?;
+    Ok(Some(config))
+}
+
 /// The largest span queue accepted (about 370 MB of slots, allocated at start).
 const MAX_QUEUE: u64 = 1_000_000;
 
@@ -388,6 +476,104 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    fn metrics(vars: &[(&str, &str)]) -> Result<Option<crate::otlp::MetricsConfig>, ConfigError> {
+        let vars: std::collections::HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        metrics_from_lookup(|k| vars.get(k).cloned())
+    }
+
+    #[test]
+    fn metrics_are_pushed_only_when_asked_for() {
+        assert_eq!(metrics(&[]), Ok(None));
+        assert_eq!(
+            metrics(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")]),
+            Ok(None)
+        );
+        assert_eq!(metrics(&[("OTEL_METRICS_EXPORTER", "none")]), Ok(None));
+        assert_eq!(
+            metrics(&[
+                ("OTEL_METRICS_EXPORTER", "otlp"),
+                ("OTEL_SDK_DISABLED", "true")
+            ]),
+            Ok(None)
+        );
+        let c = metrics(&[("OTEL_METRICS_EXPORTER", "otlp")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (c.protocol, c.endpoint.as_str()),
+            (OtlpProtocol::Grpc, "http://localhost:4317")
+        );
+        assert_eq!(
+            (c.interval, c.timeout),
+            (Duration::from_secs(60), Duration::from_secs(30))
+        );
+        let c = metrics(&[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.endpoint, "http://c:4318/v1/metrics");
+        assert_eq!(c.interval, Duration::from_millis(500));
+        let c = metrics(&[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4317"),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                "http://only-metrics:4317",
+            ),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.endpoint, "http://only-metrics:4317");
+    }
+
+    #[test]
+    fn bad_metrics_variables_name_themselves() {
+        for (vars, variable) in [
+            (
+                vec![("OTEL_METRICS_EXPORTER", "console")],
+                "OTEL_METRICS_EXPORTER",
+            ),
+            (
+                vec![
+                    ("OTEL_METRICS_EXPORTER", "otlp"),
+                    ("OTEL_METRIC_EXPORT_INTERVAL", "soon"),
+                ],
+                "OTEL_METRIC_EXPORT_INTERVAL",
+            ),
+            (
+                vec![
+                    ("OTEL_METRICS_EXPORTER", "otlp"),
+                    ("OTEL_METRIC_EXPORT_INTERVAL", "0"),
+                ],
+                "OTEL_METRIC_EXPORT_INTERVAL",
+            ),
+            (
+                vec![
+                    ("OTEL_METRICS_EXPORTER", "otlp"),
+                    ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "json"),
+                ],
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+            ),
+            (
+                vec![
+                    ("OTEL_METRICS_EXPORTER", "otlp"),
+                    ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "https://c"),
+                ],
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            ),
+        ] {
+            let err = metrics(&vars).unwrap_err();
+            assert!(err.to_string().starts_with(variable), "{vars:?}: {err}");
+        }
+    }
+
     use super::*;
     use std::collections::HashMap;
 

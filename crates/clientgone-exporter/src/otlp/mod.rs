@@ -26,6 +26,7 @@
 
 mod config;
 mod exporter;
+mod metrics;
 mod sampler;
 mod stats;
 
@@ -47,6 +48,7 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 
 pub use config::{ConfigError, HONOURED_VARIABLES, OtlpConfig, OtlpProtocol};
+pub use metrics::{MetricsConfig, OtlpMetrics};
 pub use stats::OtlpStats;
 
 use exporter::RuntimeExporter;
@@ -54,7 +56,7 @@ use sampler::{KeepBreaks, RatioOrRecord};
 
 /// Why the pipeline could not start.
 #[derive(Debug)]
-pub struct StartError(String);
+pub struct StartError(pub(crate) String);
 
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -203,23 +205,26 @@ fn build_exporter(
 /// `OTEL_RESOURCE_ATTRIBUTES`, else `clientgone` (the spec's order, which the
 /// SDK's resource builder does not follow by itself).
 fn resource(config: &OtlpConfig) -> Resource {
-    let name = config.service_name.clone().or_else(|| {
+    Resource::builder()
+        .with_service_name(service_name(config.service_name.clone()))
+        .build()
+}
+
+/// `service.name`: `configured`, else `OTEL_SERVICE_NAME`, else
+/// `OTEL_RESOURCE_ATTRIBUTES`, else `clientgone` (the spec's order).
+pub(crate) fn service_name(configured: Option<String>) -> String {
+    let name = configured.or_else(|| {
         std::env::var("OTEL_SERVICE_NAME")
             .ok()
             .filter(|n| !n.trim().is_empty())
     });
-    match name {
-        Some(name) => Resource::builder().with_service_name(name).build(),
-        None => {
-            let detected = Resource::builder().build();
-            let named = detected
-                .get(&opentelemetry::Key::from_static_str("service.name"))
-                .is_some_and(|v| !v.as_str().starts_with("unknown_service"));
-            if named {
-                detected
-            } else {
-                Resource::builder().with_service_name("clientgone").build()
-            }
-        }
+    if let Some(name) = name {
+        return name;
     }
+    let detected = Resource::builder().build();
+    detected
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .map(|v| v.as_str().into_owned())
+        .filter(|v| !v.starts_with("unknown_service"))
+        .unwrap_or_else(|| "clientgone".to_owned())
 }
