@@ -30,59 +30,74 @@ def report(event, method):
         print(json.dumps({"event": event, "method": method, "at": time.monotonic()}), flush=True)
 
 
+def watch(context, method):
+    """Reports the call's start now, and its cancel from grpcio's termination
+    callback: a streaming handler suspended at `yield` is never resumed after
+    a cancel, so only the callback is sure to see it. Returns an event set
+    when the call ends, and `done()` for the handler to call when it finished."""
+    report("start", method)
+    state = {"done": False}
+    ended = threading.Event()
+
+    def on_end():
+        ended.set()
+        if not state["done"]:
+            report("cancelled", method)
+
+    context.add_callback(on_end)
+
+    def done():
+        state["done"] = True
+        report("done", method)
+
+    return ended, done
+
+
 def wait(request, context):
-    report("start", "Wait")
+    ended, done = watch(context, "Wait")
     delay = decode(request).get(1, 0) or 5000
     if delay > 3_600_000:
+        done()
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "delay_ms must be at most 3600000")
-    ended = threading.Event()
-    context.add_callback(ended.set)
     if ended.wait(delay / 1000):
-        report("cancelled", "Wait")
         return b""
-    report("done", "Wait")
+    done()
     return encode([(1, b"Hello, World!")])
 
 
 def ticks(request, context):
-    report("start", "Ticks")
+    ended, done = watch(context, "Ticks")
     fields = decode(request)
     count, interval = fields.get(1, 0) or 10, fields.get(2, 0) or 500
-    ended = threading.Event()
-    context.add_callback(ended.set)
     for n in range(count):
         if n and ended.wait(interval / 1000):
-            report("cancelled", "Ticks")
             return
         yield encode([(1, n)])
-    report("done", "Ticks")
+    done()
 
 
 def upload(request_iterator, context):
-    report("start", "Upload")
+    ended, done = watch(context, "Upload")
     total = 0
     try:
         for chunk in request_iterator:
             total += len(decode(chunk).get(1, ""))
     except grpc.RpcError:
-        report("cancelled", "Upload")
         return b""
-    if not context.is_active():
-        report("cancelled", "Upload")
+    if ended.is_set():
         return b""
-    report("done", "Upload")
+    done()
     return encode([(1, total)])
 
 
 def echo(request_iterator, context):
-    report("start", "Echo")
+    ended, done = watch(context, "Echo")
     try:
         for chunk in request_iterator:
             yield chunk
     except grpc.RpcError:
-        report("cancelled", "Echo")
         return
-    report("done", "Echo")
+    done()
 
 
 def main():
