@@ -20,7 +20,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// With `--features mimalloc`: faster allocation for the proxy, at more
-/// memory per idle connection (BENCHMARKS.md, session 5).
+/// memory per idle connection (BENCHMARKS.md, *What each optimisation was worth*, commit 43bf993).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

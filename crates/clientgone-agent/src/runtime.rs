@@ -8,7 +8,7 @@ use std::num::NonZeroUsize;
 ///
 /// On one CPU a multi-thread runtime has a single worker anyway, and still pays
 /// for cross-thread wake-ups and queues; the proxy on one core spent about a
-/// quarter more CPU per request with it (BENCHMARKS.md, session 3). Blocking
+/// quarter more CPU per request with it (BENCHMARKS.md, *What each optimisation was worth*, commit f3c1f55). Blocking
 /// work (`/metrics` rendering) still goes to tokio's blocking pool, and the
 /// trace exporter's thread spawns onto the runtime as before — the caller must
 /// keep the runtime driven (`block_on`) while spans are flushed.
