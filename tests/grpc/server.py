@@ -35,7 +35,6 @@ def watch(context, method):
     callback: a streaming handler suspended at `yield` is never resumed after
     a cancel, so only the callback is sure to see it. Returns an event set
     when the call ends, and `done()` for the handler to call when it finished."""
-    report("start", method)
     state = {"done": False}
     ended = threading.Event()
 
@@ -44,7 +43,11 @@ def watch(context, method):
         if not state["done"]:
             report("cancelled", method)
 
-    context.add_callback(on_end)
+    # Registered before "start" is reported (a test cancels on it); a call
+    # that already ended takes no callback, and says so.
+    if not context.add_callback(on_end):
+        on_end()
+    report("start", method)
 
     def done():
         state["done"] = True

@@ -264,7 +264,7 @@ pub(crate) async fn forward(
     let result = tokio::select! {
         biased;
         result = in_flight => Ok(result),
-        () = upstream_deadline(&side, head_timeout) => Err(()),
+        () = upstream_deadline(&side, head_timeout, !grpc) => Err(()),
     };
     match result {
         // A gRPC client reads its status, never an HTTP error page: the
@@ -358,11 +358,15 @@ fn grpc_error(status: GrpcStatus, message: &str) -> Response {
 /// Resolves when the upstream has had `timeout` to answer: counted from the
 /// request's start, and again from each piece of its body the upstream takes
 /// — an upload that keeps flowing is not the upstream being slow, however
-/// long it takes. Never without a timeout.
-async fn upstream_deadline(side: &ClientSide, timeout: Option<Duration>) {
+/// long it takes — unless `restart` is false (a gRPC call's deadline is fixed
+/// from its start). Never without a timeout.
+async fn upstream_deadline(side: &ClientSide, timeout: Option<Duration>, restart: bool) {
     let Some(timeout) = timeout else {
         return std::future::pending().await;
     };
+    if !restart {
+        return tokio::time::sleep(timeout).await;
+    }
     loop {
         tokio::select! {
             () = tokio::time::sleep(timeout) => return,

@@ -72,6 +72,7 @@ pub const HONOURED_VARIABLES: &[&str] = &[
     "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
     "OTEL_METRIC_EXPORT_INTERVAL",
     "OTEL_METRIC_EXPORT_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
 ];
 
 /// A variable with a value we cannot use.
@@ -365,6 +366,24 @@ pub(crate) fn metrics_from_lookup(
         ms("OTEL_METRIC_EXPORT_INTERVAL", 60_000)?,
     );
     config.timeout = ms("OTEL_METRIC_EXPORT_TIMEOUT", 30_000)?;
+    let (variable, list) = match get("OTEL_EXPORTER_OTLP_METRICS_HEADERS") {
+        Some(list) => ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", list),
+        None => (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            get("OTEL_EXPORTER_OTLP_HEADERS").unwrap_or_default(),
+        ),
+    };
+    for item in list.split(',').filter(|i| !i.trim().is_empty()) {
+        let Some((key, value)) = item.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
+            return Err(ConfigError {
+                variable,
+                message: format!("'{item}' is not key=value (write key1=value1,key2=value2)"),
+            });
+        };
+        config
+            .headers
+            .push((key.trim().to_owned(), value.trim().to_owned()));
+    }
     Ok(Some(config))
 }
 
@@ -531,6 +550,29 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(c.endpoint, "http://only-metrics:4317");
+        let c = metrics(&[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "api-key=secret, x-team = shop",
+            ),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.headers,
+            [
+                ("api-key".to_owned(), "secret".to_owned()),
+                ("x-team".to_owned(), "shop".to_owned())
+            ]
+        );
+        assert!(
+            metrics(&[
+                ("OTEL_METRICS_EXPORTER", "otlp"),
+                ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "novalue")
+            ])
+            .is_err()
+        );
     }
 
     #[test]

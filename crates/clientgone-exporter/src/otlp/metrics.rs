@@ -57,6 +57,9 @@ pub struct MetricsConfig {
     pub timeout: Duration,
     /// `service.name`; `None`: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, or `clientgone`.
     pub service_name: Option<String>,
+    /// Headers sent with every export, such as a collector's API key
+    /// (`OTEL_EXPORTER_OTLP_METRICS_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl MetricsConfig {
@@ -66,9 +69,11 @@ impl MetricsConfig {
         MetricsConfig {
             protocol,
             endpoint: endpoint.into(),
-            interval,
+            // A timer of no period is no timer (tokio's interval refuses it).
+            interval: interval.max(Duration::from_millis(1)),
             timeout: Duration::from_secs(30),
             service_name: None,
+            headers: Vec::new(),
         }
     }
 
@@ -146,15 +151,21 @@ impl OtlpMetrics {
     }
 }
 
+// Boxed: both are large, and there is one transport.
 enum Transport {
-    Grpc(MetricsServiceClient<tonic::transport::Channel>),
-    // Boxed: the HTTP client is the larger by far, and there is one transport.
+    Grpc(Box<GrpcTransport>),
     Http(Box<HttpTransport>),
+}
+
+struct GrpcTransport {
+    client: MetricsServiceClient<tonic::transport::Channel>,
+    metadata: tonic::metadata::MetadataMap,
 }
 
 struct HttpTransport {
     client: Client<HttpConnector, Full<Bytes>>,
     uri: http::Uri,
+    headers: http::HeaderMap,
 }
 
 impl Transport {
@@ -169,32 +180,67 @@ impl Transport {
                     .connect_timeout(config.timeout)
                     .timeout(config.timeout)
                     .connect_lazy();
-                Transport::Grpc(MetricsServiceClient::new(channel))
+                let mut metadata = tonic::metadata::MetadataMap::new();
+                for (key, value) in &config.headers {
+                    let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes())
+                        .map_err(|e| bad(&format!("header '{key}': {e}")))?;
+                    let value = value
+                        .parse()
+                        .map_err(|e| bad(&format!("header value of '{key}': {e}")))?;
+                    metadata.insert(key, value);
+                }
+                Transport::Grpc(Box::new(GrpcTransport {
+                    client: MetricsServiceClient::new(channel),
+                    metadata,
+                }))
             }
             _ => {
                 let uri = config.endpoint.parse().map_err(|e| bad(&e))?;
                 let mut connector = HttpConnector::new();
                 connector.set_connect_timeout(Some(config.timeout));
                 let client = Client::builder(TokioExecutor::new()).build(connector);
-                Transport::Http(Box::new(HttpTransport { client, uri }))
+                let mut headers = http::HeaderMap::new();
+                for (key, value) in &config.headers {
+                    let name = http::HeaderName::from_bytes(key.as_bytes())
+                        .map_err(|e| bad(&format!("header '{key}': {e}")))?;
+                    let value = http::HeaderValue::from_str(value)
+                        .map_err(|e| bad(&format!("header value of '{key}': {e}")))?;
+                    headers.insert(name, value);
+                }
+                Transport::Http(Box::new(HttpTransport {
+                    client,
+                    uri,
+                    headers,
+                }))
             }
         })
     }
 
     async fn export(&mut self, request: ExportMetricsServiceRequest) -> Result<(), String> {
         match self {
-            Transport::Grpc(client) => client
-                .export(request)
-                .await
-                .map(drop)
-                .map_err(|s| format!("{}: {}", s.code(), s.message())),
+            Transport::Grpc(grpc) => {
+                let GrpcTransport { client, metadata } = &mut **grpc;
+                let mut request = tonic::Request::new(request);
+                *request.metadata_mut() = metadata.clone();
+                client
+                    .export(request)
+                    .await
+                    .map(drop)
+                    .map_err(|s| format!("{}: {}", s.code(), s.message()))
+            }
             Transport::Http(http) => {
-                let HttpTransport { client, uri } = &**http;
+                let HttpTransport {
+                    client,
+                    uri,
+                    headers,
+                } = &**http;
                 let body = Full::new(Bytes::from(request.encode_to_vec()));
-                let req = http::Request::post(uri.clone())
+                let mut req = http::Request::post(uri.clone())
                     .header(http::header::CONTENT_TYPE, "application/x-protobuf")
                     .body(body)
                     .map_err(|e| e.to_string())?;
+                req.headers_mut()
+                    .extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
                 let response = client.request(req).await.map_err(|e| e.to_string())?;
                 match response.status() {
                     s if s.is_success() => Ok(()),
@@ -224,7 +270,7 @@ async fn run(
 ) {
     let start = now_ns();
     let mut last_log: Option<std::time::Instant> = None;
-    let mut tick = tokio::time::interval(config.interval);
+    let mut tick = tokio::time::interval(config.interval.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is at once: wait one interval first
     loop {

@@ -21,8 +21,10 @@ const NO_CAUSE: u8 = u8::MAX;
 /// the frame, even on a loaded server.
 const RESET_CLAIM_WINDOW: Duration = Duration::from_secs(2);
 
-/// Unclaimed stream resets kept per connection.
-const MAX_UNCLAIMED_RESETS: usize = 16;
+/// Unclaimed stream resets kept per connection: room for a client that
+/// cancels a whole fan-out of concurrent calls at once (one context, many
+/// streams), bounded against a flood.
+const MAX_UNCLAIMED_RESETS: usize = 1024;
 
 /// Per-connection facts, shared between the stream and the requests on it.
 ///
@@ -168,12 +170,19 @@ impl ConnectionState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // Bounded whatever the client sends: resets of streams that had
-        // already ended are never claimed, and a flood of them keeps only
-        // the newest.
+        // already ended are never claimed and age out, and a flood keeps
+        // only the newest.
+        let now = Instant::now();
+        while resets
+            .front()
+            .is_some_and(|&at| now.duration_since(at) > RESET_CLAIM_WINDOW)
+        {
+            resets.pop_front();
+        }
         if resets.len() == MAX_UNCLAIMED_RESETS {
             resets.pop_front();
         }
-        resets.push_back(Instant::now());
+        resets.push_back(now);
     }
 
     /// A request of this connection was dropped with no connection event:

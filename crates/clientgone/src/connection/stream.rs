@@ -15,6 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::h2_frames::{FrameEvent, FrameScanner};
+
+/// `RST_STREAM`'s NO_ERROR (RFC 9113, section 7).
+const NO_ERROR: u32 = 0;
 use super::hooks::ClientLeftHook;
 use super::send_queue::unacked_bytes;
 use super::state::ConnectionState;
@@ -226,7 +229,14 @@ impl AsyncRead for TrackedStream {
                     this.frames
                         .scan(&buf.filled()[before..], |event| match event {
                             FrameEvent::Preface => state.mark_http2(),
-                            FrameEvent::StreamReset { .. } => state.on_stream_reset(),
+                            // Stream 0 is the connection (a protocol error),
+                            // and NO_ERROR ends a stream whose answer the
+                            // client already has: neither is a cancel.
+                            FrameEvent::StreamReset { stream, code } => {
+                                if stream != 0 && code != NO_ERROR {
+                                    state.on_stream_reset();
+                                }
+                            }
                         });
                 }
                 state.on_read();

@@ -32,16 +32,6 @@ impl<F> ResponseFuture<F> {
             head_request,
         }
     }
-
-    /// A request left out on purpose (`DisconnectLayer::skip`): passed
-    /// through, in no metric.
-    pub(crate) fn untracked(inner: F) -> Self {
-        ResponseFuture {
-            inner,
-            guard: None,
-            head_request: false,
-        }
-    }
 }
 
 impl<F, B, E> Future for ResponseFuture<F>

@@ -162,6 +162,8 @@ pub(crate) enum Target {
         method: usize,
         method_label: &'static str,
     },
+    /// A request left out on purpose (`DisconnectLayer::skip`): in no metric.
+    Skipped,
     /// A gRPC call, in the `rpc_server_*` metrics. Inline, not boxed: an
     /// allocation per call costs more than the bytes the guard's two moves copy.
     Grpc(GrpcCall),
@@ -188,6 +190,7 @@ impl RequestGuard {
         match &target {
             Target::Http { route, method, .. } => route.request_started(*method),
             Target::Grpc(call) => call.method.call_started(),
+            Target::Skipped => {}
         }
         if let Some(state) = shared.untracked_connection() {
             state.request_started(http2);
@@ -398,6 +401,7 @@ impl RequestGuard {
                     span.finish(route.route_shared(), &record, unacked);
                 }
             }
+            Target::Skipped => {}
             Target::Grpc(call) => {
                 let record = CallRecord {
                     method: call.method.method(),

@@ -63,8 +63,9 @@ impl DisconnectLayer {
     /// (`grpc.health.v1.Health/Check`) — out on purpose: they pass through
     /// untouched and are in no metric (not in the duration histogram, not in
     /// flight, never a break) and get no span. A template is the one the
-    /// route was added with; [`ClientGone`](crate::ClientGone) is not
-    /// available in their handlers.
+    /// route was added with. The connection still knows them as requests
+    /// (its close reason stays right), and [`ClientGone`](crate::ClientGone)
+    /// works in their handlers.
     ///
     /// ```
     /// use axum::{routing::get, Router};

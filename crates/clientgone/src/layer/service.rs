@@ -195,7 +195,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if !self.shared.skip.is_empty() {
+        let skipped = !self.shared.skip.is_empty() && {
             let name = match self.shared.grpc.is_some() && is_grpc_request(&req) {
                 true => req.uri().path().strip_prefix('/'),
                 false => req
@@ -203,10 +203,8 @@ where
                     .get::<MatchedPath>()
                     .map(MatchedPath::as_str),
             };
-            if name.is_some_and(|name| self.shared.skipped(name)) {
-                return ResponseFuture::untracked(self.inner.call(req.map(AxumBody::new)));
-            }
-        }
+            name.is_some_and(|name| self.shared.skipped(name))
+        };
         let start = Instant::now();
         // The request's shared state, and its handle for `ClientGone` in the
         // request's own connection info (one lookup of it; an extension of
@@ -226,6 +224,9 @@ where
         let head_request = req.method() == Method::HEAD;
         let grpc = self.shared.grpc.as_ref().filter(|_| is_grpc_request(&req));
         let (target, span) = match grpc {
+            // Left out on purpose: no metric, no span; the guard still keeps
+            // the connection's bookkeeping (in flight, an upgrade).
+            _ if skipped => (Target::Skipped, None),
             Some(table) => {
                 let method = table.method(&self.shared.metrics, req.uri().path());
                 let timeout = grpc_timeout(req.headers());
