@@ -213,7 +213,8 @@ Metrics are pushed over OTLP too (beside /metrics) with OTEL_METRICS_EXPORTER=ot
   OTEL_EXPORTER_OTLP_METRICS_ENDPOINT (else OTEL_EXPORTER_OTLP_ENDPOINT, else
   localhost), OTEL_EXPORTER_OTLP_METRICS_PROTOCOL (else OTEL_EXPORTER_OTLP_PROTOCOL),
   OTEL_METRIC_EXPORT_INTERVAL (ms, default 60000), OTEL_METRIC_EXPORT_TIMEOUT (ms,
-  default 30000). Cumulative, under the OpenTelemetry names (http.server.request.duration, …).
+  default 30000), OTEL_EXPORTER_OTLP_METRICS_HEADERS (else OTEL_EXPORTER_OTLP_HEADERS).
+  Cumulative, under the OpenTelemetry names (http.server.request.duration, …).
 
 TOKIO_WORKER_THREADS sets the number of worker threads (default: the CPUs this
 process may use); with one, the runtime is single-threaded.";
