@@ -103,6 +103,17 @@ def chunks(call, n, hang):
         call.release.wait()
 
 
+def settle(call, future):
+    """Ends a single-answer call (Wait, Upload) with its future's outcome."""
+    try:
+        call.messages.append(decode(future.result()))
+        call.finish("OK")
+    except grpc.FutureCancelledError:
+        call.finish("CANCELLED")
+    except grpc.RpcError as e:
+        call.finish(e.code().name, e.details())
+
+
 def start(channel, cmd):
     call = Call()
     calls[cmd["id"]] = call
@@ -114,16 +125,7 @@ def start(channel, cmd):
         stub = channel.unary_unary(path)
         call.future = stub.future(encode([(1, request.get("delay_ms", 0))]), timeout=timeout)
 
-        def done(f):
-            try:
-                call.messages.append(decode(f.result()))
-                call.finish("OK")
-            except grpc.FutureCancelledError:
-                call.finish("CANCELLED")
-            except grpc.RpcError as e:
-                call.finish(e.code().name, e.details())
-
-        call.future.add_done_callback(done)
+        call.future.add_done_callback(lambda f: settle(call, f))
     elif method in ("Ticks", "Echo"):
         if method == "Ticks":
             stub = channel.unary_stream(path)
@@ -150,16 +152,7 @@ def start(channel, cmd):
         stub = channel.stream_unary(path)
         call.future = stub.future(chunks(call, cmd.get("chunks", 3), cmd.get("hang", False)), timeout=timeout)
 
-        def done(f):
-            try:
-                call.messages.append(decode(f.result()))
-                call.finish("OK")
-            except grpc.FutureCancelledError:
-                call.finish("CANCELLED")
-            except grpc.RpcError as e:
-                call.finish(e.code().name, e.details())
-
-        call.future.add_done_callback(done)
+        call.future.add_done_callback(lambda f: settle(call, f))
     else:
         raise ValueError(f"unknown method {method}")
     return {"ok": True}

@@ -214,23 +214,7 @@ impl OtlpConfig {
             return Ok(None);
         }
         check_exporter_variables(&get)?;
-        let (variable, protocol) = match get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") {
-            Some(p) => ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", Some(p)),
-            None => (
-                "OTEL_EXPORTER_OTLP_PROTOCOL",
-                get("OTEL_EXPORTER_OTLP_PROTOCOL"),
-            ),
-        };
-        let protocol = match protocol.as_deref() {
-            None | Some("grpc") => OtlpProtocol::Grpc,
-            Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
-            Some(other) => {
-                return Err(ConfigError {
-                    variable,
-                    message: format!("'{other}' is not supported; use grpc or http/protobuf"),
-                });
-            }
-        };
+        let protocol = protocol(&get, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")?;
         let mut config = OtlpConfig::new(protocol);
         // The spec's sampler names; the ratio ones take the ratio from the ARG.
         // Breaks and errors are exported under every one of them.
@@ -286,6 +270,29 @@ impl OtlpConfig {
     }
 }
 
+/// The transport: the signal's own variable (`specific`) if set, else
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC. A bad value names its variable.
+fn protocol(
+    get: &impl Fn(&str) -> Option<String>,
+    specific: &'static str,
+) -> Result<OtlpProtocol, ConfigError> {
+    let (variable, value) = match get(specific) {
+        Some(p) => (specific, Some(p)),
+        None => (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            get("OTEL_EXPORTER_OTLP_PROTOCOL"),
+        ),
+    };
+    match value.as_deref() {
+        None | Some("grpc") => Ok(OtlpProtocol::Grpc),
+        Some("http/protobuf") => Ok(OtlpProtocol::HttpProtobuf),
+        Some(other) => Err(ConfigError {
+            variable,
+            message: format!("'{other}' is not supported; use grpc or http/protobuf"),
+        }),
+    }
+}
+
 /// [`MetricsConfig::from_env`](super::MetricsConfig::from_env) over any lookup.
 pub(crate) fn metrics_from_lookup(
     lookup: impl Fn(&str) -> Option<String>,
@@ -310,23 +317,7 @@ pub(crate) fn metrics_from_lookup(
             });
         }
     }
-    let (variable, protocol) = match get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") {
-        Some(p) => ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", Some(p)),
-        None => (
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-            get("OTEL_EXPORTER_OTLP_PROTOCOL"),
-        ),
-    };
-    let protocol = match protocol.as_deref() {
-        None | Some("grpc") => OtlpProtocol::Grpc,
-        Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
-        Some(other) => {
-            return Err(ConfigError {
-                variable,
-                message: format!("'{other}' is not supported; use grpc or http/protobuf"),
-            });
-        }
-    };
+    let protocol = protocol(&get, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")?;
     let endpoint = match (
         get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"),
         get("OTEL_EXPORTER_OTLP_ENDPOINT"),

@@ -95,36 +95,29 @@ impl RequestSpan {
         if !span.span_context().is_sampled() && !broken && !failed {
             return span.end();
         }
-        let mut attributes = vec![
+        let attributes = vec![
             KeyValue::new("rpc.system.name", "grpc"),
             KeyValue::new("rpc.method", record.method.to_owned()),
             KeyValue::new("rpc.response.status_code", record.status.as_str()),
             KeyValue::new("network.protocol.version", self.facts.version),
         ];
-        if let Some(client) = self.facts.client {
-            attributes.push(KeyValue::new("client.address", StringValue::from(client)));
-        }
-        match record.end {
-            End::Disconnect { phase, cause } => {
-                attributes.push(KeyValue::new("error.type", "client_disconnect"));
-                span.set_attributes(attributes);
-                span.set_status(Status::error("client disconnected"));
-                let disconnect = Disconnect {
-                    phase,
-                    cause,
-                    elapsed: record.elapsed,
-                    body_bytes_sent: record.body_bytes_sent,
-                    unacked_bytes,
-                };
-                span.add_event(DISCONNECT_EVENT, disconnect.attributes());
-            }
-            End::Completed if failed => {
-                attributes.push(KeyValue::new("error.type", record.status.as_str()));
-                span.set_attributes(attributes);
-                span.set_status(Status::error(""));
-            }
-            End::Completed => span.set_attributes(attributes),
-        }
+        let failure = failed.then(|| record.status.as_str().into());
+        let disconnect = |phase, cause| Disconnect {
+            phase,
+            cause,
+            elapsed: record.elapsed,
+            body_bytes_sent: record.body_bytes_sent,
+            unacked_bytes,
+        };
+        write_outcome(
+            &span,
+            attributes,
+            self.facts.client,
+            record.end,
+            failure,
+            disconnect,
+            None,
+        );
         span.end();
     }
 
@@ -176,35 +169,60 @@ fn write_end(span: SpanRef<'_>, route: &Arc<str>, record: &Record<'_>, facts: Sp
         KeyValue::new("url.scheme", "http"),
         KeyValue::new("network.protocol.version", facts.version),
     ]);
-    if let Some(client) = facts.client {
+    let failure = failed.then(|| record.status.to_string().into());
+    let disconnect = |phase, cause| Disconnect {
+        phase,
+        cause,
+        elapsed: record.elapsed,
+        body_bytes_sent: record.body_bytes_sent,
+        unacked_bytes: facts.unacked_bytes,
+    };
+    write_outcome(
+        &span,
+        attributes,
+        facts.client,
+        record.end,
+        failure,
+        disconnect,
+        facts.at,
+    );
+    end(span)
+}
+
+/// What the end of every span writes after its own attributes —
+/// `client.address`, then the outcome: a break's Error status and
+/// `client.disconnect` event (at `at`, if not now), a failure's Error status
+/// and `error.type`, or nothing more. The one writer for requests and calls.
+fn write_outcome(
+    span: &SpanRef<'_>,
+    mut attributes: Vec<KeyValue>,
+    client: Option<Arc<str>>,
+    end: End,
+    failure: Option<opentelemetry::Value>,
+    disconnect: impl FnOnce(Phase, Cause) -> Disconnect,
+    at: Option<SystemTime>,
+) {
+    if let Some(client) = client {
         attributes.push(KeyValue::new("client.address", StringValue::from(client)));
     }
-    match record.end {
-        End::Disconnect { phase, cause } => {
+    match (end, failure) {
+        (End::Disconnect { phase, cause }, _) => {
             attributes.push(KeyValue::new("error.type", "client_disconnect"));
             span.set_attributes(attributes);
             span.set_status(Status::error("client disconnected"));
-            let event = Disconnect {
-                phase,
-                cause,
-                elapsed: record.elapsed,
-                body_bytes_sent: record.body_bytes_sent,
-                unacked_bytes: facts.unacked_bytes,
-            }
-            .attributes();
-            match facts.at {
+            let event = disconnect(phase, cause).attributes();
+            match at {
                 Some(at) => span.add_event_with_timestamp(DISCONNECT_EVENT, at, event),
                 None => span.add_event(DISCONNECT_EVENT, event),
             }
         }
-        End::Completed if failed => {
-            attributes.push(KeyValue::new("error.type", record.status.to_string()));
+        (_, Some(error_type)) => {
+            attributes.push(KeyValue::new("error.type", error_type));
             span.set_attributes(attributes);
             span.set_status(Status::error(""));
         }
-        End::Completed => span.set_attributes(attributes),
+        _ => span.set_attributes(attributes),
     }
-    end(span)
 }
 
 /// The `client.disconnect` event of a broken request or call.
