@@ -460,6 +460,42 @@ pub(crate) fn export_request(
     }
 }
 
+/// A counter's or gauge's value, whichever form `prometheus::proto` has in this
+/// build.
+///
+/// With prometheus's `protobuf` feature (on by default, and features unify
+/// across a user's graph) `Metric::get_counter()` returns a protobuf
+/// `MessageField` whose `Counter` reads with `value()`; without it, the
+/// hand-written `Counter` reads with `get_value()`. Which one we get is not
+/// ours to choose, and a crate cannot `cfg` on a dependency's feature. So this
+/// trait gives each form the method it lacks: an inherent method always wins
+/// over a trait's, so in each build one of the two bodies calls the inherent
+/// reader and the other calls that one, with no recursion in either. The call
+/// sites write `value()`, which reaches the protobuf `Counter` through
+/// `MessageField`'s `Deref`, or this trait on the plain one.
+/// The tests (`histograms_counters_and_gauges_keep_their_values_under_their_otel_names`),
+/// run by CI with prometheus's `protobuf` feature on and off,
+/// keep both compiling.
+#[allow(dead_code)] // one of the two methods is unused in each build
+trait ProtoValue {
+    fn value(&self) -> f64;
+    fn get_value(&self) -> f64;
+}
+
+macro_rules! proto_value {
+    ($($ty:ty),*) => {$(
+        impl ProtoValue for $ty {
+            fn value(&self) -> f64 {
+                self.get_value()
+            }
+            fn get_value(&self) -> f64 {
+                self.value()
+            }
+        }
+    )*};
+}
+proto_value!(prometheus::proto::Counter, prometheus::proto::Gauge);
+
 fn attributes(m: &prometheus::proto::Metric) -> Vec<KeyValue> {
     let mut by_key = BTreeMap::new();
     for pair in m.get_label() {
@@ -484,7 +520,7 @@ fn convert(family: &MetricFamily, name: &str, unit: &str, start: u64, now: u64) 
             data_points: family
                 .get_metric()
                 .iter()
-                .map(|m| number(m, m.get_counter().get_value()))
+                .map(|m| number(m, m.get_counter().value()))
                 .collect(),
             aggregation_temporality: AggregationTemporality::Cumulative as i32,
             is_monotonic: true,
@@ -495,7 +531,7 @@ fn convert(family: &MetricFamily, name: &str, unit: &str, start: u64, now: u64) 
             data_points: family
                 .get_metric()
                 .iter()
-                .map(|m| number(m, m.get_gauge().get_value()))
+                .map(|m| number(m, m.get_gauge().value()))
                 .collect(),
             aggregation_temporality: AggregationTemporality::Cumulative as i32,
             is_monotonic: false,

@@ -104,17 +104,20 @@ impl DisconnectLayer {
     /// connection: serve with [`TrackedListener`](crate::TrackedListener)
     /// (`clientgone::serve`, or tonic's `serve_with_incoming(listener.into_incoming())`).
     ///
-    /// With tonic's router inside `clientgone::serve`:
+    /// With tonic's router inside `clientgone::serve` (`grpc_app` is
+    /// `tonic::service::Routes::into_axum_router()`; with the feature `grpc`,
+    /// the methods can come from a descriptor set:
+    /// `GrpcMethods::from_file_descriptor_set`):
     ///
     /// ```no_run
-    /// # async fn run(routes: tonic::service::Routes, descriptor: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
-    /// use clientgone::{DisconnectLayer, GrpcMethods, Metrics, TrackedListener};
+    /// # async fn run(grpc_app: axum::Router) -> Result<(), Box<dyn std::error::Error>> {
+    /// use clientgone::{DisconnectLayer, GrpcMethods, Metrics, RpcType, TrackedListener};
     ///
     /// let metrics = Metrics::new(&prometheus::Registry::new())?;
-    /// let methods = GrpcMethods::from_file_descriptor_set(descriptor)?;
-    /// let app = routes
-    ///     .into_axum_router()
-    ///     .layer(DisconnectLayer::new(metrics.clone()).grpc(methods));
+    /// let methods = GrpcMethods::new()
+    ///     .with("helloworld.Greeter/SayHello", RpcType::Unary)
+    ///     .with("helloworld.Greeter/SayHelloStream", RpcType::ServerStreaming);
+    /// let app = grpc_app.layer(DisconnectLayer::new(metrics.clone()).grpc(methods));
     /// let listener = TrackedListener::bind("127.0.0.1:50051", &metrics).await?;
     /// clientgone::serve(listener, app).await?;
     /// # Ok(()) }
