@@ -41,13 +41,40 @@ struct sock_common {
 	/* Local port in host order; already 0 at the move to TCP_CLOSE, so it is
 	 * read only when a connection is established. */
 	__u16 skc_num;
+	/* TCP_*; inet_sock_set_state fires before the new state is stored. */
+	volatile unsigned char skc_state;
 };
+
+struct socket;
 
 struct sock {
 	struct sock_common __sk_common;
 	/* The error the connection died of: ECONNRESET after an RST, ETIMEDOUT
 	 * when retransmissions or keepalive gave up. Set before the move to CLOSE. */
 	int sk_err;
+	__u16 sk_protocol;
+	/* The socket file's side; NULL once the process closed it (orphaned). */
+	struct socket *sk_socket;
+};
+
+struct inet_sock {
+	struct sock sk;
+	/* Local port, network order; unlike skc_num still set at TCP_CLOSE. */
+	__be16 inet_sport;
+};
+
+/* A socket's inode (what /proc/net/tcp lists) lives beside it. */
+struct socket {
+	short type;
+};
+
+struct inode {
+	unsigned long i_ino;
+};
+
+struct socket_alloc {
+	struct socket socket;
+	struct inode vfs_inode;
 };
 
 struct tcp_sock {
@@ -61,10 +88,15 @@ struct pt_regs {
 	unsigned long di;
 	unsigned long si;
 	unsigned long dx;
+	/* The system call's number, for as long as the thread is in it. */
+	unsigned long orig_ax;
 };
 
 struct task_struct {
 	int pid;
+	/* PF_*: kernel threads and io_uring's workers have no system call of
+	 * their own in their saved registers. */
+	unsigned int flags;
 };
 
 #pragma clang attribute pop

@@ -10,12 +10,20 @@
  * machines this runs on may have no kprobes. All are BTF-typed (tp_btf), so no
  * tracefs mount is needed.
  *
+ * Two ways to find the user buffer of a transfer, chosen by user space at load
+ * (`--capture`): "socket" reads it from the registers the thread entered the
+ * kernel with (bpf_task_pt_regs), inside the socket tracepoints themselves;
+ * "syscall" remembers it at sys_enter. The second costs every system call of
+ * every process on the host (attaching to sys_enter puts them all on the slow
+ * path), so it is only the fallback for kernels without bpf_task_pt_regs.
+ *
  * Rebuild with bpf/build.sh (clang -target bpf); the object is committed.
  */
 #include "cg_vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "watch.h"
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
@@ -26,6 +34,9 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 #define TCP_CLOSE_WAIT 8
 #define MSG_PEEK 2
 #define MAX_IOV 4
+#define IPPROTO_TCP 6
+#define PF_IO_WORKER 0x00000010
+#define PF_KTHREAD 0x00200000
 
 /* Bounds a length for the verifier. The empty asm hides the value from clang,
  * which would otherwise drop the mask as redundant and leave the verifier
@@ -48,7 +59,13 @@ struct {
  * reused struct sock address never inherits another connection's id. */
 struct conn_state {
 	__u64 id;
+	/* Bytes moved in last_dir since the direction last turned: a head can
+	 * only be in the first CG_RUN_CAP of them. */
+	__u32 run;
 	__u16 port;
+	__u8 last_dir;
+	/* Reserved for a per-connection capture mode user space may set. */
+	__u8 mode;
 };
 
 struct {
@@ -155,9 +172,9 @@ static __always_inline __u32 unacked(const struct sock *sk)
 
 /* Copies up to CG_CAP bytes from the start of a contiguous user buffer, and
  * its last CG_TAIL bytes. */
-static __always_inline void capture_buf(struct cg_event *e, __u64 buf, __u32 len)
+static __always_inline void capture_buf(struct cg_event *e, __u64 buf, __u32 len, int head)
 {
-	__u32 n = len < CG_CAP ? len : CG_CAP;
+	__u32 n = !head ? 0 : len < CG_CAP ? len : CG_CAP;
 	if (n > 0 && bpf_probe_read_user(e->data, bounded(n, 2 * CG_CAP - 1), (void *)buf) == 0)
 		e->cap_len = n;
 	__u32 t = len < CG_TAIL ? len : CG_TAIL;
@@ -169,7 +186,8 @@ static __always_inline void capture_buf(struct cg_event *e, __u64 buf, __u32 len
 /* The same over an iovec array (readv, writev, recvmsg, sendmsg): the head is
  * copied across up to MAX_IOV pieces; the tail comes from the piece holding the
  * transfer's last byte. */
-static __always_inline void capture_iov(struct cg_event *e, __u64 iov, __u64 count, __u32 len)
+static __always_inline void capture_iov(struct cg_event *e, __u64 iov, __u64 count, __u32 len,
+					int head)
 {
 	__u32 copied = 0, seen = 0;
 	for (int i = 0; i < MAX_IOV; i++) {
@@ -179,7 +197,7 @@ static __always_inline void capture_iov(struct cg_event *e, __u64 iov, __u64 cou
 		if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(v))))
 			break;
 		__u32 used = v.len < len - seen ? v.len : len - seen;
-		if (copied == seen && copied < CG_CAP) {
+		if (head && copied == seen && copied < CG_CAP) {
 			__u32 n = used < CG_CAP - copied ? used : CG_CAP - copied;
 			if (n > 0 && bpf_probe_read_user(e->data + bounded(copied, CG_CAP - 1),
 							 bounded(n, 2 * CG_CAP - 1), (void *)v.base))
@@ -197,40 +215,147 @@ static __always_inline void capture_iov(struct cg_event *e, __u64 iov, __u64 cou
 	e->cap_len = copied;
 }
 
+/* The local port of a TCP socket, or 0 for any other socket. */
+static __always_inline __u16 tcp_port(const struct sock *sk)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+}
+
+/* What is known of a watched socket; for an established one on a watched port
+ * seen for the first time (open before the agent started, or its open event
+ * lost), its state starts now and user space is told (CG_ADOPT) before the
+ * event that found it. */
+static __always_inline struct conn_state *watched(struct sock *sk)
+{
+	struct conn_state *cs = bpf_sk_storage_get(&conns, sk, 0, 0);
+	if (cs)
+		return cs;
+	__u16 port = tcp_port(sk);
+	if (!port || !bpf_map_lookup_elem(&ports, &port))
+		return 0;
+	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT)
+		return 0;
+	cs = bpf_sk_storage_get(&conns, sk, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!cs)
+		return 0;
+	/* Two CPUs may find it at once: one id wins, one CG_ADOPT is sent. */
+	__u64 id = __sync_fetch_and_add(&next_conn_id, 1) + 1;
+	if (__sync_val_compare_and_swap(&cs->id, 0, id) != 0)
+		return cs;
+	cs->port = port;
+	struct cg_event *e = new_event(cs, CG_ADOPT);
+	if (!e)
+		return cs;
+	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+	if (sock)
+		e->unacked = BPF_CORE_READ((struct socket_alloc *)sock, vfs_inode.i_ino);
+	send(e, BPF_RB_NO_WAKEUP);
+	return cs;
+}
+
 /* A read or write on a watched socket: how many bytes, and what they began
- * and ended with, from the buffer sys_enter remembered for this thread. */
-static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 dir)
+ * and ended with, from the user buffer `c` names. Bytes are copied only where
+ * a head can be (the first CG_RUN_CAP bytes after the direction turned); the
+ * tail always. */
+static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 dir,
+				      const struct call *c)
 {
 	if (!sk)
 		return 0;
-	struct conn_state *cs = bpf_sk_storage_get(&conns, sk, 0, 0);
+	struct conn_state *cs = watched(sk);
 	if (!cs)
 		return 0;
+	if (cs->last_dir != dir) {
+		cs->last_dir = dir;
+		cs->run = 0;
+	}
+	int head = cs->run < CG_RUN_CAP;
+	if (head)
+		cs->run += ret;
 	struct cg_event *e = new_event(cs, kind);
 	if (!e)
 		return 0;
 	e->tgid = bpf_get_current_pid_tgid() >> 32;
 	e->len = ret;
-	struct call *c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
 	if (c && c->dir == dir && c->kind != CALL_NOBUF) {
 		if (c->kind == CALL_BUF) {
-			capture_buf(e, c->arg, ret);
+			capture_buf(e, c->arg, ret, head);
 		} else if (c->kind == CALL_IOV) {
-			capture_iov(e, c->arg, c->count, ret);
+			capture_iov(e, c->arg, c->count, ret, head);
 		} else if (c->kind == CALL_MSG) {
 			struct cg_user_msghdr m;
 			if (bpf_probe_read_user(&m, sizeof(m), (void *)c->arg) == 0)
-				capture_iov(e, m.msg_iov, m.msg_iovlen, ret);
+				capture_iov(e, m.msg_iov, m.msg_iovlen, ret, head);
 		}
 	}
 	if (e->cap_len == 0)
 		e->flags |= CG_F_NOBUF;
-	/* One system call, one transfer: a later transfer on this thread outside a
-	 * known call (io_uring's workers, say) must not reuse this buffer. */
-	if (c)
-		c->dir = DIR_NONE;
 	send(e, BPF_RB_NO_WAKEUP);
 	return 0;
+}
+
+/* What sys_enter remembered for this thread ("syscall" capture). One system
+ * call, one transfer: a later transfer on this thread outside a known call
+ * (io_uring's workers, say) must not reuse the buffer, so it is taken. */
+static __always_inline int syscall_data_event(struct sock *sk, int ret, __u8 kind, __u8 dir)
+{
+	struct call *c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
+	struct call taken = {};
+	if (c) {
+		taken = *c;
+		c->dir = DIR_NONE;
+	}
+	return data_event(sk, ret, kind, dir, c ? &taken : 0);
+}
+
+/* The user buffer from the registers the thread entered the kernel with
+ * ("socket" capture): the socket tracepoints fire inside the read or write
+ * system call, whose arguments are still in them. */
+static __always_inline int regs_data_event(struct sock *sk, int ret, __u8 kind, __u8 dir)
+{
+	struct call c = { .kind = CALL_NOBUF, .dir = dir };
+	struct task_struct *task = bpf_get_current_task_btf();
+	/* io_uring's workers and kernel threads transfer for someone else: their
+	 * registers name no buffer of this transfer. */
+	if (!(task->flags & (PF_IO_WORKER | PF_KTHREAD))) {
+		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+		__u8 k = CALL_NOBUF;
+		__u8 d = DIR_NONE;
+		switch (regs->orig_ax) {
+		case 0:   /* read */
+		case 45:  /* recvfrom */
+			k = CALL_BUF, d = DIR_RECV;
+			break;
+		case 1:   /* write */
+		case 44:  /* sendto */
+			k = CALL_BUF, d = DIR_SEND;
+			break;
+		case 19:  /* readv */
+		case 327: /* preadv2 */
+			k = CALL_IOV, d = DIR_RECV;
+			break;
+		case 20:  /* writev */
+		case 328: /* pwritev2 */
+			k = CALL_IOV, d = DIR_SEND;
+			break;
+		case 47:  /* recvmsg */
+			k = CALL_MSG, d = DIR_RECV;
+			break;
+		case 46:  /* sendmsg */
+			k = CALL_MSG, d = DIR_SEND;
+			break;
+		}
+		/* sendfile, splice, recvmmsg, io_uring_enter and the rest: no buffer. */
+		if (d == dir) {
+			c.kind = k;
+			c.arg = regs->si;
+			c.count = regs->dx;
+		}
+	}
+	return data_event(sk, ret, kind, dir, &c);
 }
 
 /* Catches: which user buffer the thread's next socket read or write uses. The
@@ -283,23 +408,45 @@ int BPF_PROG(cg_sys_enter, struct pt_regs *regs, long id)
 	return 0;
 }
 
-/* Catches: every read from a watched socket (ret bytes), in the reader's context. */
+/* Catches ("syscall" capture): every read from a watched socket (ret bytes),
+ * in the reader's context. */
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(cg_recv, struct sock *sk, int ret, int flags)
 {
 	/* EOF and errors show as state changes; a peek consumes nothing. */
 	if (ret <= 0 || (flags & MSG_PEEK))
 		return 0;
-	return data_event(sk, ret, CG_RECV, DIR_RECV);
+	return syscall_data_event(sk, ret, CG_RECV, DIR_RECV);
 }
 
-/* Catches: every write to a watched socket, sendfile and splice included. */
+/* Catches ("syscall" capture): every write to a watched socket, sendfile and
+ * splice included. */
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(cg_send, struct sock *sk, int ret, int flags)
 {
 	if (ret <= 0)
 		return 0;
-	return data_event(sk, ret, CG_SEND, DIR_SEND);
+	return syscall_data_event(sk, ret, CG_SEND, DIR_SEND);
+}
+
+/* Catches ("socket" capture): every read from a watched socket, after the
+ * bytes reached the reader's buffer, with no system-call hook. */
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(cg_recv_sock, struct sock *sk, int ret, int flags)
+{
+	if (ret <= 0 || (flags & MSG_PEEK))
+		return 0;
+	return regs_data_event(sk, ret, CG_RECV, DIR_RECV);
+}
+
+/* Catches ("socket" capture): every write to a watched socket; the writer's
+ * buffer still holds the bytes (the system call has not returned). */
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(cg_send_sock, struct sock *sk, int ret, int flags)
+{
+	if (ret <= 0)
+		return 0;
+	return regs_data_event(sk, ret, CG_SEND, DIR_SEND);
 }
 
 /* Catches: a connection established on a watched port (SYN_RECV -> ESTABLISHED,
@@ -326,7 +473,11 @@ int BPF_PROG(cg_state, const struct sock *sk, int oldstate, int newstate)
 			send(e, BPF_RB_NO_WAKEUP);
 		return 0;
 	}
-	cs = bpf_sk_storage_get(&conns, s, 0, 0);
+	/* A connection that predates the agent is adopted at its end too, so
+	 * that its close is counted with its reason. */
+	cs = oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT
+		     ? watched(s)
+		     : bpf_sk_storage_get(&conns, s, 0, 0);
 	if (!cs)
 		return 0;
 	struct cg_event *e = new_event(cs, CG_STATE);
@@ -351,7 +502,7 @@ int BPF_PROG(cg_reset, struct sock *sk)
 {
 	if (!sk)
 		return 0;
-	struct conn_state *cs = bpf_sk_storage_get(&conns, sk, 0, 0);
+	struct conn_state *cs = watched(sk);
 	if (!cs)
 		return 0;
 	struct cg_event *e = new_event(cs, CG_RESET);

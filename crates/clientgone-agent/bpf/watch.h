@@ -12,6 +12,11 @@
 /* Bytes captured from the end of each read and write: where a chunked body's
  * last chunk ("0\r\n\r\n") shows. */
 #define CG_TAIL 8
+/* A head starts only at the first transfer after the other direction moved,
+ * and is followed across reads or writes up to this many bytes (the agent's
+ * longest head): beyond them in one direction, only lengths and tails are
+ * captured. */
+#define CG_RUN_CAP 16384
 
 enum cg_kind {
 	CG_OPEN = 1,  /* a connection was established on a watched port */
@@ -19,6 +24,9 @@ enum cg_kind {
 	CG_SEND = 3,  /* the server wrote len bytes */
 	CG_STATE = 4, /* the TCP state changed: old_state -> new_state, len = sk_err */
 	CG_RESET = 5, /* an RST arrived */
+	CG_ADOPT = 6, /* an established connection seen for the first time (it
+		       * predates the agent): unacked = its socket's inode, 0 if
+		       * orphaned */
 };
 
 /* The bytes moved but none were captured: sendfile, splice, io_uring, or a

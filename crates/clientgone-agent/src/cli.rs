@@ -49,9 +49,18 @@ What watch sees, and what it cannot:
   clientgone_watch_connections_skipped_total{reason}: TLS (no plaintext),
   HTTP/2 and h2c, pipelined requests, heads longer than 1024 bytes in one read,
   a response sent with sendfile/splice/io_uring before its head, upgrades.
-  Connections opened before watch started are not followed. Kernel events the
-  ring buffer had no room for: clientgone_watch_events_lost_total, and their
-  connections are left out of the request metrics.
+  Connections open before watch started are adopted at their first event and
+  followed from their next request head (the exchange in progress is waited
+  out), counted in clientgone_watch_connections_adopted_total; their lifetime
+  is unknown, so their close is left out of the connection-duration histogram.
+  Kernel events the ring buffer had no room for:
+  clientgone_watch_events_lost_total, and their connections are left out of
+  the request metrics.
+Capture: --capture socket reads each transfer's bytes in the socket
+  tracepoints themselves, with no system-call hook; --capture syscall hooks
+  sys_enter, which slows every system call of every process on the host (the
+  fallback for kernels before 5.15); auto picks socket where it loads.
+  clientgone_watch_capture{mode} says which is in use.
   Once attached, watch drops every capability (and switches to --user).
 Traces: with OTEL_EXPORTER_OTLP_ENDPOINT set (the variables of 'clientgone demo
 --help'), each request gets a server span, every broken one kept.";
@@ -84,6 +93,11 @@ pub struct WatchArgs {
     /// Size of the kernel-to-agent ring buffer in MiB (a power of two).
     #[arg(long, default_value_t = 16, value_parser = ring_mib, value_name = "MIB")]
     pub ring_buffer_mib: u32,
+    /// Where the bytes of each read and write come from: socket (the socket
+    /// tracepoints alone), syscall (a system-call hook, dearer for every
+    /// process on the host), auto (socket where the kernel allows it).
+    #[arg(long, value_enum, default_value = "auto", value_name = "MODE")]
+    pub capture: crate::watch::bpf::Capture,
     /// Histogram buckets.
     #[command(flatten)]
     pub buckets: BucketArgs,

@@ -230,6 +230,7 @@ async fn run_watch(args: WatchArgs, registry: Registry, tracer: Option<SdkTracer
         metrics_listen: args.metrics_listen,
         user: args.user,
         ring_bytes: args.ring_buffer_mib << 20,
+        capture: args.capture,
         registry,
         tracer,
         buckets: args.buckets.buckets(),
@@ -248,6 +249,17 @@ async fn run_watch(args: WatchArgs, registry: Registry, tracer: Option<SdkTracer
         ports.join(", "),
         templates(count),
         running.metrics_addr
+    );
+    say!(
+        "clientgone watch: capture {} (tracepoints {}{}); {} connection{} already open, followed from their next request",
+        running.capture.as_str(),
+        running.attached.join(", "),
+        match running.capture {
+            watch::bpf::CaptureMode::Socket => "; no system-call hook",
+            _ => "; sys_enter slows every system call on this host",
+        },
+        running.found_open,
+        if running.found_open == 1 { "" } else { "s" },
     );
     let token = running.shutdown_token();
     tokio::spawn(async move {

@@ -247,11 +247,26 @@ impl Metrics {
     /// A connection opened with [`connection_opened`](Self::connection_opened)
     /// closed, for `reason`, after `lifetime`.
     pub fn connection_closed(&self, reason: CloseReason, lifetime: Duration) {
-        self.inner.open_connections.dec();
-        self.inner.connection_closes[reason.index()].inc();
+        self.connection_closed_untimed(reason);
         self.inner
             .connection_duration
             .observe(lifetime.as_secs_f64());
+    }
+
+    /// A connection opened with [`connection_opened`](Self::connection_opened)
+    /// closed, for `reason`, after a lifetime its source does not know (it
+    /// found the connection already open): counted by reason, and left out of
+    /// `http_server_connection_duration_seconds` rather than guessed.
+    ///
+    /// ```
+    /// let metrics = clientgone::Metrics::new(&prometheus::Registry::new())?;
+    /// metrics.connection_opened();
+    /// metrics.connection_closed_untimed(clientgone::CloseReason::Idle);
+    /// # Ok::<(), prometheus::Error>(())
+    /// ```
+    pub fn connection_closed_untimed(&self, reason: CloseReason) {
+        self.inner.open_connections.dec();
+        self.inner.connection_closes[reason.index()].inc();
     }
 }
 

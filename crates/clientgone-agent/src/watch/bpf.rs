@@ -1,7 +1,8 @@
 //! Loading the kernel side (`bpf/watch.bpf.o`, built from `bpf/watch.bpf.c`)
 //! with aya: CO-RE relocation against the running kernel's BTF, the watched
-//! ports written into its map, its five tracepoint programs attached. Each way
-//! this can fail is one line saying what is missing and what to do.
+//! ports written into its map, the tracepoint programs of the chosen capture
+//! mode attached. Each way this can fail is one line saying what is missing
+//! and what to do.
 
 use std::os::fd::AsRawFd;
 
@@ -12,19 +13,71 @@ use aya::{Btf, Ebpf, EbpfLoader};
 /// The compiled kernel side; `bpf/build.sh` rebuilds it and CI checks it is current.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/watch.bpf.o");
 
-/// Each program and the tracepoint it attaches to.
-const PROGRAMS: [(&str, &str); 5] = [
+/// Where the bytes of each read and write are found (`--capture`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Capture {
+    /// `socket` where the kernel allows it, else `syscall`.
+    Auto,
+    /// From the socket tracepoints alone: the user buffer is read from the
+    /// registers the thread entered the kernel with. No system-call hook.
+    Socket,
+    /// The buffer remembered at every system call's entry (`sys_enter`): the
+    /// fallback for kernels without `bpf_task_pt_regs` (before 5.15). Every
+    /// system call of every process on the host pays for it.
+    Syscall,
+}
+
+/// The capture mode in use, once loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CaptureMode {
+    /// See [`Capture::Socket`].
+    Socket,
+    /// See [`Capture::Syscall`].
+    Syscall,
+}
+
+impl CaptureMode {
+    /// Both modes, in label order.
+    pub const ALL: [CaptureMode; 2] = [CaptureMode::Socket, CaptureMode::Syscall];
+
+    /// The `mode` label value (`clientgone_watch_capture`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Socket => "socket",
+            CaptureMode::Syscall => "syscall",
+        }
+    }
+
+    /// Its programs and the tracepoint each attaches to.
+    const fn programs(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            CaptureMode::Socket => &[
+                ("cg_recv_sock", "sock_recv_length"),
+                ("cg_send_sock", "sock_send_length"),
+            ],
+            CaptureMode::Syscall => &[
+                ("cg_sys_enter", "sys_enter"),
+                ("cg_recv", "sock_recv_length"),
+                ("cg_send", "sock_send_length"),
+            ],
+        }
+    }
+}
+
+/// The programs of every mode: connection state and resets.
+const COMMON: [(&str, &str); 2] = [
     ("cg_state", "inet_sock_set_state"),
     ("cg_reset", "tcp_receive_reset"),
-    ("cg_sys_enter", "sys_enter"),
-    ("cg_recv", "sock_recv_length"),
-    ("cg_send", "sock_send_length"),
 ];
 
 /// The loaded, attached programs and the maps user space reads.
 pub struct Probe {
     /// Keeps the programs attached (dropping it detaches them).
     _ebpf: Ebpf,
+    /// The capture mode in use.
+    pub mode: CaptureMode,
+    /// The tracepoints attached to, in order.
+    pub attached: Vec<&'static str>,
     /// The events.
     pub ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -47,9 +100,10 @@ fn permitted() -> bool {
 }
 
 impl Probe {
-    /// Loads and attaches the programs, watching connections accepted on `ports`.
+    /// Loads and attaches the programs, watching connections on `ports`, with
+    /// the bytes captured as `capture` says.
     /// `ring_bytes` is the ring buffer's size (a power of two, a multiple of the page).
-    pub fn load(ports: &[u16], ring_bytes: u32) -> Result<Probe, String> {
+    pub fn load(ports: &[u16], ring_bytes: u32, capture: Capture) -> Result<Probe, String> {
         if !permitted() {
             return Err(
                 "clientgone watch needs root, or the capabilities CAP_BPF and \
@@ -83,26 +137,31 @@ impl Probe {
                     .map_err(|e| format!("cannot watch port {port}: {e}"))?;
             }
         }
-        for (name, tracepoint) in PROGRAMS {
-            let program: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| format!("the BPF object has no program {name}"))?
-                .try_into()
-                .map_err(|e| format!("program {name}: {e}"))?;
-            program.load(tracepoint, &btf).map_err(|e| {
-                let text = e.to_string();
-                if text.contains("btf_trace_") || text.contains("not found") {
-                    format!(
-                        "this kernel has no tracepoint {tracepoint} ({e}): watch needs Linux \
-                         6.3 or later (sock_recv_length / sock_send_length)"
-                    )
-                } else {
-                    format!("the kernel refused program {name} for {tracepoint}: {e:#}")
+        let mut attached = Vec::new();
+        for &(name, tracepoint) in &COMMON {
+            attach(&mut ebpf, &btf, name, tracepoint)?;
+            attached.push(tracepoint);
+        }
+        let mode = match capture {
+            Capture::Socket => CaptureMode::Socket,
+            Capture::Syscall => CaptureMode::Syscall,
+            // The socket programs need bpf_task_pt_regs (Linux 5.15): where
+            // the verifier refuses them, the system-call capture still works.
+            Capture::Auto => match load_mode(&mut ebpf, &btf, CaptureMode::Socket) {
+                Ok(()) => CaptureMode::Socket,
+                Err(e) => {
+                    tracing::warn!(
+                        "the socket capture cannot load ({e}): falling back to --capture \
+                         syscall, which slows every system call on this host"
+                    );
+                    CaptureMode::Syscall
                 }
-            })?;
-            program
-                .attach()
-                .map_err(|e| format!("cannot attach to tracepoint {tracepoint}: {e}"))?;
+            },
+        };
+        load_mode(&mut ebpf, &btf, mode)?;
+        for &(name, tracepoint) in mode.programs() {
+            attach_loaded(&mut ebpf, name, tracepoint)?;
+            attached.push(tracepoint);
         }
         let ring = RingBuf::try_from(ebpf.take_map("events").ok_or("no 'events' map")?)
             .map_err(|e| format!("events map: {e}"))?;
@@ -113,6 +172,8 @@ impl Probe {
                 .map_err(|e| format!("lost_conns map: {e}"))?;
         Ok(Probe {
             _ebpf: ebpf,
+            mode,
+            attached,
             ring,
             counters,
             lost_conns,
@@ -135,4 +196,49 @@ impl Probe {
         }
         ids
     }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut BtfTracePoint, String> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("the BPF object has no program {name}"))?
+        .try_into()
+        .map_err(|e| format!("program {name}: {e}"))
+}
+
+/// Loads (verifies) one program for its tracepoint; loading twice is a no-op.
+fn load(ebpf: &mut Ebpf, btf: &Btf, name: &str, tracepoint: &str) -> Result<(), String> {
+    let program = program(ebpf, name)?;
+    if program.fd().is_ok() {
+        return Ok(());
+    }
+    program.load(tracepoint, btf).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("btf_trace_") || text.contains("not found") {
+            format!(
+                "this kernel has no tracepoint {tracepoint} ({e}): watch needs Linux \
+                 6.3 or later (sock_recv_length / sock_send_length)"
+            )
+        } else {
+            format!("the kernel refused program {name} for {tracepoint}: {e:#}")
+        }
+    })
+}
+
+fn load_mode(ebpf: &mut Ebpf, btf: &Btf, mode: CaptureMode) -> Result<(), String> {
+    for &(name, tracepoint) in mode.programs() {
+        load(ebpf, btf, name, tracepoint)?;
+    }
+    Ok(())
+}
+
+fn attach_loaded(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), String> {
+    program(ebpf, name)?
+        .attach()
+        .map(drop)
+        .map_err(|e| format!("cannot attach to tracepoint {tracepoint}: {e}"))
+}
+
+fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &str, tracepoint: &str) -> Result<(), String> {
+    load(ebpf, btf, name, tracepoint)?;
+    attach_loaded(ebpf, name, tracepoint)
 }

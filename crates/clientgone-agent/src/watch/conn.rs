@@ -66,10 +66,13 @@ impl Skip {
 
 /// Where the facts go: the metrics (and spans) of each watched port.
 pub trait Sink {
-    /// A connection was established.
+    /// A connection was established (or found open): it counts as open.
     fn connection_opened(&mut self, port: u16);
-    /// A connection closed, once, with its one reason.
-    fn connection_closed(&mut self, port: u16, reason: CloseReason, lifetime: Duration);
+    /// A connection that predates the agent is followed from now on.
+    fn connection_adopted(&mut self, port: u16);
+    /// A connection closed, once, with its one reason; `lifetime` is `None`
+    /// for one that predates the agent.
+    fn connection_closed(&mut self, port: u16, reason: CloseReason, lifetime: Option<Duration>);
     /// A connection is forgotten without a close (its events were lost).
     fn connection_lost(&mut self, port: u16);
     /// A request head was read: the request is in flight.
@@ -100,6 +103,9 @@ pub struct Ended<'a> {
 pub struct Tracker {
     conns: HashMap<u64, Conn>,
     routes: RouteMatcher,
+    /// Connections found open at start (socket inode → port), already counted
+    /// as open, not yet adopted.
+    seeded: HashMap<u64, u16>,
 }
 
 impl Tracker {
@@ -108,7 +114,19 @@ impl Tracker {
         Tracker {
             conns: HashMap::new(),
             routes,
+            seeded: HashMap::new(),
         }
+    }
+
+    /// The connections open on the watched ports before the programs were
+    /// attached (socket inode → port, from the kernel's table): counted as
+    /// open now, so the gauge is right from the first scrape, and not again
+    /// when their first event adopts them.
+    pub fn seed(&mut self, open: HashMap<u64, u16>, sink: &mut impl Sink) {
+        for &port in open.values() {
+            sink.connection_opened(port);
+        }
+        self.seeded.extend(open);
     }
 
     /// Connections followed now.
@@ -123,9 +141,21 @@ impl Tracker {
 
     /// Applies one event.
     pub fn on_event(&mut self, ev: &Event<'_>, sink: &mut impl Sink) {
-        if ev.kind == Kind::Open {
-            sink.connection_opened(ev.port);
-            let conn = Conn::new(ev.port, ev.ts_ns);
+        if let Kind::Open | Kind::Adopt { .. } = ev.kind {
+            let conn = match ev.kind {
+                Kind::Adopt { inode } => {
+                    // Found open at start: already in the gauge.
+                    if self.seeded.remove(&u64::from(inode)).is_none() {
+                        sink.connection_opened(ev.port);
+                    }
+                    sink.connection_adopted(ev.port);
+                    Conn::adopted(ev.port)
+                }
+                _ => {
+                    sink.connection_opened(ev.port);
+                    Conn::new(ev.port, ev.ts_ns)
+                }
+            };
             if let Some(old) = self.conns.insert(ev.conn, conn) {
                 // Ids are never reused: this cannot happen, but if it did the
                 // old connection must not stay counted as open.
@@ -133,13 +163,13 @@ impl Tracker {
             }
             return;
         }
-        // Events of connections opened before the agent started (or whose open
-        // was lost) are not followed: they have no id the tracker knows.
+        // Ids the kernel side never announced (its event was lost) are not
+        // followed.
         let Some(conn) = self.conns.get_mut(&ev.conn) else {
             return;
         };
         match ev.kind {
-            Kind::Open => {}
+            Kind::Open | Kind::Adopt { .. } => {}
             Kind::Recv => conn.on_recv(ev, &self.routes, sink),
             Kind::Send => conn.on_send(ev, sink),
             Kind::Reset => conn.client_left(Cause::Reset, ev, sink),
@@ -161,10 +191,27 @@ impl Tracker {
     }
 }
 
+/// How far an adopted connection is from a point where a request head can
+/// start: the exchange it was found in is waited out, never guessed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Adopting {
+    /// Nothing seen yet: a read that holds a whole request head starts one;
+    /// anything else is the middle of a request.
+    Fresh,
+    /// The client was sending a request begun before the agent: in flight,
+    /// but not followed.
+    Midway,
+    /// The server wrote: the next read starts a request.
+    Turned,
+}
+
 #[derive(Debug)]
 struct Conn {
     port: u16,
-    opened_ns: u64,
+    /// `None`: it predates the agent.
+    opened_ns: Option<u64>,
+    /// Set while an adopted connection waits for its first request head.
+    adopting: Option<Adopting>,
     /// Bytes of a request head received and not yet complete.
     head: Vec<u8>,
     req: Option<Req>,
@@ -200,7 +247,8 @@ impl Conn {
     fn new(port: u16, opened_ns: u64) -> Self {
         Conn {
             port,
-            opened_ns,
+            opened_ns: Some(opened_ns),
+            adopting: None,
             head: Vec::new(),
             req: None,
             client_event: None,
@@ -208,6 +256,19 @@ impl Conn {
             served_any: false,
             asked_close: false,
             done: false,
+        }
+    }
+
+    /// A connection found established: followed from its next request head.
+    fn adopted(port: u16) -> Self {
+        Conn {
+            opened_ns: None,
+            adopting: Some(Adopting::Fresh),
+            // It carried requests before (or waited for its first): a close
+            // of it while idle is a kept-alive connection's, not a header
+            // timeout.
+            served_any: true,
+            ..Conn::new(port, 0)
         }
     }
 
@@ -232,6 +293,23 @@ impl Conn {
     }
 
     fn on_recv(&mut self, ev: &Event<'_>, routes: &RouteMatcher, sink: &mut impl Sink) {
+        match self.adopting {
+            None => {}
+            Some(Adopting::Turned) => self.adopting = None,
+            Some(Adopting::Midway) => return,
+            Some(Adopting::Fresh) => {
+                // A read that starts with a whole request head, in a
+                // connection found idle: the next request. Anything else is
+                // the middle of one (a body, a head's rest): wait for the
+                // server's answer.
+                if ev.data.is_empty() || !matches!(http1::request_head(ev.data), Head::Complete(..))
+                {
+                    self.adopting = Some(Adopting::Midway);
+                    return;
+                }
+                self.adopting = None;
+            }
+        }
         let mut off = 0usize; // bytes of this read consumed so far
         let len = ev.len as usize;
         while off < len && !self.done {
@@ -312,6 +390,12 @@ impl Conn {
     }
 
     fn on_send(&mut self, ev: &Event<'_>, sink: &mut impl Sink) {
+        if self.adopting.is_some() {
+            // The answer to a request that began before the agent: the
+            // client's next bytes are a new request.
+            self.adopting = Some(Adopting::Turned);
+            return;
+        }
         let len = ev.len as usize;
         let mut off = 0usize;
         while off < len && !self.done {
@@ -398,7 +482,9 @@ impl Conn {
         if self.client_event.is_some() || self.server_closed {
             return;
         }
-        let in_flight = self.req.is_some();
+        // A request begun before the agent and not followed is still in
+        // flight for the connection's close reason; it is no break counted.
+        let in_flight = self.req.is_some() || self.adopting == Some(Adopting::Midway);
         self.client_event = Some(ClientEvent {
             cause,
             in_flight,
@@ -491,7 +577,9 @@ impl Conn {
                     served_any: self.served_any,
                     client_asked_close: self.asked_close,
                 });
-                let lifetime = nanos(ev.ts_ns.saturating_sub(self.opened_ns));
+                let lifetime = self
+                    .opened_ns
+                    .map(|opened| nanos(ev.ts_ns.saturating_sub(opened)));
                 sink.connection_closed(self.port, reason, lifetime);
                 return true;
             }
@@ -517,8 +605,12 @@ mod tests {
         fn connection_opened(&mut self, port: u16) {
             self.0.push(format!("open {port}"));
         }
-        fn connection_closed(&mut self, _: u16, reason: CloseReason, _: Duration) {
-            self.0.push(format!("close {}", reason.as_str()));
+        fn connection_adopted(&mut self, port: u16) {
+            self.0.push(format!("adopt {port}"));
+        }
+        fn connection_closed(&mut self, _: u16, reason: CloseReason, life: Option<Duration>) {
+            let timed = if life.is_some() { "" } else { " untimed" };
+            self.0.push(format!("close {}{timed}", reason.as_str()));
         }
         fn connection_lost(&mut self, _: u16) {
             self.0.push("conn lost".into());
@@ -568,6 +660,19 @@ mod tests {
                 ts: 0,
             };
             s.event(Kind::Open, 0, b"", b"");
+            s
+        }
+
+        /// A connection found open: its first event is the kernel's adoption.
+        fn adopted(inode: u32) -> Self {
+            let routes = RouteTable::new(["/users/{id}".to_owned()]).unwrap();
+            let mut s = Script {
+                tracker: Tracker::new(routes.matcher()),
+                log: Log::default(),
+                ts: 0,
+            };
+            s.tracker.seed(HashMap::from([(5, 8080)]), &mut s.log);
+            s.event(Kind::Adopt { inode }, 0, b"", b"");
             s
         }
 
@@ -642,6 +747,63 @@ mod tests {
         want.push("close idle");
         assert_eq!(s.log(), want);
         assert!(s.tracker.is_empty());
+    }
+
+    #[test]
+    fn an_adopted_idle_connection_counts_from_its_next_request_and_closes_untimed() {
+        // Inode 5 was found open at start: counted open once, then adopted.
+        let mut s = Script::adopted(5);
+        s.recv(GET)
+            .send(OK)
+            .recv(b"GET /slow HTTP/1.1\r\n\r\n")
+            .fin();
+        s.state(tcp::CLOSE_WAIT, tcp::LAST_ACK, 0).closed();
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "adopt 8080",
+                "start GET /users/{id}",
+                "end GET /users/{id} 200 completed sent=5 unacked=0 ms=1",
+                "start GET unmatched",
+                "end GET unmatched 499 handler closed sent=0 unacked=77 ms=1",
+                "close client_abort untimed"
+            ]
+        );
+        // One not found at start (opened while the programs were attached)
+        // is counted open when adopted.
+        assert_eq!(
+            Script::adopted(6).log(),
+            ["open 8080", "open 8080", "adopt 8080"]
+        );
+    }
+
+    #[test]
+    fn an_adopted_connection_waits_out_the_exchange_it_was_found_in() {
+        // Found mid-response: the rest of that response belongs to no request
+        // seen; the client's next head starts one.
+        let mut s = Script::adopted(5);
+        s.send_big(1 << 20, b"", b"xxxxxxxx").recv(GET).send(OK);
+        // Found mid-upload: the body's bytes are not a head, whatever they
+        // hold; the client leaving then is no break of a request seen.
+        let mut u = Script::adopted(5);
+        u.recv(b"name=value&more=1")
+            .recv(b"GET /users/1 HTTP/1.1\r\n")
+            .fin();
+        u.state(tcp::CLOSE_WAIT, tcp::LAST_ACK, 0).closed();
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "adopt 8080",
+                "start GET /users/{id}",
+                "end GET /users/{id} 200 completed sent=5 unacked=0 ms=1"
+            ]
+        );
+        assert_eq!(
+            u.log(),
+            ["open 8080", "adopt 8080", "close client_abort untimed"]
+        );
     }
 
     #[test]

@@ -28,6 +28,12 @@ pub enum Kind {
     },
     /// An RST arrived.
     Reset,
+    /// An established connection seen for the first time: it was open before
+    /// the agent started (or its open event was lost).
+    Adopt {
+        /// Its socket's inode, as `/proc/net/tcp` lists it (0: orphaned).
+        inode: u32,
+    },
 }
 
 /// One decoded event. `data` and `tail` borrow the ring buffer's record.
@@ -98,6 +104,7 @@ impl<'a> Event<'a> {
                 error: len as i32,
             },
             5 => Kind::Reset,
+            6 => Kind::Adopt { inode: unacked },
             _ => return None,
         };
         let cap_len = usize::from(u16_at(b, 34)?);
@@ -139,9 +146,14 @@ pub(crate) mod tests {
             Kind::Send => (3, e.len, 0, 0),
             Kind::State { old, new, error } => (4, error as u32, old, new),
             Kind::Reset => (5, 0, 0, 0),
+            Kind::Adopt { .. } => (6, 0, 0, 0),
         };
         b[20..24].copy_from_slice(&len.to_ne_bytes());
-        b[24..28].copy_from_slice(&e.unacked.to_ne_bytes());
+        let unacked = match e.kind {
+            Kind::Adopt { inode } => inode,
+            _ => e.unacked,
+        };
+        b[24..28].copy_from_slice(&unacked.to_ne_bytes());
         b[28..30].copy_from_slice(&e.port.to_ne_bytes());
         b[30] = kind;
         b[32] = old;

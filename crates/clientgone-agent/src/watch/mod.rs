@@ -13,7 +13,13 @@
 //! (`clientgone_watch_connections_skipped_total`), and a connection that lost
 //! kernel events is left out of the request metrics
 //! (`clientgone_watch_events_lost_total`). Connections opened before the agent
-//! started are not followed.
+//! started are adopted at their first event and followed from their next
+//! request head (`clientgone_watch_connections_adopted_total`).
+//!
+//! The bytes come from the socket tracepoints alone where the kernel allows
+//! (`--capture socket`, chosen by `auto`), or from a system-call hook
+//! (`--capture syscall`), which costs every process on the host: see
+//! [`bpf::Capture`].
 
 pub mod bpf;
 pub mod conn;
@@ -35,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::routes::RouteTable;
 use crate::server::StartError;
-use bpf::Probe;
+use bpf::{Capture, CaptureMode, Probe};
 use conn::Tracker;
 use event::Event;
 use sink::PortMetrics;
@@ -62,6 +68,8 @@ pub struct WatchConfig {
     pub user: Option<String>,
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
+    /// Where the bytes come from.
+    pub capture: Capture,
     /// The registry the metrics go into.
     pub registry: Registry,
     /// Gives each request a server span when set (broken ones always kept).
@@ -77,6 +85,12 @@ pub struct RunningWatch {
     pub metrics_addr: SocketAddr,
     /// The watched ports.
     pub ports: BTreeSet<u16>,
+    /// The capture mode in use.
+    pub capture: CaptureMode,
+    /// The tracepoints attached to.
+    pub attached: Vec<&'static str>,
+    /// Connections found open at start on the watched ports.
+    pub found_open: usize,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -135,7 +149,20 @@ pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
             .map_err(|e| StartError(e.to_string()))?;
     }
     let list: Vec<u16> = ports.iter().copied().collect();
-    let probe = Probe::load(&list, config.ring_bytes).map_err(StartError)?;
+    // The connections open before the programs attach are counted open from
+    // the first scrape. Read before and after attaching: one in both was open
+    // throughout (its first event adopts it without counting it again); one
+    // that closed or opened in between is counted when its events adopt it.
+    let before = procfs::open_connections(&ports);
+    let probe = Probe::load(&list, config.ring_bytes, config.capture).map_err(StartError)?;
+    let after = procfs::open_connections(&ports);
+    let open: std::collections::HashMap<u64, u16> = before
+        .into_iter()
+        .filter(|(inode, _)| after.contains_key(inode))
+        .collect();
+    let found_open = open.len();
+    sink.set_capture(probe.mode);
+    let (capture, attached) = (probe.mode, probe.attached.clone());
     let metrics_listener = TcpListener::bind(&config.metrics_listen)
         .await
         .map_err(|e| {
@@ -150,7 +177,8 @@ pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
     privileges::drop_privileges(config.user.as_deref()).map_err(StartError)?;
 
     let shutdown = CancellationToken::new();
-    let tracker = Tracker::new(config.routes.matcher());
+    let mut tracker = Tracker::new(config.routes.matcher());
+    tracker.seed(open, &mut sink);
     let follow = tokio::spawn(follow(probe, tracker, sink, shutdown.clone()));
     let metrics_server = tokio::spawn(clientgone_exporter::serve_metrics(
         metrics_listener,
@@ -160,6 +188,9 @@ pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
     Ok(RunningWatch {
         metrics_addr,
         ports,
+        capture,
+        attached,
+        found_open,
         shutdown,
         tasks: vec![follow, metrics_server],
     })

@@ -32,6 +32,37 @@ fn listening(pid: u32) -> HashMap<u64, u16> {
     found
 }
 
+/// `TCP_ESTABLISHED` and `TCP_CLOSE_WAIT` as `/proc/net/tcp` writes them: the
+/// states in which a connection still carries requests.
+const OPEN: [&str; 2] = ["01", "08"];
+
+/// Socket inode → local port of the open connections on `ports` in this
+/// network namespace (`/proc/net/tcp` and `tcp6`): the connections that were
+/// open before the agent started. Orphaned sockets (inode 0) are left out.
+pub fn open_connections(ports: &BTreeSet<u16>) -> HashMap<u64, u16> {
+    let mut found = HashMap::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || !OPEN.contains(&f[3]) {
+                continue;
+            }
+            let port = f[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+                .filter(|p| ports.contains(p));
+            if let (Some(port), Ok(inode @ 1..)) = (port, f[9].parse::<u64>()) {
+                found.insert(inode, port);
+            }
+        }
+    }
+    found
+}
+
 /// The ports process `pid` listens on.
 pub fn ports_of(pid: u32) -> Result<BTreeSet<u16>, String> {
     let fds = fs::read_dir(format!("/proc/{pid}/fd"))
@@ -79,5 +110,17 @@ mod tests {
         let me = fs::read_to_string("/proc/self/comm").unwrap();
         assert!(pids_named(me.trim_end()).contains(&std::process::id()));
         assert!(ports_of(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn finds_open_connections_on_a_port_and_no_others() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        let open = open_connections(&BTreeSet::from([port]));
+        // The server's side only: the client's local port is another.
+        assert_eq!(open.values().collect::<Vec<_>>(), [&port]);
+        assert!(open_connections(&BTreeSet::new()).is_empty());
     }
 }

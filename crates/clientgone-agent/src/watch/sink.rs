@@ -9,8 +9,9 @@ use std::time::SystemTime;
 
 use clientgone::{CloseReason, End, Metrics, Record};
 use opentelemetry_sdk::trace::SdkTracer;
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
+use super::bpf::CaptureMode;
 use super::conn::{Ended, Sink, Skip};
 
 /// The metrics of every watched port.
@@ -19,6 +20,8 @@ pub struct PortMetrics {
     ports: HashMap<u16, Metrics>,
     registry: Registry,
     skipped: IntCounterVec,
+    adopted: IntCounterVec,
+    capture: IntGaugeVec,
     /// `clientgone_watch_events_lost_total`.
     pub events_lost: IntCounter,
     /// Spans (OTLP), when traces are on.
@@ -53,12 +56,32 @@ impl PortMetrics {
             "clientgone_watch_events_lost_total",
             "Kernel events that did not reach the agent (the ring buffer was full).",
         )?;
+        let adopted = IntCounterVec::new(
+            Opts::new(
+                "clientgone_watch_connections_adopted_total",
+                "Watched connections established before the agent started, followed \
+                 from their next request head.",
+            ),
+            &["server_port"],
+        )?;
+        let capture = IntGaugeVec::new(
+            Opts::new(
+                "clientgone_watch_capture",
+                "Where the bytes come from: 1 for the capture mode in use (socket: socket \
+                 tracepoints alone; syscall: a system-call hook), 0 for the other.",
+            ),
+            &["mode"],
+        )?;
         registry.register(Box::new(skipped.clone()))?;
+        registry.register(Box::new(adopted.clone()))?;
+        registry.register(Box::new(capture.clone()))?;
         registry.register(Box::new(events_lost.clone()))?;
         Ok(PortMetrics {
             ports: HashMap::new(),
             registry: registry.clone(),
             skipped,
+            adopted,
+            capture,
             events_lost,
             tracer,
             buckets,
@@ -78,8 +101,18 @@ impl PortMetrics {
             self.skipped
                 .with_label_values(&[&port.to_string(), why.as_str()]);
         }
+        self.adopted.with_label_values(&[&port.to_string()]);
         self.ports.insert(port, metrics);
         Ok(())
+    }
+
+    /// Says which capture mode is in use.
+    pub fn set_capture(&self, mode: CaptureMode) {
+        for m in CaptureMode::ALL {
+            self.capture
+                .with_label_values(&[m.as_str()])
+                .set(i64::from(m == mode));
+        }
     }
 
     fn port(&self, port: u16) -> Option<&Metrics> {
@@ -94,9 +127,18 @@ impl Sink for PortMetrics {
         }
     }
 
-    fn connection_closed(&mut self, port: u16, reason: CloseReason, lifetime: Duration) {
+    fn connection_adopted(&mut self, port: u16) {
+        if self.ports.contains_key(&port) {
+            self.adopted.with_label_values(&[&port.to_string()]).inc();
+        }
+    }
+
+    fn connection_closed(&mut self, port: u16, reason: CloseReason, lifetime: Option<Duration>) {
         if let Some(m) = self.port(port) {
-            m.connection_closed(reason, lifetime);
+            match lifetime {
+                Some(lifetime) => m.connection_closed(reason, lifetime),
+                None => m.connection_closed_untimed(reason),
+            }
         }
     }
 
