@@ -5,9 +5,9 @@
 #
 # Throughput: nginx (Debian's, master_process off, one worker pinned to CPU 0)
 # serving a small static file, wrk on CPU 1 (1 thread, 32 keep-alive
-# connections). Rounds alternate: nginx alone, nginx with `clientgone watch`
-# attached to its port (the agent pinned to CPU 0 too, so its cost lands on
-# nginx's core). CPU per request is nginx's CPU (user + system: the BPF programs
+# connections). Rounds alternate: nginx alone, nginx with `clientgone watch
+# --capture socket` attached to its port, then with `--capture syscall` (the
+# agent pinned to CPU 0 too, so its cost lands on nginx's core). CPU per request is nginx's CPU (user + system: the BPF programs
 # run in its system calls) plus the agent's, from /proc/PID/stat. With
 # kernel.bpf_stats_enabled=1 the programs' own run time is read with bpftool.
 #
@@ -42,13 +42,14 @@ sleep 0.5
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # clock ticks
 tick=$(getconf CLK_TCK)
 sysctl -qw kernel.bpf_stats_enabled=1
-echo "| round | watch | req/s | CPU µs/req (nginx) | CPU µs/req (agent) | CPU µs/req (both) |"
+echo "| round | watch --capture | req/s | CPU µs/req (nginx) | CPU µs/req (agent) | CPU µs/req (both) |"
 echo "|---|---|---|---|---|---|"
 for r in $(seq 1 "$rounds"); do
-  for mode in off on; do
+  for mode in off socket syscall; do
     agent_pid=""
-    if [ $mode = on ]; then
-      taskset -c 0 "$bin" watch --port $port --metrics-listen 127.0.0.1:19465 2>"$dir/watch.log" &
+    if [ $mode != off ]; then
+      : > "$dir/watch.log"
+      taskset -c 0 "$bin" watch --port $port --capture $mode --metrics-listen 127.0.0.1:19465 2>"$dir/watch.log" &
       agent_pid=$!
       until grep -q watching "$dir/watch.log"; do sleep 0.05; done
     fi

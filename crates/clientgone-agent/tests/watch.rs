@@ -463,6 +463,101 @@ async fn nginx_static_and_proxied_breaks_are_counted_exactly(capture: &'static s
 }
 
 both_captures!(
+    an_nginx_upstream_pool_warmed_before_the_agent_is_followed,
+    cfg_attr(
+        not(ebpf),
+        ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+    ),
+    cfg_attr(not(nginx), ignore = "needs nginx (Debian's nginx package)")
+);
+/// nginx as a reverse proxy with an upstream `keepalive` pool to Python's
+/// `http.server`, the pool warmed before the agent starts, the backend's port
+/// watched: the requests on the pooled connection and a client that leaves
+/// mid-wait (nginx's 499, which closes its upstream connection) are counted.
+async fn an_nginx_upstream_pool_warmed_before_the_agent_is_followed(capture: &'static str) {
+    let (_server, upstream) = python_server();
+    let dir = std::env::temp_dir().join(format!("cg-watch-pool-{capture}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = format!(
+        "user root; master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
+         events {{ worker_connections 256; }}
+         http {{
+           access_log off;
+           client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+           fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+           upstream backend {{ server {upstream}; keepalive 4; }}
+           server {{
+             listen 127.0.0.1:{port};
+             location / {{ proxy_pass http://backend; proxy_http_version 1.1;
+                           proxy_set_header Connection \"\"; }}
+           }}
+         }}",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let _nginx = Killed(
+        Command::new("nginx")
+            .args(["-e", "stderr", "-c"])
+            .arg(dir.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn nginx"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until("nginx listening", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    // Warm the pool: one request at a time, so nginx keeps one upstream
+    // connection and reuses it.
+    let mut client = Http1Connection::open(addr).await;
+    for _ in 0..3 {
+        assert_eq!(client.request("GET", "/users/0").await.0, 200);
+    }
+    let backend = upstream.port().to_string();
+    let w = watch(capture, &["--port", &backend, "--route", "/users/{id}"]);
+    scrape(w.metrics)
+        .await
+        .assert_value("http_server_open_connections", &[], 1.0);
+
+    for i in 1..=30 {
+        let path = format!("/users/{i}");
+        assert_eq!(client.request("GET", &path).await.0, 200);
+    }
+    // As in the adoption test: with the system-call capture, the read the
+    // pooled connection's server thread was already blocked in is unseen.
+    let unseen = if capture == "syscall" { 1.0 } else { 0.0 };
+    w.wait(
+        DURATION_COUNT,
+        &[("http_route", "/users/{id}"), ("outcome", "completed")],
+        30.0 - unseen,
+    )
+    .await;
+    let stream = send_raw(addr, b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    w.wait(ACTIVE, &[("http_route", "unmatched")], 1.0).await;
+    close_fin(stream);
+    let s = w
+        .wait(DISCONNECTS, &brk("unmatched", "handler", "closed"), 1.0)
+        .await;
+    s.assert_value(DISCONNECTS, &[], 1.0);
+    s.assert_value(DURATION_COUNT, &[], 31.0 - unseen);
+    s.assert_value(
+        "clientgone_watch_connections_adopted_total",
+        &[on(&backend)],
+        1.0,
+    );
+    s.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
+    client.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+both_captures!(
     watch_agrees_with_the_layer_on_the_demo_under_traffic,
     cfg_attr(
         not(ebpf),

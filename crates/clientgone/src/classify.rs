@@ -344,25 +344,73 @@ pub(crate) const METHODS: [&str; 10] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
 ];
 
-/// A response that hands its connection over to another protocol (WebSocket
-/// and other `101` upgrades, a tunnel after `CONNECT`).
-pub(crate) fn hands_over_connection(connect: bool, status: http::StatusCode) -> bool {
-    status == http::StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success())
+/// A response that hands its connection over to another protocol: a `101
+/// Switching Protocols` (WebSocket and other upgrades), or a success answer to
+/// `CONNECT` (a tunnel). After it the connection carries no more HTTP; every
+/// source (the layer, `serve`, `clientgone watch`) stops following it here.
+///
+/// ```
+/// use clientgone::hands_over_connection;
+/// assert!(hands_over_connection(false, 101));
+/// assert!(hands_over_connection(true, 200));
+/// assert!(!hands_over_connection(true, 405)); // a refused tunnel is an answer
+/// assert!(!hands_over_connection(false, 200));
+/// ```
+pub fn hands_over_connection(connect: bool, status: u16) -> bool {
+    status == 101 || (connect && (200..300).contains(&status))
 }
 
-/// An HTTP/1 request whose client wants the connection closed after it.
-pub(crate) fn asks_to_close<B>(req: &http::Request<B>) -> bool {
-    let connection = req.headers().get(http::header::CONNECTION);
+/// A response that can have no body (RFC 9110 §6.4.1): the answer to `HEAD`,
+/// any `1xx`, `204` and `304`, whatever its headers declare. Its request
+/// completes with its head.
+///
+/// ```
+/// use clientgone::response_has_no_body;
+/// assert!(response_has_no_body(true, 200));
+/// assert!(response_has_no_body(false, 304));
+/// assert!(!response_has_no_body(false, 200));
+/// ```
+pub fn response_has_no_body(head_request: bool, status: u16) -> bool {
+    head_request || (100..200).contains(&status) || status == 204 || status == 304
+}
+
+/// An HTTP/1 request whose client wants the connection closed after it:
+/// HTTP/1.0 without `Connection: keep-alive`, HTTP/1.1 with `Connection:
+/// close`. `connection` holds the values of every `Connection` header (a list
+/// of tokens, case-insensitive). HTTP/2 closes with GOAWAY instead: never.
+///
+/// ```
+/// use clientgone::asks_to_close;
+/// use http::Version;
+/// assert!(asks_to_close(Version::HTTP_10, []));
+/// assert!(!asks_to_close(Version::HTTP_10, [&b"Keep-Alive"[..]]));
+/// assert!(asks_to_close(Version::HTTP_11, [&b"te, close"[..]]));
+/// assert!(!asks_to_close(Version::HTTP_2, [&b"close"[..]]));
+/// ```
+pub fn asks_to_close<'a>(
+    version: http::Version,
+    connection: impl IntoIterator<Item = &'a [u8]>,
+) -> bool {
     let says = |token: &str| {
-        connection
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        connection.into_iter().any(|v| {
+            v.split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
     };
-    match req.version() {
+    match version {
         http::Version::HTTP_10 => !says("keep-alive"),
         http::Version::HTTP_11 => says("close"),
         _ => false,
     }
+}
+
+/// [`asks_to_close`] of a request.
+pub(crate) fn request_asks_to_close<B>(req: &http::Request<B>) -> bool {
+    let values = req.headers().get_all(http::header::CONNECTION);
+    asks_to_close(
+        req.version(),
+        values.iter().map(http::HeaderValue::as_bytes),
+    )
 }
 
 pub(crate) fn method_index(method: &http::Method) -> usize {
@@ -542,7 +590,7 @@ mod tests {
 
 #[cfg(test)]
 mod close_request_tests {
-    use super::asks_to_close;
+    use super::request_asks_to_close as asks_to_close;
 
     #[test]
     fn a_close_is_asked_by_connection_close_or_http_1_0_without_keep_alive() {

@@ -50,7 +50,8 @@ mod serve;
 
 pub use classify::{
     BodyProgress, Cause, ClientEvent, CloseFacts, CloseReason, Direction, Outcome, PeerSignal,
-    Phase, break_cause, break_phase, close_reason, method_label, recorded_status,
+    Phase, asks_to_close, break_cause, break_phase, close_reason, hands_over_connection,
+    method_label, recorded_status, response_has_no_body,
 };
 pub use client_gone::{ClientGone, MissingDisconnectLayer};
 pub use connection::{

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clientgone::{
     BodyProgress, Cause, ClientEvent, CloseFacts, CloseReason, End, Record, UNMATCHED_ROUTE,
-    break_phase, close_reason, recorded_status,
+    break_phase, close_reason, hands_over_connection, recorded_status, response_has_no_body,
 };
 
 use super::event::{Event, Kind, tcp};
@@ -236,6 +236,7 @@ struct Req {
     /// The request body was fully read (or there was none).
     body_read: bool,
     head_request: bool,
+    connect: bool,
     /// Bytes of a response head written and not yet complete.
     resp_head: Vec<u8>,
     /// The response's status and framing, once its head was written.
@@ -362,9 +363,6 @@ impl Conn {
         routes: &RouteMatcher,
         sink: &mut impl Sink,
     ) {
-        if head.upgrade {
-            return self.skip(Skip::Upgraded, sink);
-        }
         let route = routes
             .template(head.path())
             .unwrap_or(UNMATCHED_ROUTE)
@@ -373,7 +371,7 @@ impl Conn {
         sink.request_started(self.port, head.method, &route);
         self.asked_close |= head.close;
         let body_read = head.body.is_empty();
-        let (method, body) = (head.method, head.body);
+        let (method, body, connect) = (head.method, head.body, head.connect);
         self.req = Some(Req {
             method,
             route,
@@ -383,6 +381,7 @@ impl Conn {
             body,
             body_read,
             head_request: method == "HEAD",
+            connect,
             resp_head: Vec::new(),
             resp: None,
             body_sent: 0,
@@ -416,17 +415,15 @@ impl Conn {
                             if (100..200).contains(&status) && status != 101 {
                                 continue; // 100 Continue and the like: the real head follows
                             }
-                            let bodiless = req.head_request
-                                || status == 101
-                                || status == 204
-                                || status == 304
+                            let bodiless = response_has_no_body(req.head_request, status)
                                 || framing.is_empty();
+                            let handed_over = hands_over_connection(req.connect, status);
                             req.resp = Some((status, framing));
-                            if bodiless {
+                            if bodiless || handed_over {
                                 self.complete(ev.ts_ns, sink);
-                                if status == 101 {
-                                    return self.skip(Skip::Upgraded, sink);
-                                }
+                            }
+                            if handed_over {
+                                return self.skip(Skip::Upgraded, sink);
                             }
                         }
                         Head::Partial
@@ -990,6 +987,53 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_is_handed_over_only_when_the_server_agrees() {
+        // The layer's rule: a 101, or a success answer to CONNECT. The request
+        // itself completes at its head; the bytes after it are not HTTP.
+        let ws = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let mut s = Script::new();
+        s.recv(ws)
+            .send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
+            .recv(b"\x81\x05hello")
+            .closed();
+        let mut c = Script::new();
+        c.recv(b"CONNECT a:443 HTTP/1.1\r\n\r\n")
+            .send(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .closed();
+        // Declined: an answer like any other, and the connection goes on.
+        let mut d = Script::new();
+        d.recv(ws)
+            .send(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 0\r\n\r\n")
+            .recv(b"CONNECT a:443 HTTP/1.1\r\n\r\n")
+            .send(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            .closed();
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "start GET unmatched",
+                "end GET unmatched 101 completed sent=0 unacked=0 ms=1",
+                "skip upgraded",
+                "close server"
+            ]
+        );
+        assert_eq!(
+            c.log()[2],
+            "end CONNECT unmatched 200 completed sent=0 unacked=0 ms=1"
+        );
+        assert_eq!(c.log()[3], "skip upgraded");
+        assert_eq!(
+            d.log()[1..5],
+            [
+                "start GET unmatched",
+                "end GET unmatched 426 completed sent=0 unacked=0 ms=1",
+                "start CONNECT unmatched",
+                "end CONNECT unmatched 405 completed sent=0 unacked=0 ms=1",
+            ]
+        );
+    }
+
+    #[test]
     fn what_cannot_be_followed_is_skipped_and_counted() {
         for (bytes, why) in [
             (
@@ -998,10 +1042,6 @@ mod tests {
             ),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "skip http2"),
             (b"\x00\x01garbage\r\n\r\n", "skip unparsed"),
-            (
-                b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-                "skip upgraded",
-            ),
         ] {
             let mut s = Script::new();
             s.recv(bytes).closed();

@@ -31,8 +31,9 @@ pub struct RequestHead {
     pub body: Framing,
     /// The client asked to close after this request.
     pub close: bool,
-    /// The connection switches protocols (`Upgrade`, `CONNECT`).
-    pub upgrade: bool,
+    /// A `CONNECT`: a success answer hands the connection over
+    /// ([`clientgone::hands_over_connection`]).
+    pub connect: bool,
 }
 
 impl RequestHead {
@@ -174,13 +175,15 @@ pub fn request_head(buf: &[u8]) -> Head<RequestHead> {
     let method = http::Method::from_bytes(method.as_bytes())
         .map_or("_OTHER", |m| clientgone::method_label(&m));
     let path = target.split_once('?').map_or(target, |(p, _)| p).to_owned();
-    let close = match version {
-        0 => !has_token(req.headers, "connection", "keep-alive"),
-        _ => has_token(req.headers, "connection", "close"),
-    };
-    let upgrade = method == "CONNECT"
-        || (header(req.headers, "upgrade").next().is_some()
-            && has_token(req.headers, "connection", "upgrade"));
+    let close = clientgone::asks_to_close(
+        if version == 0 {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        },
+        header(req.headers, "connection"),
+    );
+    let connect = method == "CONNECT";
     Head::Complete(
         n,
         RequestHead {
@@ -189,7 +192,7 @@ pub fn request_head(buf: &[u8]) -> Head<RequestHead> {
             version: if version == 0 { "1.0" } else { "1.1" },
             body,
             close,
-            upgrade,
+            connect,
         },
     )
 }
@@ -253,11 +256,8 @@ mod tests {
         assert!(matches!(h.body, Framing::Chunked(_)) && h.close);
         let h = req(b"BREW /pot HTTP/1.1\r\n\r\n");
         assert_eq!(h.method, "_OTHER");
-        assert!(req(b"CONNECT a:443 HTTP/1.1\r\n\r\n").upgrade);
-        assert!(
-            req(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n")
-                .upgrade
-        );
+        assert!(req(b"CONNECT a:443 HTTP/1.1\r\n\r\n").connect);
+        assert!(req(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n").close);
         assert!(matches!(
             request_head(b"GET / HTTP/1.1\r\nHost"),
             Head::Partial

@@ -5,12 +5,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::{Response, StatusCode, header};
+use http::{Response, header};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::body::ResponseBody;
 use super::guard::{RequestGuard, recording_panics};
+use crate::classify::response_has_no_body;
 
 pin_project! {
     /// Response future of [`DisconnectService`](super::DisconnectService).
@@ -75,10 +76,7 @@ where
                 let declared_len = (!guard.is_http2()).then(|| declared_len(&res)).flatten();
                 // hyper never polls a body that HEAD, 1xx, 204 and 304 cannot
                 // have, nor one declared empty.
-                let bodiless = *this.head_request
-                    || status.is_informational()
-                    || status == StatusCode::NO_CONTENT
-                    || status == StatusCode::NOT_MODIFIED
+                let bodiless = response_has_no_body(*this.head_request, status.as_u16())
                     || declared_len == Some(0)
                     || res.body().is_end_stream();
                 if bodiless {

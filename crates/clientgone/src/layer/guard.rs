@@ -278,7 +278,6 @@ impl RequestGuard {
             }
         );
         if let Some(state) = self.shared.untracked_connection()
-            && let Ok(status) = http::StatusCode::from_u16(status)
             && hands_over_connection(connect, status)
         {
             state.mark_upgraded();

@@ -17,7 +17,7 @@ use super::guard::{GrpcCall, RequestGuard, RequestShared, Target, recording_pani
 use super::request_body::RequestBody;
 use super::span::{RequestSpan, SharedTracer};
 use crate::BoxError;
-use crate::classify::{BodyProgress, METHODS, asks_to_close, method_index};
+use crate::classify::{BodyProgress, METHODS, method_index, request_asks_to_close};
 use crate::connection::TrackedConnection;
 use crate::grpc::{GrpcMethods, OTHER_METHOD, RpcType, grpc_timeout, is_grpc_request};
 use crate::metrics::{Metrics, RouteMetrics, RpcMethodMetrics, UNMATCHED_ROUTE};
@@ -216,7 +216,7 @@ where
         // client asked for (`clientgone::serve` does it itself).
         if let Some(connection) = connection {
             let state = connection.state();
-            if !state.is_tracked_by_server() && asks_to_close(&req) {
+            if !state.is_tracked_by_server() && request_asks_to_close(&req) {
                 state.mark_client_asked_close();
             }
         }

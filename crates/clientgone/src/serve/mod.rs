@@ -19,7 +19,7 @@ use hyper_util::server::conn::auto::Builder;
 use tokio_util::task::TaskTracker;
 use tower::Service;
 
-use crate::classify::asks_to_close;
+use crate::classify::request_asks_to_close;
 use crate::connection::{TrackedListener, TrackedStream};
 use connections::{Connections, Controlled, Ended, Stop};
 use request::{InFlightMark, Served};
@@ -176,7 +176,7 @@ async fn serve_connection(
     // then leaves the connection's bookkeeping to us (see `request.rs`).
     state.mark_tracked_by_server();
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-        if asks_to_close(&req) {
+        if request_asks_to_close(&req) {
             requests_state.mark_client_asked_close();
         }
         req.extensions_mut().insert(info.clone());

@@ -76,7 +76,7 @@ where
         let in_flight = this.in_flight.take();
         Poll::Ready(result.map(|res| {
             if let Some(mark) = &in_flight
-                && hands_over_connection(mark.connect, res.status())
+                && hands_over_connection(mark.connect, res.status().as_u16())
             {
                 mark.state.mark_upgraded();
             }
