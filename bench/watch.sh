@@ -20,6 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-4}
 secs=${2:-5}
+modes=${MODES:-off socket syscall}   # MODES="off socket" to leave one out
 bin=target/release/clientgone
 [ -x "$bin" ] || cargo build --release -p clientgone-agent
 dir=$(mktemp -d)
@@ -45,7 +46,7 @@ sysctl -qw kernel.bpf_stats_enabled=1
 echo "| round | watch --capture | req/s | CPU µs/req (nginx) | CPU µs/req (agent) | CPU µs/req (both) |"
 echo "|---|---|---|---|---|---|"
 for r in $(seq 1 "$rounds"); do
-  for mode in off socket syscall; do
+  for mode in $modes; do
     agent_pid=""
     if [ $mode != off ]; then
       : > "$dir/watch.log"

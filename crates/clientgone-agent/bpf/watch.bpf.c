@@ -171,12 +171,15 @@ static __always_inline __u32 unacked(const struct sock *sk)
 }
 
 /* Copies up to CG_CAP bytes from the start of a contiguous user buffer, and
- * its last CG_TAIL bytes. */
+ * its last CG_TAIL bytes unless the start already holds the whole transfer
+ * (user space takes the tail from it: one helper call less per small one). */
 static __always_inline void capture_buf(struct cg_event *e, __u64 buf, __u32 len, int head)
 {
 	__u32 n = !head ? 0 : len < CG_CAP ? len : CG_CAP;
 	if (n > 0 && bpf_probe_read_user(e->data, bounded(n, 2 * CG_CAP - 1), (void *)buf) == 0)
 		e->cap_len = n;
+	if (e->cap_len == len)
+		return;
 	__u32 t = len < CG_TAIL ? len : CG_TAIL;
 	if (t > 0 && bpf_probe_read_user(e->tail, bounded(t, 2 * CG_TAIL - 1),
 					 (void *)(buf + len - t)) == 0)
@@ -205,7 +208,7 @@ static __always_inline void capture_iov(struct cg_event *e, __u64 iov, __u64 cou
 			copied += n;
 		}
 		seen += used;
-		if (seen == len && used > 0) {
+		if (seen == len && used > 0 && copied < len) {
 			__u32 t = used < CG_TAIL ? used : CG_TAIL;
 			if (bpf_probe_read_user(e->tail, bounded(t, 2 * CG_TAIL - 1),
 						(void *)(v.base + used - t)) == 0)
@@ -278,7 +281,6 @@ static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 
 	struct cg_event *e = new_event(cs, kind);
 	if (!e)
 		return 0;
-	e->tgid = bpf_get_current_pid_tgid() >> 32;
 	e->len = ret;
 	if (c && c->dir == dir && c->kind != CALL_NOBUF) {
 		if (c->kind == CALL_BUF) {

@@ -36,7 +36,7 @@ enum cg_kind {
 struct cg_event {
 	__u64 conn;       /*  0: connection id, given at CG_OPEN */
 	__u64 ts_ns;      /*  8: CLOCK_MONOTONIC */
-	__u32 tgid;       /* 16: the process that read or wrote (0 in softirq events) */
+	__u32 tgid;       /* 16: unused, 0 */
 	__s32 len;        /* 20: RECV/SEND bytes; STATE sk_err */
 	__u32 unacked;    /* 24: STATE/RESET: bytes written the peer never acknowledged */
 	__u16 port;       /* 28: the watched local port */
@@ -45,7 +45,8 @@ struct cg_event {
 	__u8 old_state;   /* 32 */
 	__u8 new_state;   /* 33 */
 	__u16 cap_len;    /* 34: bytes in data, from the start of the transfer */
-	__u16 tail_len;   /* 36: bytes in tail, the last ones of the transfer */
+	__u16 tail_len;   /* 36: bytes in tail, the last ones of the transfer; 0 when
+			   * data holds the whole transfer (its last bytes are the tail) */
 	__u16 pad;        /* 38 */
 	__u8 tail[CG_TAIL]; /* 40 */
 	__u8 data[3 * CG_CAP]; /* 48: cap_len bytes are sent (never more than CG_CAP; the

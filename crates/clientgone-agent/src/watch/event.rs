@@ -113,7 +113,11 @@ impl<'a> Event<'a> {
             return None;
         }
         let data = b.get(HEADER..HEADER + cap_len)?;
-        let tail = b.get(40..40 + tail_len)?;
+        let mut tail = b.get(40..40 + tail_len)?;
+        if tail.is_empty() && cap_len > 0 && cap_len == len as usize {
+            // The whole transfer was captured: its tail is the end of it.
+            tail = &data[cap_len.saturating_sub(TAIL)..];
+        }
         Some(Event {
             conn,
             ts_ns,
@@ -179,6 +183,11 @@ pub(crate) mod tests {
         };
         let b = encode(&e);
         assert_eq!(Event::parse(&b), Some(e));
+        // A transfer captured whole comes without a tail of its own.
+        let mut whole = b.clone();
+        whole[36..38].copy_from_slice(&0u16.to_ne_bytes());
+        let tail = &e.data[e.data.len() - TAIL..];
+        assert_eq!(Event::parse(&whole), Some(Event { tail, ..e }));
         let s = Event {
             kind: Kind::State {
                 old: tcp::ESTABLISHED,
