@@ -82,6 +82,7 @@ impl RouteTable {
         RouteMatcher {
             router,
             templates: self.templates.clone(),
+            shared: self.templates.iter().map(|t| t.as_str().into()).collect(),
         }
     }
 }
@@ -91,6 +92,8 @@ impl RouteTable {
 pub struct RouteMatcher {
     router: matchit::Router<usize>,
     templates: Vec<String>,
+    /// The same, shared: what a request in flight keeps (no copy per request).
+    shared: Vec<std::sync::Arc<str>>,
 }
 
 impl RouteMatcher {
@@ -107,6 +110,12 @@ impl RouteMatcher {
     pub fn template(&self, path: &str) -> Option<&str> {
         let found = self.router.at(path).ok()?;
         self.templates.get(*found.value).map(String::as_str)
+    }
+
+    /// [`template`](Self::template), as a shared string a request can keep.
+    pub fn template_shared(&self, path: &str) -> Option<std::sync::Arc<str>> {
+        let found = self.router.at(path).ok()?;
+        self.shared.get(*found.value).cloned()
     }
 }
 
