@@ -1,4 +1,5 @@
-//! Command-line flags, exactly as CONTRACT.md fixes them.
+//! Command-line flags, as docs/metrics.md lists them (tests/reference.rs holds
+//! the two equal).
 
 use std::time::Duration;
 

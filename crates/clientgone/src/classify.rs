@@ -2,7 +2,8 @@
 //! and the pure rules that turn observed facts into them.
 //!
 //! Everything here is free of I/O so the rules can be tested with tables of cases;
-//! the label strings are the ones fixed in the project's CONTRACT.md.
+//! the label strings are the ones listed in docs/metrics.md (held against the code
+//! by crates/clientgone-agent/tests/reference.rs).
 
 use std::io;
 
