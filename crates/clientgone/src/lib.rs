@@ -45,6 +45,7 @@ mod connection;
 mod grpc;
 mod layer;
 mod metrics;
+pub mod names;
 mod record;
 mod serve;
 

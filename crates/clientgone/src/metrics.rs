@@ -13,6 +13,7 @@ use prometheus::{
 
 use crate::classify::{Cause, CloseReason, METHODS, Outcome, Phase};
 use crate::grpc::{GrpcStatus, RpcType};
+use crate::names::{self, label};
 use crate::record::{CallRecord, End, Record};
 
 /// The route label of requests that matched no route.
@@ -397,92 +398,105 @@ impl MetricsBuilder {
         };
         let request_duration = HistogramVec::new(
             hopts(
-                "http_server_request_duration_seconds",
+                names::HTTP_SERVER_REQUEST_DURATION.prometheus,
                 "Duration of HTTP server requests, completed or broken off by the client.",
                 &buckets.request_duration,
             ),
             &[
-                "http_request_method",
-                "http_route",
-                "http_response_status_code",
-                "outcome",
+                label::HTTP_REQUEST_METHOD,
+                label::HTTP_ROUTE,
+                label::HTTP_RESPONSE_STATUS_CODE,
+                label::OUTCOME,
             ],
         )?;
         let active_requests = IntGaugeVec::new(
             opts(
-                "http_server_active_requests",
+                names::HTTP_SERVER_ACTIVE_REQUESTS.prometheus,
                 "HTTP server requests in flight.",
             ),
-            &["http_request_method", "http_route"],
+            &[label::HTTP_REQUEST_METHOD, label::HTTP_ROUTE],
         )?;
         let disconnects = IntCounterVec::new(
             opts(
-                "http_server_client_disconnects_total",
+                names::HTTP_SERVER_CLIENT_DISCONNECTS.prometheus,
                 "Requests whose client broke the connection before the response was done.",
             ),
-            &["http_request_method", "http_route", "phase", "cause"],
+            &[
+                label::HTTP_REQUEST_METHOD,
+                label::HTTP_ROUTE,
+                label::PHASE,
+                label::CAUSE,
+            ],
         )?;
         let disconnect_elapsed = HistogramVec::new(
             hopts(
-                "http_server_client_disconnect_elapsed_seconds",
+                names::HTTP_SERVER_CLIENT_DISCONNECT_ELAPSED.prometheus,
                 "Time from a request's arrival until its client's break was noticed.",
                 &buckets.disconnect_elapsed,
             ),
-            &["http_request_method", "http_route", "phase"],
+            &[label::HTTP_REQUEST_METHOD, label::HTTP_ROUTE, label::PHASE],
         )?;
         let rpc_duration = HistogramVec::new(
             hopts(
-                "rpc_server_call_duration_seconds",
+                names::RPC_SERVER_CALL_DURATION.prometheus,
                 "Duration of gRPC server calls, completed or broken off by the client.",
                 &buckets.request_duration,
             ),
             &[
-                "rpc_system_name",
-                "rpc_method",
-                "rpc_type",
-                "rpc_response_status_code",
-                "outcome",
+                label::RPC_SYSTEM_NAME,
+                label::RPC_METHOD,
+                label::RPC_TYPE,
+                label::RPC_RESPONSE_STATUS_CODE,
+                label::OUTCOME,
             ],
         )?;
         let rpc_active = IntGaugeVec::new(
-            opts("rpc_server_active_calls", "gRPC server calls in flight."),
-            &["rpc_system_name", "rpc_method", "rpc_type"],
+            opts(
+                names::RPC_SERVER_ACTIVE_CALLS.prometheus,
+                "gRPC server calls in flight.",
+            ),
+            &[label::RPC_SYSTEM_NAME, label::RPC_METHOD, label::RPC_TYPE],
         )?;
         let rpc_disconnects = IntCounterVec::new(
             opts(
-                "rpc_server_client_disconnects_total",
+                names::RPC_SERVER_CLIENT_DISCONNECTS.prometheus,
                 "gRPC calls whose client cancelled, gave up at its deadline or broke the \
                  connection before the call was done.",
             ),
             &[
-                "rpc_system_name",
-                "rpc_method",
-                "rpc_type",
-                "phase",
-                "cause",
+                label::RPC_SYSTEM_NAME,
+                label::RPC_METHOD,
+                label::RPC_TYPE,
+                label::PHASE,
+                label::CAUSE,
             ],
         )?;
         let rpc_disconnect_elapsed = HistogramVec::new(
             hopts(
-                "rpc_server_client_disconnect_elapsed_seconds",
+                names::RPC_SERVER_CLIENT_DISCONNECT_ELAPSED.prometheus,
                 "Time from a gRPC call's arrival until its client's break was noticed.",
                 &buckets.disconnect_elapsed,
             ),
-            &["rpc_system_name", "rpc_method", "rpc_type", "phase"],
+            &[
+                label::RPC_SYSTEM_NAME,
+                label::RPC_METHOD,
+                label::RPC_TYPE,
+                label::PHASE,
+            ],
         )?;
         let open_connections = IntGauge::with_opts(opts(
-            "http_server_open_connections",
+            names::HTTP_SERVER_OPEN_CONNECTIONS.prometheus,
             "Open client connections.",
         ))?;
         let closes = IntCounterVec::new(
             opts(
-                "http_server_connection_closes_total",
+                names::HTTP_SERVER_CONNECTION_CLOSES.prometheus,
                 "Closed client connections, by why they closed.",
             ),
-            &["reason"],
+            &[label::REASON],
         )?;
         let connection_duration = Histogram::with_opts(hopts(
-            "http_server_connection_duration_seconds",
+            names::HTTP_SERVER_CONNECTION_DURATION.prometheus,
             "Lifetime of client connections.",
             &buckets.connection_duration,
         ))?;

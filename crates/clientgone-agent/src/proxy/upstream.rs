@@ -43,7 +43,7 @@ impl UpstreamMetrics {
     pub fn new(registry: &Registry, buckets: &[f64]) -> prometheus::Result<Self> {
         let duration = HistogramVec::new(
             HistogramOpts::new(
-                "http_client_request_duration_seconds",
+                clientgone::names::HTTP_CLIENT_REQUEST_DURATION.prometheus,
                 "Duration of the proxy's requests to the upstream.",
             )
             .buckets(buckets.to_vec()),

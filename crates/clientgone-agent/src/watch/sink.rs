@@ -50,7 +50,10 @@ impl PortMetrics {
                 "Watched connections whose requests are left out of the request metrics, \
                  by why (tls, http2, unparsed, pipelined, upgraded, lost_events).",
             ),
-            &["server_port", "reason"],
+            &[
+                clientgone::names::label::SERVER_PORT,
+                clientgone::names::label::REASON,
+            ],
         )?;
         let events_lost = IntCounter::new(
             "clientgone_watch_events_lost_total",
@@ -62,7 +65,7 @@ impl PortMetrics {
                 "Watched connections established before the agent started, followed \
                  from their next request head.",
             ),
-            &["server_port"],
+            &[clientgone::names::label::SERVER_PORT],
         )?;
         let capture = IntGaugeVec::new(
             Opts::new(
@@ -94,7 +97,7 @@ impl PortMetrics {
             return Ok(());
         }
         let metrics = Metrics::builder()
-            .const_label("server_port", port.to_string())
+            .const_label(clientgone::names::label::SERVER_PORT, port.to_string())
             .buckets(self.buckets.clone())
             .register(&self.registry)?;
         for why in Skip::ALL {

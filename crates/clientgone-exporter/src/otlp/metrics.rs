@@ -322,85 +322,10 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The OpenTelemetry name and unit of each family pushed; others stay on
-/// `/metrics` only.
-const FAMILIES: &[(&str, &str, &str)] = &[
-    (
-        "http_server_request_duration_seconds",
-        "http.server.request.duration",
-        "s",
-    ),
-    (
-        "http_server_active_requests",
-        "http.server.active_requests",
-        "{request}",
-    ),
-    (
-        "http_server_client_disconnects_total",
-        "http.server.client_disconnects",
-        "{request}",
-    ),
-    (
-        "http_server_client_disconnect_elapsed_seconds",
-        "http.server.client_disconnect.elapsed",
-        "s",
-    ),
-    (
-        "http_server_open_connections",
-        "http.server.open_connections",
-        "{connection}",
-    ),
-    (
-        "http_server_connection_closes_total",
-        "http.server.connection.closes",
-        "{connection}",
-    ),
-    (
-        "http_server_connection_duration_seconds",
-        "http.server.connection.duration",
-        "s",
-    ),
-    (
-        "http_client_request_duration_seconds",
-        "http.client.request.duration",
-        "s",
-    ),
-    (
-        "rpc_server_call_duration_seconds",
-        "rpc.server.call.duration",
-        "s",
-    ),
-    (
-        "rpc_server_active_calls",
-        "rpc.server.active_calls",
-        "{call}",
-    ),
-    (
-        "rpc_server_client_disconnects_total",
-        "rpc.server.client_disconnects",
-        "{call}",
-    ),
-    (
-        "rpc_server_client_disconnect_elapsed_seconds",
-        "rpc.server.client_disconnect.elapsed",
-        "s",
-    ),
-];
-
 /// A label's attribute: dotted as the conventions spell it; a status code
 /// and a port are numbers there.
 fn attribute(label: &str, value: &str) -> Option<KeyValue> {
-    let key = match label {
-        "http_request_method" => "http.request.method",
-        "http_route" => "http.route",
-        "http_response_status_code" => "http.response.status_code",
-        "server_port" => "server.port",
-        "rpc_system_name" => "rpc.system.name",
-        "rpc_method" => "rpc.method",
-        "rpc_type" => "rpc.type",
-        "rpc_response_status_code" => "rpc.response.status_code",
-        other => other,
-    };
+    let key = clientgone::names::label::otel_attribute(label);
     if matches!(key, "http.response.status_code" | "server.port") {
         // No status (a proxied request that got no answer): no attribute, as
         // the empty label is no label in Prometheus.
@@ -437,10 +362,10 @@ pub(crate) fn export_request(
     let metrics = families
         .iter()
         .filter_map(|family| {
-            let &(_, name, unit) = FAMILIES
+            let known = clientgone::names::FAMILIES
                 .iter()
-                .find(|(prom, _, _)| *prom == family.name())?;
-            Some(convert(family, name, unit, start_ns, now_ns))
+                .find(|f| f.prometheus == family.name())?;
+            Some(convert(family, known.otel, known.unit, start_ns, now_ns))
         })
         .collect();
     ExportMetricsServiceRequest {
@@ -678,7 +603,7 @@ mod tests {
         // Only the contract's families: nothing else in the registry goes out.
         assert!(
             all.iter()
-                .all(|m| FAMILIES.iter().any(|(_, n, _)| *n == m.name))
+                .all(|m| clientgone::names::FAMILIES.iter().any(|f| f.otel == m.name))
         );
         assert_eq!(
             points(&request),
