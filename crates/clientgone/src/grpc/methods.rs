@@ -72,7 +72,8 @@ impl RpcType {
 /// ```
 ///
 /// or, with the `grpc` feature, every method of a protobuf `FileDescriptorSet`
-/// (see [`from_file_descriptor_set`](Self::from_file_descriptor_set)).
+/// (see `GrpcMethods::from_file_descriptor_set`; a plain name, not a link,
+/// so that these docs build without the feature too).
 #[derive(Clone, Debug, Default)]
 pub struct GrpcMethods {
     /// By request path (`/pkg.Service/Method`), the index into `methods`.
@@ -195,7 +196,7 @@ impl GrpcMethods {
 }
 
 /// A descriptor set that could not be read: see
-/// [`GrpcMethods::from_file_descriptor_set`].
+/// `GrpcMethods::from_file_descriptor_set` (feature `grpc`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrpcMethodsError(String);
 
