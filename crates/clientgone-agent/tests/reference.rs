@@ -12,8 +12,8 @@ use clientgone::{
     Buckets, CallRecord, Cause, CloseReason, End, GrpcStatus, Metrics, Phase, Record, RpcType,
 };
 use clientgone_agent::watch::bpf::CaptureMode;
-use clientgone_agent::watch::conn::Skip;
 use clientgone_agent::watch::sink::PortMetrics;
+use clientgone_agent::watch::skip::Skip;
 use clientgone_tests::prom::{Scrape, scrape};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clientgone");

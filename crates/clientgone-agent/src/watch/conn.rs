@@ -11,94 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clientgone::{
-    BodyProgress, Cause, ClientEvent, CloseFacts, CloseReason, End, Record, UNMATCHED_ROUTE,
-    break_phase, close_reason, hands_over_connection, recorded_status, response_has_no_body,
+    BodyProgress, Cause, ClientEvent, CloseFacts, End, Record, UNMATCHED_ROUTE, break_phase,
+    close_reason, hands_over_connection, recorded_status, response_has_no_body,
 };
 
 use super::event::{Event, Kind, tcp};
 use super::http1::{self, Framing, Head, RequestHead};
+use super::sink::{Ended, Sink};
+use super::skip::Skip;
 use crate::routes::RouteMatcher;
 
 /// The largest request or response head followed across reads or writes.
 const MAX_HEAD: usize = 16 * 1024;
-
-/// Why a connection's requests are left out of the request metrics (its
-/// connection-level close is still counted). Bounded: the label values of
-/// `clientgone_watch_connections_skipped_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Skip {
-    /// TLS: no plaintext to read.
-    Tls,
-    /// HTTP/2 (h2c prior knowledge): streams are not followed.
-    Http2,
-    /// The bytes are not HTTP/1, or a head was not captured whole (longer than
-    /// the capture, or moved by sendfile/splice/io_uring before its head).
-    Unparsed,
-    /// The client sent the next request before the response was done.
-    Pipelined,
-    /// The connection switched protocols (101, CONNECT).
-    Upgraded,
-    /// Kernel events of this connection were lost (the ring buffer was full).
-    Lost,
-}
-
-impl Skip {
-    /// All reasons, in label order.
-    pub const ALL: [Skip; 6] = [
-        Skip::Tls,
-        Skip::Http2,
-        Skip::Unparsed,
-        Skip::Pipelined,
-        Skip::Upgraded,
-        Skip::Lost,
-    ];
-
-    /// The label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Skip::Tls => "tls",
-            Skip::Http2 => "http2",
-            Skip::Unparsed => "unparsed",
-            Skip::Pipelined => "pipelined",
-            Skip::Upgraded => "upgraded",
-            Skip::Lost => "lost_events",
-        }
-    }
-}
-
-/// Where the facts go: the metrics (and spans) of each watched port.
-pub trait Sink {
-    /// A connection was established (or found open): it counts as open.
-    fn connection_opened(&mut self, port: u16);
-    /// A connection that predates the agent is followed from now on.
-    fn connection_adopted(&mut self, port: u16);
-    /// A connection closed, once, with its one reason; `lifetime` is `None`
-    /// for one that predates the agent.
-    fn connection_closed(&mut self, port: u16, reason: CloseReason, lifetime: Option<Duration>);
-    /// A connection is forgotten without a close (its events were lost).
-    fn connection_lost(&mut self, port: u16);
-    /// A request head was read: the request is in flight.
-    fn request_started(&mut self, port: u16, method: &'static str, route: &str);
-    /// A request ended, completed or broken.
-    fn request_ended(&mut self, port: u16, record: &Record<'_>, ended: &Ended<'_>);
-    /// A request in flight whose end cannot be known.
-    fn request_lost(&mut self, port: u16, method: &'static str, route: &str);
-    /// A connection's requests are left out from here on.
-    fn skipped(&mut self, port: u16, why: Skip);
-}
-
-/// What a span needs of an ended request beside its [`Record`].
-#[derive(Debug)]
-pub struct Ended<'a> {
-    /// The raw path, without the query.
-    pub path: &'a str,
-    /// `"1.0"` or `"1.1"`.
-    pub version: &'static str,
-    /// When its head was read (`CLOCK_MONOTONIC`, ns).
-    pub start_ns: u64,
-    /// At a break: the response bytes the client never acknowledged.
-    pub unacked: Option<u32>,
-}
 
 /// Hashes the kernel side's connection ids: counted up from 1 by the BPF
 /// side, never chosen by a peer, so a multiplicative hash spreads them and
@@ -625,6 +549,7 @@ fn nanos(n: u64) -> Duration {
 mod tests {
     use super::*;
     use crate::routes::RouteTable;
+    use clientgone::CloseReason;
 
     #[derive(Debug, Default)]
     struct Log(Vec<String>);

@@ -3,7 +3,7 @@
 //! counted down; a chunked body ends at its last chunk (`0\r\n\r\n` at the end
 //! of a transfer); anything else ends when the server closes.
 
-use super::conn::Skip;
+use super::skip::Skip;
 
 /// Headers read per head; a head with more is not followed.
 const MAX_HEADERS: usize = 96;

@@ -28,6 +28,7 @@ pub mod http1;
 pub mod privileges;
 pub mod procfs;
 pub mod sink;
+pub mod skip;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -1,6 +1,8 @@
-//! Where `watch`'s facts go: the contract's server metrics, one set per watched
-//! port told apart by the constant label `server_port`, through the same
-//! `clientgone::Metrics` the layer records into; plus the watch's own counters.
+//! Where `watch`'s facts go: the [`Sink`] a connection tracker reports to, and
+//! its implementation, the server metrics of docs/metrics.md — one set per
+//! watched port told apart by the constant label `server_port`, through the
+//! same `clientgone::Metrics` the layer records into — plus the watch's own
+//! counters.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,7 +14,41 @@ use opentelemetry_sdk::trace::SdkTracer;
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::bpf::CaptureMode;
-use super::conn::{Ended, Sink, Skip};
+use super::skip::Skip;
+
+/// Where the facts go: the metrics (and spans) of each watched port.
+pub trait Sink {
+    /// A connection was established (or found open): it counts as open.
+    fn connection_opened(&mut self, port: u16);
+    /// A connection that predates the agent is followed from now on.
+    fn connection_adopted(&mut self, port: u16);
+    /// A connection closed, once, with its one reason; `lifetime` is `None`
+    /// for one that predates the agent.
+    fn connection_closed(&mut self, port: u16, reason: CloseReason, lifetime: Option<Duration>);
+    /// A connection is forgotten without a close (its events were lost).
+    fn connection_lost(&mut self, port: u16);
+    /// A request head was read: the request is in flight.
+    fn request_started(&mut self, port: u16, method: &'static str, route: &str);
+    /// A request ended, completed or broken.
+    fn request_ended(&mut self, port: u16, record: &Record<'_>, ended: &Ended<'_>);
+    /// A request in flight whose end cannot be known.
+    fn request_lost(&mut self, port: u16, method: &'static str, route: &str);
+    /// A connection's requests are left out from here on.
+    fn skipped(&mut self, port: u16, why: Skip);
+}
+
+/// What a span needs of an ended request beside its [`Record`].
+#[derive(Debug)]
+pub struct Ended<'a> {
+    /// The raw path, without the query.
+    pub path: &'a str,
+    /// `"1.0"` or `"1.1"`.
+    pub version: &'static str,
+    /// When its head was read (`CLOCK_MONOTONIC`, ns).
+    pub start_ns: u64,
+    /// At a break: the response bytes the client never acknowledged.
+    pub unacked: Option<u32>,
+}
 
 /// The metrics of every watched port.
 #[derive(Debug)]
