@@ -1,28 +1,25 @@
-//! From kernel events to requests: one `Conn` per watched connection follows
-//! the HTTP/1 exchange in its bytes (request head, request body, response head,
-//! response body) and the TCP signals (FIN, RST, the kernel giving up), and
-//! hands the same facts the layer works from to the shared rules of
-//! `clientgone` (`break_phase`, `recorded_status`, `close_reason`) and to a
-//! [`Sink`]. Pure: no I/O, so every rule is tested with scripted events.
+//! From kernel events to requests: the [`Tracker`] keeps one `Conn` per
+//! watched TCP connection — opened or adopted, the client's first sign of
+//! leaving (FIN, RST, the kernel giving up), the server's close, its one close
+//! reason (`clientgone::close_reason`) — and hands its bytes to the protocol
+//! follower beside it (`exchange.rs`, HTTP/1), which turns them into requests
+//! through the shared rules of `clientgone` and reports to a [`Sink`]. Pure:
+//! no I/O, so every rule is tested with scripted events.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 use std::time::Duration;
 
-use clientgone::{
-    BodyProgress, Cause, ClientEvent, CloseFacts, End, Record, UNMATCHED_ROUTE, break_phase,
-    close_reason, hands_over_connection, recorded_status, response_has_no_body,
-};
+use clientgone::{Cause, ClientEvent, CloseFacts, close_reason};
 
 use super::event::{Event, Kind, tcp};
-use super::http1::{self, Framing, Head, RequestHead};
-use super::sink::{Ended, Sink};
+use super::exchange::{Adopting, Exchange};
+use super::sink::Sink;
 use super::skip::Skip;
 use crate::routes::RouteMatcher;
 
 /// The largest request or response head followed across reads or writes.
-const MAX_HEAD: usize = 16 * 1024;
+pub(super) const MAX_HEAD: usize = 16 * 1024;
 
 /// Hashes the kernel side's connection ids: counted up from 1 by the BPF
 /// side, never chosen by a peer, so a multiplicative hash spreads them and
@@ -117,8 +114,8 @@ impl Tracker {
         };
         match ev.kind {
             Kind::Open | Kind::Adopt { .. } => {}
-            Kind::Recv => conn.on_recv(ev, &self.routes, sink),
-            Kind::Send => conn.on_send(ev, sink),
+            Kind::Recv => conn.exchange.on_recv(ev, &self.routes, sink),
+            Kind::Send => conn.exchange.on_send(ev, sink),
             Kind::Reset => conn.client_left(Cause::Reset, ev, sink),
             Kind::State { old, new, error } => {
                 if conn.on_state(old, new, error, ev, sink) {
@@ -138,64 +135,19 @@ impl Tracker {
     }
 }
 
-/// How far an adopted connection is from a point where a request head can
-/// start: the exchange it was found in is waited out, never guessed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Adopting {
-    /// Nothing seen yet: a read that holds a whole request head starts one;
-    /// anything else is the middle of a request.
-    Fresh,
-    /// The client was sending a request begun before the agent: in flight,
-    /// but not followed.
-    Midway,
-    /// The server wrote: the next read starts a request.
-    Turned,
-}
-
+/// One watched TCP connection: its own facts (the client's first sign of
+/// leaving, the server's close, its lifetime) and the exchange its bytes
+/// carry.
 #[derive(Debug)]
 struct Conn {
     port: u16,
     /// `None`: it predates the agent.
     opened_ns: Option<u64>,
-    /// Set while an adopted connection waits for its first request head.
-    adopting: Option<Adopting>,
-    /// Bytes of a request head received and not yet complete.
-    head: Vec<u8>,
-    req: Option<Req>,
     /// The first sign of the client leaving.
     client_event: Option<ClientEvent>,
     /// The server closed its side first (FIN_WAIT1) or after the client (LAST_ACK).
     server_closed: bool,
-    served_any: bool,
-    asked_close: bool,
-    /// Requests are no longer followed (the client left, or see [`Skip`]).
-    done: bool,
-}
-
-#[derive(Debug)]
-struct Req {
-    method: &'static str,
-    /// The route template; `None` for `unmatched`.
-    route: Option<Arc<str>>,
-    path: String,
-    version: &'static str,
-    start_ns: u64,
-    body: Framing,
-    /// The request body was fully read (or there was none).
-    body_read: bool,
-    head_request: bool,
-    connect: bool,
-    /// Bytes of a response head written and not yet complete.
-    resp_head: Vec<u8>,
-    /// The response's status and framing, once its head was written.
-    resp: Option<(u16, Framing)>,
-    body_sent: u64,
-}
-
-impl Req {
-    fn route(&self) -> &str {
-        self.route.as_deref().unwrap_or(UNMATCHED_ROUTE)
-    }
+    exchange: Exchange,
 }
 
 impl Conn {
@@ -203,228 +155,26 @@ impl Conn {
         Conn {
             port,
             opened_ns: Some(opened_ns),
-            adopting: None,
-            head: Vec::new(),
-            req: None,
             client_event: None,
             server_closed: false,
-            served_any: false,
-            asked_close: false,
-            done: false,
+            exchange: Exchange::new(port),
         }
     }
 
     /// A connection found established: followed from its next request head.
     fn adopted(port: u16) -> Self {
-        Conn {
-            opened_ns: None,
-            adopting: Some(Adopting::Fresh),
-            // It carried requests before (or waited for its first): a close
-            // of it while idle is a kept-alive connection's, not a header
-            // timeout.
-            served_any: true,
-            ..Conn::new(port, 0)
-        }
-    }
-
-    /// Leaves this connection's requests out from now on.
-    /// Takes the request in flight, if any, out of the gauge uncounted.
-    fn lose_request(&mut self, sink: &mut impl Sink) {
-        if let Some(req) = self.req.take() {
-            sink.request_lost(self.port, req.method, req.route());
-        }
-    }
-
-    fn skip(&mut self, why: Skip, sink: &mut impl Sink) {
-        self.lose_request(sink);
-        self.head.clear();
-        self.done = true;
-        sink.skipped(self.port, why);
+        let mut conn = Conn::new(port, 0);
+        conn.opened_ns = None;
+        conn.exchange.adopting = Some(Adopting::Fresh);
+        // It carried requests before (or waited for its first): a close of it
+        // while idle is a kept-alive connection's, not a header timeout.
+        conn.exchange.served_any = true;
+        conn
     }
 
     fn forget(mut self, sink: &mut impl Sink) {
-        self.lose_request(sink);
+        self.exchange.lose_request(sink);
         sink.connection_lost(self.port);
-    }
-
-    fn on_recv(&mut self, ev: &Event<'_>, routes: &RouteMatcher, sink: &mut impl Sink) {
-        match self.adopting {
-            None => {}
-            Some(Adopting::Turned) => self.adopting = None,
-            Some(Adopting::Midway) => return,
-            Some(Adopting::Fresh) => {
-                // A read that starts with a whole request head, in a
-                // connection found idle: the next request. Anything else is
-                // the middle of one (a body, a head's rest): wait for the
-                // server's answer.
-                if ev.data.is_empty() || !matches!(http1::request_head(ev.data), Head::Complete(..))
-                {
-                    self.adopting = Some(Adopting::Midway);
-                    return;
-                }
-                self.adopting = None;
-            }
-        }
-        let mut off = 0usize; // bytes of this read consumed so far
-        let len = ev.len as usize;
-        while off < len && !self.done {
-            match &mut self.req {
-                None => {
-                    let Some(piece) = ev.data.get(off..) else {
-                        return self.skip(Skip::Unparsed, sink);
-                    };
-                    if piece.is_empty() {
-                        return self.skip(Skip::Unparsed, sink);
-                    }
-                    let before = self.head.len();
-                    self.head.extend_from_slice(piece);
-                    match http1::request_head(&self.head) {
-                        Head::Complete(head_len, head) => {
-                            let used = head_len - before;
-                            self.head.clear();
-                            off += used;
-                            self.start(head, ev.ts_ns, routes, sink);
-                        }
-                        Head::Partial if ev.data.len() == len && self.head.len() <= MAX_HEAD => {
-                            return; // the rest of the head comes in a later read
-                        }
-                        Head::Partial => return self.skip(Skip::Unparsed, sink),
-                        Head::Invalid => {
-                            let why = http1::foreign_protocol(&self.head).unwrap_or(Skip::Unparsed);
-                            return self.skip(why, sink);
-                        }
-                    }
-                }
-                Some(req) if !req.body_read => {
-                    let rest = (len - off) as u64;
-                    let captured = ev.data.get(off..).filter(|_| ev.data.len() == len);
-                    let (used, ended) = req.body.consume(rest, captured, ev.tail);
-                    off += used as usize;
-                    if ended {
-                        req.body_read = true;
-                    }
-                }
-                // Bytes of a next request while this one is in flight.
-                Some(_) => return self.skip(Skip::Pipelined, sink),
-            }
-        }
-    }
-
-    fn start(
-        &mut self,
-        head: RequestHead,
-        ts_ns: u64,
-        routes: &RouteMatcher,
-        sink: &mut impl Sink,
-    ) {
-        let route = routes.template_shared(head.path());
-        let version = head.version;
-        sink.request_started(
-            self.port,
-            head.method,
-            route.as_deref().unwrap_or(UNMATCHED_ROUTE),
-        );
-        self.asked_close |= head.close;
-        let body_read = head.body.is_empty();
-        let (method, body, connect) = (head.method, head.body, head.connect);
-        self.req = Some(Req {
-            method,
-            route,
-            path: head.into_path(),
-            version,
-            start_ns: ts_ns,
-            body,
-            body_read,
-            head_request: method == "HEAD",
-            connect,
-            resp_head: Vec::new(),
-            resp: None,
-            body_sent: 0,
-        });
-    }
-
-    fn on_send(&mut self, ev: &Event<'_>, sink: &mut impl Sink) {
-        if self.adopting.is_some() {
-            // The answer to a request that began before the agent: the
-            // client's next bytes are a new request.
-            self.adopting = Some(Adopting::Turned);
-            return;
-        }
-        let len = ev.len as usize;
-        let mut off = 0usize;
-        while off < len && !self.done {
-            // Bytes written with no request in flight (an error page before
-            // any head, say) belong to no request.
-            let Some(req) = &mut self.req else { return };
-            match &mut req.resp {
-                None => {
-                    let Some(piece) = ev.data.get(off..).filter(|p| !p.is_empty()) else {
-                        return self.skip(Skip::Unparsed, sink);
-                    };
-                    let before = req.resp_head.len();
-                    req.resp_head.extend_from_slice(piece);
-                    match http1::response_head(&req.resp_head) {
-                        Head::Complete(head_len, (status, framing)) => {
-                            off += head_len - before;
-                            req.resp_head.clear();
-                            if (100..200).contains(&status) && status != 101 {
-                                continue; // 100 Continue and the like: the real head follows
-                            }
-                            let bodiless = response_has_no_body(req.head_request, status)
-                                || framing.is_empty();
-                            let handed_over = hands_over_connection(req.connect, status);
-                            req.resp = Some((status, framing));
-                            if bodiless || handed_over {
-                                self.complete(ev.ts_ns, sink);
-                            }
-                            if handed_over {
-                                return self.skip(Skip::Upgraded, sink);
-                            }
-                        }
-                        Head::Partial
-                            if ev.data.len() == len && req.resp_head.len() <= MAX_HEAD =>
-                        {
-                            return;
-                        }
-                        Head::Partial | Head::Invalid => return self.skip(Skip::Unparsed, sink),
-                    }
-                }
-                Some((_, framing)) => {
-                    let rest = (len - off) as u64;
-                    let captured = ev.data.get(off..).filter(|_| ev.data.len() == len);
-                    let (used, ended) = framing.consume(rest, captured, ev.tail);
-                    req.body_sent += used;
-                    off += used as usize;
-                    if ended {
-                        self.complete(ev.ts_ns, sink);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The response reached its end.
-    fn complete(&mut self, ts_ns: u64, sink: &mut impl Sink) {
-        let Some(req) = self.req.take() else { return };
-        let status = req.resp.map_or(500, |(s, _)| s);
-        self.served_any = true;
-        sink.request_ended(
-            self.port,
-            &Record {
-                method: req.method,
-                route: req.route(),
-                status,
-                end: End::Completed,
-                elapsed: nanos(ts_ns.saturating_sub(req.start_ns)),
-                body_bytes_sent: req.body_sent,
-            },
-            &Ended {
-                path: &req.path,
-                version: req.version,
-                start_ns: req.start_ns,
-                unacked: None,
-            },
-        );
     }
 
     /// The first sign of the client going: a break if a request is in flight.
@@ -436,50 +186,12 @@ impl Conn {
         }
         // A request begun before the agent and not followed is still in
         // flight for the connection's close reason; it is no break counted.
-        let in_flight = self.req.is_some() || self.adopting == Some(Adopting::Midway);
         self.client_event = Some(ClientEvent {
             cause,
-            in_flight,
-            partial_head: !self.head.is_empty(),
+            in_flight: self.exchange.in_flight(),
+            partial_head: !self.exchange.head.is_empty(),
         });
-        if !in_flight {
-            return;
-        }
-        let Some(req) = self.req.take() else { return };
-        self.done = true;
-        let body = if req.body_read {
-            BodyProgress::Done
-        } else {
-            BodyProgress::Failed
-        };
-        let phase = break_phase(body, req.resp.is_some());
-        sink.request_ended(
-            self.port,
-            &Record {
-                method: req.method,
-                route: req.route(),
-                status: recorded_status(Some(phase), req.resp.map(|(s, _)| s)),
-                end: End::Disconnect { phase, cause },
-                elapsed: nanos(ev.ts_ns.saturating_sub(req.start_ns)),
-                body_bytes_sent: req.body_sent,
-            },
-            &Ended {
-                path: &req.path,
-                version: req.version,
-                start_ns: req.start_ns,
-                unacked: Some(ev.unacked),
-            },
-        );
-    }
-
-    /// The server gave the connection up with a request in flight: its own
-    /// doing, never a client break. A response framed by the close completes;
-    /// any other is recorded with the status it sent (500 if none).
-    fn server_ended(&mut self, ts_ns: u64, sink: &mut impl Sink) {
-        if self.req.is_some() {
-            self.complete(ts_ns, sink);
-        }
-        self.done = true;
+        self.exchange.client_left(cause, ev, sink);
     }
 
     /// Returns whether the connection is gone.
@@ -495,7 +207,7 @@ impl Conn {
             tcp::CLOSE_WAIT => self.client_left(Cause::Closed, ev, sink),
             tcp::FIN_WAIT1 | tcp::LAST_ACK if !self.server_closed => {
                 if self.client_event.is_none() {
-                    self.server_ended(ev.ts_ns, sink);
+                    self.exchange.server_ended(ev.ts_ns, sink);
                 }
                 self.server_closed = true;
             }
@@ -510,24 +222,24 @@ impl Conn {
                     // sent, say, closing with unread data) — the server's.
                     _ => {
                         if old == tcp::ESTABLISHED && self.client_event.is_none() {
-                            self.server_ended(ev.ts_ns, sink);
+                            self.exchange.server_ended(ev.ts_ns, sink);
                             self.server_closed = true;
                         }
                     }
                 }
-                if self.req.is_some() {
+                if self.exchange.has_request() {
                     // Gone with no client sign and no server close seen.
-                    self.server_ended(ev.ts_ns, sink);
+                    self.exchange.server_ended(ev.ts_ns, sink);
                 }
                 let reason = close_reason(CloseFacts {
                     client_event: self.client_event,
                     // The server closed a connection on which no whole head
                     // came (its own header timeout): the client's doing.
                     header_timeout: self.server_closed
-                        && (!self.head.is_empty() || !self.served_any),
-                    partial_head: !self.head.is_empty(),
-                    served_any: self.served_any,
-                    client_asked_close: self.asked_close,
+                        && (!self.exchange.head.is_empty() || !self.exchange.served_any),
+                    partial_head: !self.exchange.head.is_empty(),
+                    served_any: self.exchange.served_any,
+                    client_asked_close: self.exchange.asked_close,
                 });
                 let lifetime = self
                     .opened_ns
@@ -541,7 +253,7 @@ impl Conn {
     }
 }
 
-fn nanos(n: u64) -> Duration {
+pub(super) fn nanos(n: u64) -> Duration {
     Duration::from_nanos(n)
 }
 
@@ -549,7 +261,8 @@ fn nanos(n: u64) -> Duration {
 mod tests {
     use super::*;
     use crate::routes::RouteTable;
-    use clientgone::CloseReason;
+    use crate::watch::sink::Ended;
+    use clientgone::{CloseReason, End, Record};
 
     #[derive(Debug, Default)]
     struct Log(Vec<String>);

@@ -24,6 +24,7 @@
 pub mod bpf;
 pub mod conn;
 pub mod event;
+mod exchange;
 pub mod http1;
 pub mod privileges;
 pub mod procfs;
