@@ -716,15 +716,19 @@ async fn a_client_cut_off_while_the_server_writes_is_a_timeout(capture: &'static
     let port_s = port.to_string();
     let w = watch(capture, &["--port", &port_s]);
 
-    // The client reads a first piece of the large answer, says so, then keeps reading.
+    // The client reads a first piece of the large answer, says so, then keeps
+    // reading at most 400 KB/s: slow enough that the server, whose socket
+    // buffers hold a few MiB, is still writing the 32 MiB when the client is
+    // cut off (a reader as fast as the server lets it hand the whole answer
+    // to its kernel first, which is a completed response, not a break).
     let script = format!(
-        "import socket,sys\n\
+        "import socket,sys,time\n\
          s=socket.create_connection(('{SERVER_IP}',{port}))\n\
          s.sendall(b'GET /big HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n')\n\
          n=0\n\
          while n<65536: n+=len(s.recv(65536))\n\
          print('reading',flush=True)\n\
-         while s.recv(65536): pass\n"
+         while s.recv(4096): time.sleep(0.01)\n"
     );
     let mut client = pair.command(&pair.client, "python3");
     client
