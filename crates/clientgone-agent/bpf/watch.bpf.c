@@ -313,6 +313,49 @@ static __always_inline int syscall_data_event(struct sock *sk, int ret, __u8 kin
 	return data_event(sk, ret, kind, dir, c ? &taken : 0);
 }
 
+/* How system call `nr` names the user buffer of a socket transfer: its kind,
+ * and in `dir` the direction it moves bytes in — DIR_ANY for the calls that move
+ * them with no user buffer (sendfile, splice, recvmmsg, sendmmsg,
+ * io_uring_enter), DIR_NONE for calls that move no socket bytes. The one table
+ * both capture modes read. */
+static __always_inline __u8 call_kind(long nr, __u8 *dir)
+{
+	switch (nr) {
+	case 0:   /* read */
+	case 45:  /* recvfrom */
+		*dir = DIR_RECV;
+		return CALL_BUF;
+	case 1:   /* write */
+	case 44:  /* sendto */
+		*dir = DIR_SEND;
+		return CALL_BUF;
+	case 19:  /* readv */
+	case 327: /* preadv2 */
+		*dir = DIR_RECV;
+		return CALL_IOV;
+	case 20:  /* writev */
+	case 328: /* pwritev2 */
+		*dir = DIR_SEND;
+		return CALL_IOV;
+	case 47:  /* recvmsg */
+		*dir = DIR_RECV;
+		return CALL_MSG;
+	case 46:  /* sendmsg */
+		*dir = DIR_SEND;
+		return CALL_MSG;
+	case 40:  /* sendfile */
+	case 275: /* splice */
+	case 299: /* recvmmsg */
+	case 307: /* sendmmsg */
+	case 426: /* io_uring_enter */
+		*dir = DIR_ANY;
+		return CALL_NOBUF;
+	default:
+		*dir = DIR_NONE;
+		return CALL_NONE;
+	}
+}
+
 /* The user buffer from the registers the thread entered the kernel with
  * ("socket" capture): the socket tracepoints fire inside the read or write
  * system call, whose arguments are still in them. */
@@ -324,33 +367,9 @@ static __always_inline int regs_data_event(struct sock *sk, int ret, __u8 kind, 
 	 * registers name no buffer of this transfer. */
 	if (!(task->flags & (PF_IO_WORKER | PF_KTHREAD))) {
 		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
-		__u8 k = CALL_NOBUF;
-		__u8 d = DIR_NONE;
-		switch (regs->orig_ax) {
-		case 0:   /* read */
-		case 45:  /* recvfrom */
-			k = CALL_BUF, d = DIR_RECV;
-			break;
-		case 1:   /* write */
-		case 44:  /* sendto */
-			k = CALL_BUF, d = DIR_SEND;
-			break;
-		case 19:  /* readv */
-		case 327: /* preadv2 */
-			k = CALL_IOV, d = DIR_RECV;
-			break;
-		case 20:  /* writev */
-		case 328: /* pwritev2 */
-			k = CALL_IOV, d = DIR_SEND;
-			break;
-		case 47:  /* recvmsg */
-			k = CALL_MSG, d = DIR_RECV;
-			break;
-		case 46:  /* sendmsg */
-			k = CALL_MSG, d = DIR_SEND;
-			break;
-		}
-		/* sendfile, splice, recvmmsg, io_uring_enter and the rest: no buffer. */
+		__u8 d;
+		__u8 k = call_kind(regs->orig_ax, &d);
+		/* Calls with no buffer (DIR_ANY) or no socket bytes: none. */
 		if (d == dir) {
 			c.kind = k;
 			c.arg = regs->si;
@@ -365,40 +384,10 @@ static __always_inline int regs_data_event(struct sock *sk, int ret, __u8 kind, 
 SEC("tp_btf/sys_enter")
 int BPF_PROG(cg_sys_enter, struct pt_regs *regs, long id)
 {
-	__u8 kind, dir;
-	switch (id) {
-	case 0:   /* read */
-	case 45:  /* recvfrom */
-		kind = CALL_BUF, dir = DIR_RECV;
-		break;
-	case 1:   /* write */
-	case 44:  /* sendto */
-		kind = CALL_BUF, dir = DIR_SEND;
-		break;
-	case 19:  /* readv */
-	case 327: /* preadv2 */
-		kind = CALL_IOV, dir = DIR_RECV;
-		break;
-	case 20:  /* writev */
-	case 328: /* pwritev2 */
-		kind = CALL_IOV, dir = DIR_SEND;
-		break;
-	case 47:  /* recvmsg */
-		kind = CALL_MSG, dir = DIR_RECV;
-		break;
-	case 46:  /* sendmsg */
-		kind = CALL_MSG, dir = DIR_SEND;
-		break;
-	case 40:  /* sendfile */
-	case 275: /* splice */
-	case 299: /* recvmmsg */
-	case 307: /* sendmmsg */
-	case 426: /* io_uring_enter */
-		kind = CALL_NOBUF, dir = DIR_ANY;
-		break;
-	default:
+	__u8 dir;
+	__u8 kind = call_kind(id, &dir);
+	if (dir == DIR_NONE)
 		return 0;
-	}
 	struct call *c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
 					      BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!c)
