@@ -8,16 +8,18 @@ use std::fs;
 /// `TCP_LISTEN` as `/proc/net/tcp` writes it.
 const LISTEN: &str = "0A";
 
-/// Socket inode → local port of the listening sockets in `/proc/PID/net/tcp*`.
-fn listening(pid: u32) -> HashMap<u64, u16> {
-    let mut found = HashMap::new();
+/// `(state, local port, socket inode)` of every socket in the TCP tables
+/// `dir/tcp` and `dir/tcp6` (`/proc/net` or `/proc/PID/net`), as the kernel
+/// writes them; lines it cannot read are left out.
+fn tcp_sockets(dir: &str) -> Vec<(String, u16, u64)> {
+    let mut found = Vec::new();
     for file in ["tcp", "tcp6"] {
-        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+        let Ok(text) = fs::read_to_string(format!("{dir}/{file}")) else {
             continue;
         };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != LISTEN {
+            if f.len() < 10 {
                 continue;
             }
             let port = f[1]
@@ -25,11 +27,20 @@ fn listening(pid: u32) -> HashMap<u64, u16> {
                 .next()
                 .and_then(|p| u16::from_str_radix(p, 16).ok());
             if let (Some(port), Ok(inode)) = (port, f[9].parse::<u64>()) {
-                found.insert(inode, port);
+                found.push((f[3].to_owned(), port, inode));
             }
         }
     }
     found
+}
+
+/// Socket inode → local port of the listening sockets in `/proc/PID/net/tcp*`.
+fn listening(pid: u32) -> HashMap<u64, u16> {
+    tcp_sockets(&format!("/proc/{pid}/net"))
+        .into_iter()
+        .filter(|(state, _, _)| state == LISTEN)
+        .map(|(_, port, inode)| (inode, port))
+        .collect()
 }
 
 /// `TCP_ESTABLISHED` and `TCP_CLOSE_WAIT` as `/proc/net/tcp` writes them: the
@@ -40,27 +51,13 @@ const OPEN: [&str; 2] = ["01", "08"];
 /// network namespace (`/proc/net/tcp` and `tcp6`): the connections that were
 /// open before the agent started. Orphaned sockets (inode 0) are left out.
 pub fn open_connections(ports: &BTreeSet<u16>) -> HashMap<u64, u16> {
-    let mut found = HashMap::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(file) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || !OPEN.contains(&f[3]) {
-                continue;
-            }
-            let port = f[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-                .filter(|p| ports.contains(p));
-            if let (Some(port), Ok(inode @ 1..)) = (port, f[9].parse::<u64>()) {
-                found.insert(inode, port);
-            }
-        }
-    }
-    found
+    tcp_sockets("/proc/net")
+        .into_iter()
+        .filter(|(state, port, inode)| {
+            OPEN.contains(&state.as_str()) && ports.contains(port) && *inode != 0
+        })
+        .map(|(_, port, inode)| (inode, port))
+        .collect()
 }
 
 /// The ports process `pid` listens on.
