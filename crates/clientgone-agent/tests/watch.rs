@@ -123,6 +123,52 @@ fn on(port: &str) -> (&'static str, &str) {
     ("server_port", port)
 }
 
+/// A fresh scratch directory for one test (and capture mode).
+fn scratch_dir(name: &str, capture: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("cg-watch-{name}-{capture}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Debian's nginx, one process, its files in `dir`, listening on a free
+/// loopback port once this returns: `http` is added to its `http` block and
+/// `server` to its one `server` block.
+async fn nginx(dir: &Path, http: &str, server: &str) -> (Killed, SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = format!(
+        "user root; master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
+         events {{ worker_connections 256; }}
+         http {{
+           access_log off; {http}
+           client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
+           fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+           server {{ listen 127.0.0.1:{port}; {server} }}
+         }}",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Killed(
+        Command::new("nginx")
+            .args(["-e", "stderr", "-c"])
+            .arg(dir.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn nginx"),
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until("nginx listening", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    (child, addr)
+}
+
 /// The contract's label set of a break.
 fn brk<'a>(route: &'a str, phase: &'a str, cause: &'a str) -> [(&'a str, &'a str); 3] {
     [("http_route", route), ("phase", phase), ("cause", cause)]
@@ -343,46 +389,18 @@ both_captures!(
 /// the Python server; both ports watched by one agent.
 async fn nginx_static_and_proxied_breaks_are_counted_exactly(capture: &'static str) {
     let (_server, upstream) = python_server();
-    let dir = std::env::temp_dir().join(format!("cg-watch-nginx-{capture}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = scratch_dir("nginx", capture);
     std::fs::create_dir_all(dir.join("www")).unwrap();
     std::fs::write(dir.join("www/big.bin"), vec![b'x'; 64 << 20]).unwrap();
     std::fs::write(dir.join("www/small.txt"), b"small\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = format!(
-        "user root; master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
-         events {{ worker_connections 256; }}
-         http {{
-           access_log off; sendfile on; keepalive_timeout 60s;
-           client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
-           fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-           server {{
-             listen 127.0.0.1:{port}; root {d}/www;
-             location /api/ {{ proxy_pass http://{upstream}/; proxy_http_version 1.1;
-                               proxy_set_header Connection \"\"; }}
-           }}
-         }}",
-        d = dir.display()
+    let www = format!(
+        "root {}/www;
+         location /api/ {{ proxy_pass http://{upstream}/; proxy_http_version 1.1;
+                           proxy_set_header Connection \"\"; }}",
+        dir.display()
     );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let _nginx = Killed(
-        Command::new("nginx")
-            .args(["-e", "stderr", "-c"])
-            .arg(dir.join("nginx.conf"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn nginx"),
-    );
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_until("nginx listening", || async {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
-    let (port_s, up_s) = (port.to_string(), upstream.port().to_string());
+    let (_nginx, addr) = nginx(&dir, "sendfile on; keepalive_timeout 60s;", &www).await;
+    let (port_s, up_s) = (addr.port().to_string(), upstream.port().to_string());
     let w = watch(
         capture,
         &[
@@ -476,43 +494,13 @@ both_captures!(
 /// mid-wait (nginx's 499, which closes its upstream connection) are counted.
 async fn an_nginx_upstream_pool_warmed_before_the_agent_is_followed(capture: &'static str) {
     let (_server, upstream) = python_server();
-    let dir = std::env::temp_dir().join(format!("cg-watch-pool-{capture}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = format!(
-        "user root; master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
-         events {{ worker_connections 256; }}
-         http {{
-           access_log off;
-           client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
-           fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-           upstream backend {{ server {upstream}; keepalive 4; }}
-           server {{
-             listen 127.0.0.1:{port};
-             location / {{ proxy_pass http://backend; proxy_http_version 1.1;
-                           proxy_set_header Connection \"\"; }}
-           }}
-         }}",
-        d = dir.display()
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let _nginx = Killed(
-        Command::new("nginx")
-            .args(["-e", "stderr", "-c"])
-            .arg(dir.join("nginx.conf"))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn nginx"),
-    );
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_until("nginx listening", || async {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
+    let dir = scratch_dir("pool", capture);
+    let (_nginx, addr) = nginx(
+        &dir,
+        &format!("upstream backend {{ server {upstream}; keepalive 4; }}"),
+        "location / { proxy_pass http://backend; proxy_http_version 1.1;
+                      proxy_set_header Connection \"\"; }",
+    )
     .await;
     // Warm the pool: one request at a time, so nginx keeps one upstream
     // connection and reuses it.
