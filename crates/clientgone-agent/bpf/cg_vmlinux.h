@@ -84,10 +84,13 @@ struct tcp_sock {
 };
 
 struct pt_regs {
-	/* x86_64 syscall arguments 1..3 (arguments are read only up to the third). */
+	/* x86_64 arguments 1..4 (a system call's fourth is in r10, never read)
+	 * and a function's return value (ax, at a uretprobe). */
 	unsigned long di;
 	unsigned long si;
 	unsigned long dx;
+	unsigned long cx;
+	unsigned long ax;
 	/* The system call's number, for as long as the thread is in it. */
 	unsigned long orig_ax;
 };

@@ -17,6 +17,11 @@
  * every process on the host (attaching to sys_enter puts them all on the slow
  * path), so it is only the fallback for kernels without bpf_task_pt_regs.
  *
+ * TLS: for servers using OpenSSL, uprobes on its read, write and handshake
+ * functions (attached by user space to each library file) give the plaintext;
+ * the socket programs, which fire inside those calls on the same thread, tie
+ * each SSL object to its connection, whose ciphertext is then not reported.
+ *
  * Rebuild with bpf/build.sh (clang -target bpf); the object is committed.
  */
 #include "cg_vmlinux.h"
@@ -64,9 +69,12 @@ struct conn_state {
 	__u32 run;
 	__u16 port;
 	__u8 last_dir;
-	/* Reserved for a per-connection capture mode user space may set. */
+	/* MODE_PLAIN, or MODE_TLS once an OpenSSL call was seen moving its
+	 * bytes: its data events then come from the uprobes, as plaintext. */
 	__u8 mode;
 };
+
+enum conn_mode { MODE_PLAIN = 0, MODE_TLS = 1 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -125,18 +133,18 @@ struct {
 
 __u64 next_conn_id = 0;
 
-static __always_inline struct cg_event *new_event(const struct conn_state *cs, __u8 kind)
+static __always_inline struct cg_event *new_event(__u64 id, __u16 port, __u8 kind)
 {
 	__u32 zero = 0;
 	struct cg_event *e = bpf_map_lookup_elem(&scratch, &zero);
 	if (!e)
 		return 0;
-	e->conn = cs->id;
+	e->conn = id;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->tgid = 0;
 	e->len = 0;
 	e->unacked = 0;
-	e->port = cs->port;
+	e->port = port;
 	e->kind = kind;
 	e->flags = 0;
 	e->old_state = 0;
@@ -249,7 +257,7 @@ static __always_inline struct conn_state *watched(struct sock *sk)
 	if (__sync_val_compare_and_swap(&cs->id, 0, id) != 0)
 		return cs;
 	cs->port = port;
-	struct cg_event *e = new_event(cs, CG_ADOPT);
+	struct cg_event *e = new_event(cs->id, cs->port, CG_ADOPT);
 	if (!e)
 		return cs;
 	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
@@ -257,6 +265,108 @@ static __always_inline struct conn_state *watched(struct sock *sk)
 		e->unacked = BPF_CORE_READ((struct socket_alloc *)sock, vfs_inode.i_ino);
 	send(e, BPF_RB_NO_WAKEUP);
 	return cs;
+}
+
+/* Whether a transfer of `len` bytes in `dir` may hold a head: it is within
+ * the first CG_RUN_CAP bytes since the direction last turned. */
+static __always_inline int head_run(__u32 *run, __u8 *last_dir, __u8 dir, __u32 len)
+{
+	if (*last_dir != dir) {
+		*last_dir = dir;
+		*run = 0;
+	}
+	int head = *run < CG_RUN_CAP;
+	if (head)
+		*run += len;
+	return head;
+}
+
+/* ---- TLS (OpenSSL) ---------------------------------------------------- */
+
+/* Which OpenSSL function a uprobe is attached to: its attach cookie. */
+enum ssl_fn {
+	SSL_FN_READ = 1,      /* int SSL_read(SSL *, void *buf, int num): bytes read */
+	SSL_FN_READ_EX = 2,   /* int SSL_read_ex(SSL *, void *buf, size_t, size_t *readbytes): 1 */
+	SSL_FN_WRITE = 3,     /* int SSL_write(SSL *, const void *buf, int num): bytes written */
+	SSL_FN_WRITE_EX = 4,  /* int SSL_write_ex(SSL *, const void *, size_t, size_t *written): 1 */
+	SSL_FN_HANDSHAKE = 5, /* int SSL_do_handshake(SSL *): 1 when complete */
+};
+
+/* The OpenSSL call a thread is in, from its uprobe to its uretprobe. */
+struct ssl_call {
+	__u64 ssl;
+	__u64 buf;
+	__u64 count_at; /* the _ex functions' byte count pointer */
+	__u8 fn;
+};
+
+/* By thread (pid_tgid). LRU: a thread that died inside a call (or one entered
+ * before the probes were attached) leaves no entry for ever. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct ssl_call);
+} ssl_calls SEC(".maps");
+
+/* An SSL object: its address in its process. */
+struct ssl_key {
+	__u64 ssl;
+	__u32 tgid;
+	__u32 pad;
+};
+
+/* The watched connection an SSL object was seen moving bytes on, and its
+ * plaintext's own head run. LRU: SSL objects are freed without a word. */
+struct ssl_conn {
+	__u64 id;
+	__u32 run;
+	__u16 port;
+	__u8 last_dir;
+	__u8 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ssl_key);
+	__type(value, struct ssl_conn);
+} ssl_conns SEC(".maps");
+
+/* The processes that called a probed OpenSSL function (tgid). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} ssl_procs SEC(".maps");
+
+/* A transfer on a watched socket: if the thread is inside an OpenSSL call,
+ * the bytes are that SSL object's records — the object is tied to this
+ * connection (kept up to date: an SSL object may be reused for another), and
+ * the connection switches to plaintext from the uprobes (user space told once,
+ * CG_TLS). Returns whether the transfer is ciphertext, not to be reported:
+ * inside a call, or on a connection already known to be TLS (a close_notify
+ * written by SSL_shutdown, say). */
+static __always_inline int tls_transfer(struct conn_state *cs)
+{
+	__u64 tid = bpf_get_current_pid_tgid();
+	struct ssl_call *call = bpf_map_lookup_elem(&ssl_calls, &tid);
+	if (!call)
+		return cs->mode == MODE_TLS;
+	struct ssl_key key = { .ssl = call->ssl, .tgid = tid >> 32 };
+	struct ssl_conn *sc = bpf_map_lookup_elem(&ssl_conns, &key);
+	if (!sc || sc->id != cs->id) {
+		struct ssl_conn fresh = { .id = cs->id, .port = cs->port };
+		bpf_map_update_elem(&ssl_conns, &key, &fresh, BPF_ANY);
+	}
+	if (cs->mode != MODE_TLS) {
+		cs->mode = MODE_TLS;
+		struct cg_event *e = new_event(cs->id, cs->port, CG_TLS);
+		if (e)
+			send(e, BPF_RB_NO_WAKEUP);
+	}
+	return 1;
 }
 
 /* A read or write on a watched socket: how many bytes, and what they began
@@ -271,17 +381,23 @@ static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 
 	struct conn_state *cs = watched(sk);
 	if (!cs)
 		return 0;
-	if (cs->last_dir != dir) {
-		cs->last_dir = dir;
-		cs->run = 0;
+	if (tls_transfer(cs))
+		return 0;
+	/* The connection's first transfer: say whether its process uses a
+	 * probed OpenSSL (a TLS connection of it that was not tied is then
+	 * "tls_unmapped", not "tls"). */
+	__u8 flags = 0;
+	if (cs->last_dir == DIR_NONE) {
+		__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+		if (bpf_map_lookup_elem(&ssl_procs, &tgid))
+			flags = CG_F_SSL_PROC;
 	}
-	int head = cs->run < CG_RUN_CAP;
-	if (head)
-		cs->run += ret;
-	struct cg_event *e = new_event(cs, kind);
+	int head = head_run(&cs->run, &cs->last_dir, dir, ret);
+	struct cg_event *e = new_event(cs->id, cs->port, kind);
 	if (!e)
 		return 0;
 	e->len = ret;
+	e->flags = flags;
 	if (c && c->dir == dir && c->kind != CALL_NOBUF) {
 		if (c->kind == CALL_BUF) {
 			capture_buf(e, c->arg, ret, head);
@@ -296,6 +412,17 @@ static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 
 	if (e->cap_len == 0)
 		e->flags |= CG_F_NOBUF;
 	send(e, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+/* A failed transfer (EAGAIN, EOF, an error) moves no bytes, but inside an
+ * OpenSSL call it still ties the SSL object to its connection (a handshake's
+ * first read that found nothing yet, say). */
+static __always_inline int failed_transfer(struct sock *sk)
+{
+	struct conn_state *cs = sk ? bpf_sk_storage_get(&conns, sk, 0, 0) : 0;
+	if (cs)
+		tls_transfer(cs);
 	return 0;
 }
 
@@ -405,8 +532,10 @@ SEC("tp_btf/sock_recv_length")
 int BPF_PROG(cg_recv, struct sock *sk, int ret, int flags)
 {
 	/* EOF and errors show as state changes; a peek consumes nothing. */
-	if (ret <= 0 || (flags & MSG_PEEK))
+	if (flags & MSG_PEEK)
 		return 0;
+	if (ret <= 0)
+		return failed_transfer(sk);
 	return syscall_data_event(sk, ret, CG_RECV, DIR_RECV);
 }
 
@@ -416,7 +545,7 @@ SEC("tp_btf/sock_send_length")
 int BPF_PROG(cg_send, struct sock *sk, int ret, int flags)
 {
 	if (ret <= 0)
-		return 0;
+		return failed_transfer(sk);
 	return syscall_data_event(sk, ret, CG_SEND, DIR_SEND);
 }
 
@@ -425,8 +554,10 @@ int BPF_PROG(cg_send, struct sock *sk, int ret, int flags)
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(cg_recv_sock, struct sock *sk, int ret, int flags)
 {
-	if (ret <= 0 || (flags & MSG_PEEK))
+	if (flags & MSG_PEEK)
 		return 0;
+	if (ret <= 0)
+		return failed_transfer(sk);
 	return regs_data_event(sk, ret, CG_RECV, DIR_RECV);
 }
 
@@ -436,7 +567,7 @@ SEC("tp_btf/sock_send_length")
 int BPF_PROG(cg_send_sock, struct sock *sk, int ret, int flags)
 {
 	if (ret <= 0)
-		return 0;
+		return failed_transfer(sk);
 	return regs_data_event(sk, ret, CG_SEND, DIR_SEND);
 }
 
@@ -459,7 +590,7 @@ int BPF_PROG(cg_state, const struct sock *sk, int oldstate, int newstate)
 			return 0;
 		cs->id = __sync_fetch_and_add(&next_conn_id, 1) + 1;
 		cs->port = port;
-		struct cg_event *e = new_event(cs, CG_OPEN);
+		struct cg_event *e = new_event(cs->id, cs->port, CG_OPEN);
 		if (e)
 			send(e, BPF_RB_NO_WAKEUP);
 		return 0;
@@ -471,7 +602,7 @@ int BPF_PROG(cg_state, const struct sock *sk, int oldstate, int newstate)
 		     : bpf_sk_storage_get(&conns, s, 0, 0);
 	if (!cs)
 		return 0;
-	struct cg_event *e = new_event(cs, CG_STATE);
+	struct cg_event *e = new_event(cs->id, cs->port, CG_STATE);
 	if (!e)
 		return 0;
 	e->old_state = oldstate;
@@ -496,10 +627,98 @@ int BPF_PROG(cg_reset, struct sock *sk)
 	struct conn_state *cs = watched(sk);
 	if (!cs)
 		return 0;
-	struct cg_event *e = new_event(cs, CG_RESET);
+	struct cg_event *e = new_event(cs->id, cs->port, CG_RESET);
 	if (!e)
 		return 0;
 	e->unacked = unacked(sk);
 	send(e, BPF_RB_FORCE_WAKEUP);
+	return 0;
+}
+
+/* Catches: a thread entering OpenSSL's SSL_read, SSL_read_ex, SSL_write,
+ * SSL_write_ex or SSL_do_handshake (the cookie says which), in any process
+ * that maps a probed library: remembers the SSL object and the caller's
+ * buffer for the socket programs inside the call and the return below. */
+SEC("uprobe")
+int cg_ssl_enter(struct pt_regs *ctx)
+{
+	__u8 fn = bpf_get_attach_cookie(ctx);
+	__u64 tid = bpf_get_current_pid_tgid();
+	/* A handshake run inside a read or write belongs to that call. */
+	if (fn == SSL_FN_HANDSHAKE && bpf_map_lookup_elem(&ssl_calls, &tid))
+		return 0;
+	struct ssl_call c = {
+		.ssl = ctx->di,
+		.buf = ctx->si,
+		.count_at = fn == SSL_FN_READ_EX || fn == SSL_FN_WRITE_EX ? ctx->cx : 0,
+		.fn = fn,
+	};
+	bpf_map_update_elem(&ssl_calls, &tid, &c, BPF_ANY);
+	__u32 tgid = tid >> 32;
+	if (!bpf_map_lookup_elem(&ssl_procs, &tgid)) {
+		__u8 one = 1;
+		bpf_map_update_elem(&ssl_procs, &tgid, &one, BPF_ANY);
+	}
+	return 0;
+}
+
+/* Catches: the same calls returning. A read or write that moved plaintext on
+ * an SSL object tied to a watched connection becomes that connection's RECV
+ * or SEND (CG_F_TLS), with the bytes read from the caller's buffer; a
+ * completed handshake is told (CG_TLS, CG_F_HANDSHAKE). */
+SEC("uretprobe")
+int cg_ssl_return(struct pt_regs *ctx)
+{
+	__u8 fn = bpf_get_attach_cookie(ctx);
+	__u64 tid = bpf_get_current_pid_tgid();
+	struct ssl_call *c = bpf_map_lookup_elem(&ssl_calls, &tid);
+	/* A nested handshake's return leaves the enclosing call's entry. */
+	if (!c || c->fn != fn)
+		return 0;
+	struct ssl_call call = *c;
+	bpf_map_delete_elem(&ssl_calls, &tid);
+	struct ssl_key key = { .ssl = call.ssl, .tgid = tid >> 32 };
+	struct ssl_conn *sc = bpf_map_lookup_elem(&ssl_conns, &key);
+	if (!sc)
+		return 0; /* not a watched connection's */
+	int ret = (int)ctx->ax;
+	__u64 n = 0;
+	switch (fn) {
+	case SSL_FN_HANDSHAKE: {
+		if (ret != 1)
+			return 0;
+		struct cg_event *e = new_event(sc->id, sc->port, CG_TLS);
+		if (e) {
+			e->flags = CG_F_HANDSHAKE;
+			send(e, BPF_RB_NO_WAKEUP);
+		}
+		return 0;
+	}
+	case SSL_FN_READ:
+	case SSL_FN_WRITE:
+		if (ret <= 0)
+			return 0;
+		n = ret;
+		break;
+	case SSL_FN_READ_EX:
+	case SSL_FN_WRITE_EX:
+		if (ret != 1 || bpf_probe_read_user(&n, sizeof(n), (void *)call.count_at))
+			return 0;
+		break;
+	default:
+		return 0;
+	}
+	if (n == 0 || n > 0x7fffffff)
+		return 0;
+	__u8 kind = fn == SSL_FN_READ || fn == SSL_FN_READ_EX ? CG_RECV : CG_SEND;
+	__u8 dir = kind == CG_RECV ? DIR_RECV : DIR_SEND;
+	int head = head_run(&sc->run, &sc->last_dir, dir, n);
+	struct cg_event *e = new_event(sc->id, sc->port, kind);
+	if (!e)
+		return 0;
+	e->len = n;
+	e->flags = CG_F_TLS;
+	capture_buf(e, call.buf, n, head);
+	send(e, BPF_RB_NO_WAKEUP);
 	return 0;
 }

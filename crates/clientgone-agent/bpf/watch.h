@@ -27,11 +27,23 @@ enum cg_kind {
 	CG_ADOPT = 6, /* an established connection seen for the first time (it
 		       * predates the agent): unacked = its socket's inode, 0 if
 		       * orphaned */
+	CG_TLS = 7,   /* the connection's TLS library is probed: from now on its
+		       * RECV/SEND events are plaintext (CG_F_TLS), its ciphertext
+		       * is not reported; flags CG_F_HANDSHAKE when the handshake
+		       * completed */
 };
 
 /* The bytes moved but none were captured: sendfile, splice, io_uring, or a
  * system call the buffer of which is not known. */
 #define CG_F_NOBUF 1
+/* RECV/SEND: plaintext, as the TLS library returned it or was given it. */
+#define CG_F_TLS 2
+/* RECV/SEND, on a connection's first: the process has called a probed TLS
+ * library (so a TLS connection of it that is not reported as CG_TLS could not
+ * be tied to its SSL object). */
+#define CG_F_SSL_PROC 4
+/* CG_TLS: the handshake completed. */
+#define CG_F_HANDSHAKE 8
 
 struct cg_event {
 	__u64 conn;       /*  0: connection id, given at CG_OPEN */

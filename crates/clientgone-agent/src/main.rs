@@ -261,6 +261,7 @@ async fn run_watch(args: WatchArgs, registry: Registry, tracer: Option<SdkTracer
         running.found_open,
         if running.found_open == 1 { "" } else { "s" },
     );
+    say!("clientgone watch: {}", tls_line(&running));
     let token = running.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -273,6 +274,33 @@ async fn run_watch(args: WatchArgs, registry: Registry, tracer: Option<SdkTracer
             ExitCode::FAILURE
         }
     }
+}
+
+/// What the start-up line says of TLS: the OpenSSL files probed, and the
+/// servers on the watched ports whose TLS cannot be read.
+fn tls_line(running: &watch::RunningWatch) -> String {
+    let probed: Vec<String> = running
+        .tls_probed
+        .iter()
+        .map(|c| c.path.display().to_string())
+        .collect();
+    let mut line = if probed.is_empty() {
+        "TLS plaintext: no OpenSSL found to probe (TLS connections are skipped as tls)".to_owned()
+    } else {
+        format!("TLS plaintext from OpenSSL in {}", probed.join(", "))
+    };
+    if !running.tls_uncovered.is_empty() {
+        let missed: Vec<String> = running
+            .tls_uncovered
+            .iter()
+            .map(|(pid, comm)| format!("{pid} ({comm})"))
+            .collect();
+        line.push_str(&format!(
+            "; servers with no OpenSSL, whose TLS is skipped as tls: {}",
+            missed.join(", ")
+        ));
+    }
+    line
 }
 
 /// Runs until SIGINT/SIGTERM, then stops gracefully.

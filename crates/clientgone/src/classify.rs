@@ -177,17 +177,21 @@ pub enum CloseReason {
     Timeout,
     /// The server closed it: shutdown, keep-alive limit, error.
     Server,
+    /// Its TLS handshake did not complete: the client left during it, or it
+    /// failed. Never a request break.
+    TlsHandshake,
 }
 
 impl CloseReason {
     /// All reasons, in label order.
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Idle,
         CloseReason::ClientAbort,
         CloseReason::IncompleteRequest,
         CloseReason::Reset,
         CloseReason::Timeout,
         CloseReason::Server,
+        CloseReason::TlsHandshake,
     ];
 
     /// The Prometheus label value.
@@ -199,6 +203,7 @@ impl CloseReason {
             CloseReason::Reset => "reset",
             CloseReason::Timeout => "timeout",
             CloseReason::Server => "server",
+            CloseReason::TlsHandshake => "tls_handshake",
         }
     }
 
@@ -301,6 +306,8 @@ pub struct CloseFacts {
     /// The client asked for the close in the protocol: an HTTP/1 request with
     /// `Connection: close` (or HTTP/1.0 without keep-alive), an HTTP/2 GOAWAY.
     pub client_asked_close: bool,
+    /// The connection is TLS and its handshake never completed.
+    pub tls_handshake_incomplete: bool,
 }
 
 /// The first sign of life (or death) from the client side of a connection.
@@ -316,6 +323,10 @@ pub struct ClientEvent {
 
 /// The one reason a connection closed with.
 pub fn close_reason(facts: CloseFacts) -> CloseReason {
+    // Whoever ended it, no HTTP ever flowed: the handshake is what failed.
+    if facts.tls_handshake_incomplete {
+        return CloseReason::TlsHandshake;
+    }
     if let Some(ev) = facts.client_event {
         return match ev.cause {
             Cause::Timeout => CloseReason::Timeout,
@@ -522,6 +533,7 @@ mod tests {
             partial_head,
             served_any,
             client_asked_close: false,
+            tls_handshake_incomplete: false,
         };
         let asked = |header_timeout| CloseFacts {
             client_asked_close: true,
@@ -573,6 +585,13 @@ mod tests {
                     ..facts(ev(Cause::Reset, true, false), false, false, true)
                 },
                 R::ClientAbort,
+            ),
+            (
+                CloseFacts {
+                    tls_handshake_incomplete: true,
+                    ..facts(ev(Cause::Reset, false, false), false, false, false)
+                },
+                R::TlsHandshake,
             ),
         ];
         for (f, want) in cases {

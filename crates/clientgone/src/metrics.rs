@@ -57,7 +57,7 @@ struct Inner {
     vecs: Vecs,
     rpc_vecs: Vecs,
     open_connections: IntGauge,
-    connection_closes: [IntCounter; 6],
+    connection_closes: [IntCounter; CloseReason::ALL.len()],
     connection_duration: Histogram,
     routes: RwLock<HashMap<Box<str>, Arc<RouteMetrics>>>,
     rpc_methods: RwLock<HashMap<RpcKey, Arc<RpcMethodMetrics>>>,

@@ -1,14 +1,18 @@
 //! Loading the kernel side (`bpf/watch.bpf.o`, built from `bpf/watch.bpf.c`)
 //! with aya: CO-RE relocation against the running kernel's BTF, the watched
 //! ports written into its map, the tracepoint programs of the chosen capture
-//! mode attached. Each way this can fail is one line saying what is missing
+//! mode attached, and the OpenSSL uprobes on each library found
+//! (`openssl.rs`). Each way this can fail is one line saying what is missing
 //! and what to do.
 
 use std::os::fd::AsRawFd;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::BtfTracePoint;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::{BtfTracePoint, UProbe};
 use aya::{Btf, Ebpf, EbpfLoader};
+
+use super::openssl::{Candidate, FUNCTIONS, REQUIRED};
 
 /// The compiled kernel side; `bpf/build.sh` rebuilds it and CI checks it is current.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/watch.bpf.o");
@@ -78,6 +82,8 @@ pub struct Probe {
     pub mode: CaptureMode,
     /// The tracepoints attached to, in order.
     pub attached: Vec<&'static str>,
+    /// The files whose OpenSSL is probed (TLS plaintext).
+    pub tls: Vec<Candidate>,
     /// The events.
     pub ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
@@ -101,9 +107,15 @@ fn permitted() -> bool {
 
 impl Probe {
     /// Loads and attaches the programs, watching connections on `ports`, with
-    /// the bytes captured as `capture` says.
+    /// the bytes captured as `capture` says, and the plaintext of TLS
+    /// connections read from the OpenSSL of each of `tls` that exports it.
     /// `ring_bytes` is the ring buffer's size (a power of two, a multiple of the page).
-    pub fn load(ports: &[u16], ring_bytes: u32, capture: Capture) -> Result<Probe, String> {
+    pub fn load(
+        ports: &[u16],
+        ring_bytes: u32,
+        capture: Capture,
+        tls: &[Candidate],
+    ) -> Result<Probe, String> {
         if !permitted() {
             return Err(
                 "clientgone watch needs root, or the capabilities CAP_BPF and \
@@ -163,6 +175,7 @@ impl Probe {
             attach_loaded(&mut ebpf, name, tracepoint)?;
             attached.push(tracepoint);
         }
+        let tls = attach_openssl(&mut ebpf, tls);
         let ring = RingBuf::try_from(ebpf.take_map("events").ok_or("no 'events' map")?)
             .map_err(|e| format!("events map: {e}"))?;
         let counters = PerCpuArray::try_from(ebpf.take_map("counters").ok_or("no 'counters' map")?)
@@ -174,6 +187,7 @@ impl Probe {
             _ebpf: ebpf,
             mode,
             attached,
+            tls,
             ring,
             counters,
             lost_conns,
@@ -241,4 +255,85 @@ fn attach_loaded(ebpf: &mut Ebpf, name: &str, tracepoint: &str) -> Result<(), St
 fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &str, tracepoint: &str) -> Result<(), String> {
     load(ebpf, btf, name, tracepoint)?;
     attach_loaded(ebpf, name, tracepoint)
+}
+
+/// Attaches the OpenSSL uprobes (`cg_ssl_enter` at each function's entry,
+/// `cg_ssl_return` at its return, the function told by the attach cookie) to
+/// every candidate that exports [`REQUIRED`]; returns those probed. A file
+/// that is not OpenSSL (most executables) is passed over in silence; a
+/// library that cannot be probed is named in a warning, and its servers' TLS
+/// connections are skipped as `tls`, as before.
+fn attach_openssl(ebpf: &mut Ebpf, candidates: &[Candidate]) -> Vec<Candidate> {
+    let mut probed = Vec::new();
+    if candidates.is_empty() {
+        return probed;
+    }
+    for name in ["cg_ssl_enter", "cg_ssl_return"] {
+        let loaded = uprobe(ebpf, name).and_then(|p| {
+            p.load()
+                .map_err(|e| format!("the kernel refused program {name}: {e:#}"))
+        });
+        if let Err(e) = loaded {
+            tracing::warn!(
+                "TLS connections will not be followed: {e} (uprobes need a kernel with \
+                 CONFIG_UPROBE_EVENTS)"
+            );
+            return probed;
+        }
+    }
+    for candidate in candidates {
+        match attach_file(ebpf, &candidate.path) {
+            Ok(()) => probed.push(candidate.clone()),
+            Err(e) if candidate.is_libssl => tracing::warn!(
+                "cannot probe {} ({e}): TLS connections of the servers using it are skipped \
+                 as tls",
+                candidate.path.display()
+            ),
+            Err(_) => {}
+        }
+    }
+    probed
+}
+
+/// Attaches both programs to each function `path` exports; fails, with
+/// nothing left attached, if it lacks one of [`REQUIRED`].
+fn attach_file(ebpf: &mut Ebpf, path: &std::path::Path) -> Result<(), String> {
+    let mut links = Vec::new();
+    let mut result = Ok(());
+    'functions: for (function, cookie) in FUNCTIONS {
+        for name in ["cg_ssl_enter", "cg_ssl_return"] {
+            let program = uprobe(ebpf, name)?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::Symbol(function),
+                cookie: Some(cookie),
+            };
+            match program.attach(point, path, UProbeScope::AllProcesses) {
+                Ok(link) => links.push((name, link)),
+                // The _ex forms and the handshake may be missing (OpenSSL
+                // before 1.1.1, a trimmed static build): the plaintext of the
+                // others is still whole; a handshake not seen is learnt from
+                // the first read.
+                Err(_) if !REQUIRED.contains(&function) => continue 'functions,
+                Err(e) => {
+                    result = Err(format!("{function}: {e}"));
+                    break 'functions;
+                }
+            }
+        }
+    }
+    if result.is_err() {
+        for (name, link) in links {
+            if let Ok(program) = uprobe(ebpf, name) {
+                let _ = program.detach(link);
+            }
+        }
+    }
+    result
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("the BPF object has no program {name}"))?
+        .try_into()
+        .map_err(|e| format!("program {name}: {e}"))
 }

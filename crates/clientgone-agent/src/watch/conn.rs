@@ -114,8 +114,10 @@ impl Tracker {
         };
         match ev.kind {
             Kind::Open | Kind::Adopt { .. } => {}
-            Kind::Recv => conn.exchange.on_recv(ev, &self.routes, sink),
-            Kind::Send => conn.exchange.on_send(ev, sink),
+            Kind::Tls { handshake } => conn.tls_handshake = Some(handshake),
+            Kind::Recv if conn.follows(ev) => conn.exchange.on_recv(ev, &self.routes, sink),
+            Kind::Send if conn.follows(ev) => conn.exchange.on_send(ev, sink),
+            Kind::Recv | Kind::Send => {}
             Kind::Reset => conn.client_left(Cause::Reset, ev, sink),
             Kind::State { old, new, error } => {
                 if conn.on_state(old, new, error, ev, sink) {
@@ -147,6 +149,9 @@ struct Conn {
     client_event: Option<ClientEvent>,
     /// The server closed its side first (FIN_WAIT1) or after the client (LAST_ACK).
     server_closed: bool,
+    /// `Some` once its TLS library is probed (its bytes come as plaintext):
+    /// whether the handshake completed.
+    tls_handshake: Option<bool>,
     exchange: Exchange,
 }
 
@@ -157,6 +162,7 @@ impl Conn {
             opened_ns: Some(opened_ns),
             client_event: None,
             server_closed: false,
+            tls_handshake: None,
             exchange: Exchange::new(port),
         }
     }
@@ -170,6 +176,17 @@ impl Conn {
         // while idle is a kept-alive connection's, not a header timeout.
         conn.exchange.served_any = true;
         conn
+    }
+
+    /// Whether a transfer's bytes are the exchange's: all of a plaintext
+    /// connection's; of a TLS one, only the plaintext (which also says the
+    /// handshake is done).
+    fn follows(&mut self, ev: &Event<'_>) -> bool {
+        if ev.tls {
+            self.tls_handshake = Some(true);
+            return true;
+        }
+        self.tls_handshake.is_none()
     }
 
     fn forget(mut self, sink: &mut impl Sink) {
@@ -240,6 +257,9 @@ impl Conn {
                     partial_head: !self.exchange.head.is_empty(),
                     served_any: self.exchange.served_any,
                     client_asked_close: self.exchange.asked_close,
+                    // Adopted ones were past their handshake.
+                    tls_handshake_incomplete: self.tls_handshake == Some(false)
+                        && self.opened_ns.is_some(),
                 });
                 let lifetime = self
                     .opened_ns
@@ -315,6 +335,10 @@ mod tests {
         tracker: Tracker,
         log: Log,
         ts: u64,
+        /// The transfers are plaintext from the TLS library.
+        tls: bool,
+        /// The process uses a probed TLS library.
+        ssl_process: bool,
     }
 
     impl Script {
@@ -324,6 +348,8 @@ mod tests {
                 tracker: Tracker::new(routes.matcher()),
                 log: Log::default(),
                 ts: 0,
+                tls: false,
+                ssl_process: false,
             };
             s.event(Kind::Open, 0, b"", b"");
             s
@@ -336,6 +362,8 @@ mod tests {
                 tracker: Tracker::new(routes.matcher()),
                 log: Log::default(),
                 ts: 0,
+                tls: false,
+                ssl_process: false,
             };
             s.tracker.seed(HashMap::from([(5, 8080)]), &mut s.log);
             s.event(Kind::Adopt { inode }, 0, b"", b"");
@@ -353,8 +381,17 @@ mod tests {
                 unacked: 77,
                 data,
                 tail,
+                tls: self.tls,
+                ssl_process: self.ssl_process,
             };
             self.tracker.on_event(&ev, &mut self.log);
+            self
+        }
+
+        /// The connection's TLS library is probed: what follows is plaintext.
+        fn tls(&mut self, handshake: bool) -> &mut Self {
+            self.event(Kind::Tls { handshake }, 0, b"", b"");
+            self.tls = true;
             self
         }
 
@@ -732,6 +769,73 @@ mod tests {
     }
 
     #[test]
+    fn tls_plaintext_is_followed_like_plaintext() {
+        // Tied at the handshake's first read; the requests in plaintext.
+        let mut s = Script::new();
+        s.tls(false).tls(true);
+        s.recv(GET)
+            .send(OK)
+            .recv(b"GET /slow HTTP/1.1\r\n\r\n")
+            .fin();
+        s.state(tcp::CLOSE_WAIT, tcp::LAST_ACK, 0).closed();
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "start GET /users/{id}",
+                "end GET /users/{id} 200 completed sent=5 unacked=0 ms=1",
+                "start GET unmatched",
+                "end GET unmatched 499 handler closed sent=0 unacked=77 ms=1",
+                "close client_abort"
+            ]
+        );
+        // A handshake completed inside the first read (no SSL_do_handshake
+        // seen): the plaintext itself says it is done.
+        let mut r = Script::new();
+        r.tls(false).recv(GET).send(OK).rst();
+        assert_eq!(r.log()[3], "close reset");
+    }
+
+    #[test]
+    fn a_tls_handshake_that_never_completes_closes_as_such_and_breaks_nothing() {
+        for cut in [Script::fin as fn(&mut Script) -> &mut Script, Script::rst] {
+            let mut s = Script::new();
+            s.tls(false);
+            cut(&mut s);
+            s.closed();
+            assert_eq!(s.log(), ["open 8080", "close tls_handshake"]);
+        }
+        // Completed, then left idle: an idle close.
+        let mut s = Script::new();
+        s.tls(false).tls(true).fin().closed();
+        assert_eq!(s.log(), ["open 8080", "close idle"]);
+        // Adopted: its handshake was before the agent.
+        let mut a = Script::adopted(5);
+        a.tls(false).fin().closed();
+        assert_eq!(a.log()[2], "close idle untimed");
+    }
+
+    #[test]
+    fn tls_that_cannot_be_read_is_skipped_with_why() {
+        let hello = &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..];
+        // Not OpenSSL (Go's crypto/tls, rustls): tls.
+        let mut s = Script::new();
+        s.recv(hello).closed();
+        assert_eq!(s.log()[1], "skip tls");
+        // OpenSSL in the process, but the connection was never tied to it.
+        let mut u = Script::new();
+        u.ssl_process = true;
+        u.recv(hello).closed();
+        assert_eq!(u.log()[1], "skip tls_unmapped");
+        // Ciphertext reported on a tied connection is never parsed.
+        let mut t = Script::new();
+        t.tls(true);
+        t.tls = false;
+        t.recv(hello).recv(GET);
+        assert_eq!(t.log(), ["open 8080"]);
+    }
+
+    #[test]
     fn lost_events_forget_the_connection_and_its_request() {
         let mut s = Script::new();
         s.recv(GET);
@@ -774,8 +878,11 @@ mod tests {
                 } else {
                     0
                 };
-            let kind = match rng.u8(0..10) {
+            let kind = match rng.u8(0..11) {
                 0 => Kind::Open,
+                10 => Kind::Tls {
+                    handshake: rng.bool(),
+                },
                 1..=4 => Kind::Recv,
                 5..=7 => Kind::Send,
                 8 => Kind::Reset,
@@ -795,6 +902,8 @@ mod tests {
                 unacked: 0,
                 data: &data,
                 tail: &data[tail_at..],
+                tls: rng.bool(),
+                ssl_process: rng.bool(),
             };
             tracker.on_event(&ev, &mut log);
         }

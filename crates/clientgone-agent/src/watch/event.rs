@@ -34,6 +34,19 @@ pub enum Kind {
         /// Its socket's inode, as `/proc/net/tcp` lists it (0: orphaned).
         inode: u32,
     },
+    /// The connection's TLS library is probed: its `Recv`/`Send` events are
+    /// plaintext from now on (`tls` set), its ciphertext is not reported.
+    Tls {
+        /// Its handshake completed.
+        handshake: bool,
+    },
+}
+
+/// Flag bits of `struct cg_event` (`CG_F_*` in `bpf/watch.h`).
+mod flag {
+    pub const TLS: u8 = 2;
+    pub const SSL_PROC: u8 = 4;
+    pub const HANDSHAKE: u8 = 8;
 }
 
 /// One decoded event. `data` and `tail` borrow the ring buffer's record.
@@ -56,6 +69,12 @@ pub struct Event<'a> {
     pub data: &'a [u8],
     /// The last bytes of the transfer (up to [`TAIL`]).
     pub tail: &'a [u8],
+    /// `Recv`/`Send`: plaintext, as the TLS library returned it or was given it.
+    pub tls: bool,
+    /// A connection's first `Recv`/`Send`: its process has called a probed
+    /// TLS library (a TLS connection of it not reported as [`Kind::Tls`]
+    /// could not be tied to its SSL object).
+    pub ssl_process: bool,
 }
 
 /// TCP states, as the kernel numbers them.
@@ -105,8 +124,12 @@ impl<'a> Event<'a> {
             },
             5 => Kind::Reset,
             6 => Kind::Adopt { inode: unacked },
+            7 => Kind::Tls {
+                handshake: *b.get(31)? & flag::HANDSHAKE != 0,
+            },
             _ => return None,
         };
+        let flags = *b.get(31)?;
         let cap_len = usize::from(u16_at(b, 34)?);
         let tail_len = usize::from(u16_at(b, 36)?);
         if cap_len > CAPTURE || tail_len > TAIL {
@@ -131,6 +154,8 @@ impl<'a> Event<'a> {
             unacked,
             data,
             tail,
+            tls: flags & flag::TLS != 0,
+            ssl_process: flags & flag::SSL_PROC != 0,
         })
     }
 }
@@ -151,7 +176,13 @@ pub(crate) mod tests {
             Kind::State { old, new, error } => (4, error as u32, old, new),
             Kind::Reset => (5, 0, 0, 0),
             Kind::Adopt { .. } => (6, 0, 0, 0),
+            Kind::Tls { .. } => (7, 0, 0, 0),
         };
+        b[31] = match e.kind {
+            Kind::Tls { handshake: true } => flag::HANDSHAKE,
+            _ => 0,
+        } | if e.tls { flag::TLS } else { 0 }
+            | if e.ssl_process { flag::SSL_PROC } else { 0 };
         b[20..24].copy_from_slice(&len.to_ne_bytes());
         let unacked = match e.kind {
             Kind::Adopt { inode } => inode,
@@ -180,6 +211,8 @@ pub(crate) mod tests {
             unacked: 0,
             data: b"GET / HTTP/1.1\r\n\r\n",
             tail: b"\r\n\r\n",
+            tls: true,
+            ssl_process: false,
         };
         let b = encode(&e);
         assert_eq!(Event::parse(&b), Some(e));
@@ -200,6 +233,15 @@ pub(crate) mod tests {
             ..e
         };
         assert_eq!(Event::parse(&encode(&s)), Some(s));
+        for handshake in [false, true] {
+            let t = Event {
+                kind: Kind::Tls { handshake },
+                tls: false,
+                ssl_process: true,
+                ..s
+            };
+            assert_eq!(Event::parse(&encode(&t)), Some(t));
+        }
         // Too short, a wrong kind, and a capture longer than the record.
         assert_eq!(Event::parse(&b[..40]), None);
         let mut bad = b.clone();

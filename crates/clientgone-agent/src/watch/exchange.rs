@@ -45,6 +45,9 @@ pub(super) struct Exchange {
     pub(super) asked_close: bool,
     /// Requests are no longer followed (the client left, or see [`Skip`]).
     done: bool,
+    /// The server's process uses a probed TLS library: TLS bytes seen here
+    /// (not its plaintext) mean the connection could not be tied to it.
+    ssl_process: bool,
 }
 
 #[derive(Debug)]
@@ -83,6 +86,7 @@ impl Exchange {
             served_any: false,
             asked_close: false,
             done: false,
+            ssl_process: false,
         }
     }
 
@@ -142,6 +146,7 @@ impl Exchange {
     }
 
     pub(super) fn on_recv(&mut self, ev: &Event<'_>, routes: &RouteMatcher, sink: &mut impl Sink) {
+        self.ssl_process |= ev.ssl_process;
         match self.adopting {
             None => {}
             Some(Adopting::Turned) => self.adopting = None,
@@ -184,7 +189,10 @@ impl Exchange {
                         }
                         Head::Partial => return self.skip(Skip::Unparsed, sink),
                         Head::Invalid => {
-                            let why = http1::foreign_protocol(&self.head).unwrap_or(Skip::Unparsed);
+                            let why = match http1::foreign_protocol(&self.head) {
+                                Some(Skip::Tls) if self.ssl_process => Skip::TlsUnmapped,
+                                why => why.unwrap_or(Skip::Unparsed),
+                            };
                             return self.skip(why, sink);
                         }
                     }

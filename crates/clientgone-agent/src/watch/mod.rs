@@ -7,8 +7,10 @@
 //! `clientgone::Metrics` (one set per port, `server_port` label), through the
 //! same classification rules as the layer.
 //!
-//! What it cannot see is counted, not guessed: TLS and HTTP/2 connections are
-//! followed at the connection level only, pipelined requests and heads it could
+//! TLS connections of servers using OpenSSL are followed in their plaintext,
+//! read by uprobes on the library ([`openssl`]); other TLS and HTTP/2
+//! connections are followed at the connection level only: what it cannot see
+//! is counted, not guessed, pipelined requests and heads it could
 //! not capture whole leave their connection out
 //! (`clientgone_watch_connections_skipped_total`), and a connection that lost
 //! kernel events is left out of the request metrics
@@ -26,6 +28,7 @@ pub mod conn;
 pub mod event;
 mod exchange;
 pub mod http1;
+pub mod openssl;
 pub mod privileges;
 pub mod procfs;
 pub mod sink;
@@ -93,6 +96,11 @@ pub struct RunningWatch {
     pub attached: Vec<&'static str>,
     /// Connections found open at start on the watched ports.
     pub found_open: usize,
+    /// The files whose OpenSSL is probed.
+    pub tls_probed: Vec<openssl::Candidate>,
+    /// Server processes on the watched ports whose TLS cannot be read (no
+    /// OpenSSL found in them), with their command names.
+    pub tls_uncovered: Vec<(u32, String)>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -114,6 +122,11 @@ impl RunningWatch {
 
 /// The ports to watch: `--port`s plus the listening ports of `--pid`s and `--comm`s.
 pub fn resolve_ports(config: &WatchConfig) -> Result<BTreeSet<u16>, String> {
+    resolve(config).map(|(ports, _)| ports)
+}
+
+/// The ports to watch and the processes selected by `--pid` and `--comm`.
+fn resolve(config: &WatchConfig) -> Result<(BTreeSet<u16>, Vec<u32>), String> {
     let mut ports: BTreeSet<u16> = config.ports.iter().copied().collect();
     let mut pids = config.pids.clone();
     for name in &config.comms {
@@ -123,7 +136,7 @@ pub fn resolve_ports(config: &WatchConfig) -> Result<BTreeSet<u16>, String> {
         }
         pids.extend(found);
     }
-    for pid in pids {
+    for &pid in &pids {
         let found = procfs::ports_of(pid)?;
         if found.is_empty() && config.comms.is_empty() {
             return Err(format!("--pid {pid}: the process listens on no TCP port"));
@@ -133,13 +146,18 @@ pub fn resolve_ports(config: &WatchConfig) -> Result<BTreeSet<u16>, String> {
     if ports.is_empty() {
         return Err("no port to watch: the selected processes listen on no TCP port".into());
     }
-    Ok(ports)
+    Ok((ports, pids))
 }
 
 /// Loads the programs, binds the metrics listener, gives up privileges, and
 /// starts following connections.
 pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
-    let ports = resolve_ports(&config).map_err(StartError)?;
+    let (ports, mut servers) = resolve(&config).map_err(StartError)?;
+    // The servers on the watched ports, whose OpenSSL is probed.
+    servers.extend(procfs::servers(&ports));
+    servers.sort_unstable();
+    servers.dedup();
+    let candidates = openssl::candidates(&servers);
     let mut sink = PortMetrics::new(
         &config.registry,
         config.tracer.clone(),
@@ -156,7 +174,13 @@ pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
     // throughout (its first event adopts it without counting it again); one
     // that closed or opened in between is counted when its events adopt it.
     let before = procfs::open_connections(&ports);
-    let probe = Probe::load(&list, config.ring_bytes, config.capture).map_err(StartError)?;
+    let probe =
+        Probe::load(&list, config.ring_bytes, config.capture, &candidates).map_err(StartError)?;
+    let tls_probed = probe.tls.clone();
+    let tls_uncovered = openssl::uncovered(&servers, &tls_probed)
+        .into_iter()
+        .map(|pid| (pid, procfs::comm(pid)))
+        .collect();
     let after = procfs::open_connections(&ports);
     let open: std::collections::HashMap<u64, u16> = before
         .into_iter()
@@ -193,6 +217,8 @@ pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
         capture,
         attached,
         found_open,
+        tls_probed,
+        tls_uncovered,
         shutdown,
         tasks: vec![follow, metrics_server],
     })

@@ -70,16 +70,68 @@ pub fn ports_of(pid: u32) -> Result<BTreeSet<u16>, String> {
         let Ok(target) = fs::read_link(fd.path()) else {
             continue;
         };
-        let target = target.to_string_lossy();
-        let inode = target
-            .strip_prefix("socket:[")
-            .and_then(|t| t.strip_suffix(']'))
-            .and_then(|t| t.parse::<u64>().ok());
+        let inode = socket_inode(&target.to_string_lossy());
         if let Some(port) = inode.and_then(|i| listening.get(&i)) {
             ports.insert(*port);
         }
     }
     Ok(ports)
+}
+
+/// The processes with a listening socket on one of `ports`, in any network
+/// namespace (each namespace's table read once): the servers whose TLS
+/// library is probed.
+pub fn servers(ports: &BTreeSet<u16>) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    // Network namespace → its listening sockets on the watched ports.
+    let mut tables: HashMap<std::path::PathBuf, HashMap<u64, u16>> = HashMap::new();
+    let mut found = Vec::new();
+    for pid in dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    {
+        let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        let listening = tables.entry(ns).or_insert_with(|| {
+            let mut l = listening(pid);
+            l.retain(|_, port| ports.contains(port));
+            l
+        });
+        if listening.is_empty() {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let listens = fds.flatten().any(|fd| {
+            fs::read_link(fd.path())
+                .ok()
+                .and_then(|t| socket_inode(&t.to_string_lossy()))
+                .is_some_and(|inode| listening.contains_key(&inode))
+        });
+        if listens {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The inode of a descriptor's link target `socket:[N]`.
+fn socket_inode(target: &str) -> Option<u64> {
+    target
+        .strip_prefix("socket:[")
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse::<u64>().ok())
+}
+
+/// The command name of process `pid` (`?` if it is gone).
+pub fn comm(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_else(|_| "?".to_owned())
 }
 
 /// The processes whose command name (`/proc/PID/comm`) is `name`.
@@ -104,6 +156,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         assert!(ports_of(std::process::id()).unwrap().contains(&port));
+        assert!(servers(&BTreeSet::from([port])).contains(&std::process::id()));
         let me = fs::read_to_string("/proc/self/comm").unwrap();
         assert!(pids_named(me.trim_end()).contains(&std::process::id()));
         assert!(ports_of(u32::MAX).is_err());

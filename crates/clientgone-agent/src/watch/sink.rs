@@ -84,7 +84,7 @@ impl PortMetrics {
             Opts::new(
                 "clientgone_watch_connections_skipped_total",
                 "Watched connections whose requests are left out of the request metrics, \
-                 by why (tls, http2, unparsed, pipelined, upgraded, lost_events).",
+                 by why (tls, tls_unmapped, http2, unparsed, pipelined, upgraded, lost_events).",
             ),
             &[
                 clientgone::names::label::SERVER_PORT,

@@ -9,8 +9,13 @@
 /// `clientgone_watch_connections_skipped_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Skip {
-    /// TLS: no plaintext to read.
+    /// TLS: no plaintext to read (the server's TLS library is not a probed
+    /// OpenSSL).
     Tls,
+    /// TLS from a process that uses a probed OpenSSL, but whose connection
+    /// could not be tied to its SSL object (the library reads and writes
+    /// through memory buffers, as asyncio's `ssl` does, not the socket).
+    TlsUnmapped,
     /// HTTP/2 (h2c prior knowledge): streams are not followed.
     Http2,
     /// The bytes are not HTTP/1, or a head was not captured whole (longer than
@@ -26,8 +31,9 @@ pub enum Skip {
 
 impl Skip {
     /// All reasons, in label order.
-    pub const ALL: [Skip; 6] = [
+    pub const ALL: [Skip; 7] = [
         Skip::Tls,
+        Skip::TlsUnmapped,
         Skip::Http2,
         Skip::Unparsed,
         Skip::Pipelined,
@@ -39,6 +45,7 @@ impl Skip {
     pub const fn as_str(self) -> &'static str {
         match self {
             Skip::Tls => "tls",
+            Skip::TlsUnmapped => "tls_unmapped",
             Skip::Http2 => "http2",
             Skip::Unparsed => "unparsed",
             Skip::Pipelined => "pipelined",

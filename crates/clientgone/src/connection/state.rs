@@ -336,6 +336,7 @@ impl ConnectionState {
             partial_head: heads && self.partial_head.load(Ordering::Relaxed),
             served_any: self.requests() > 0,
             client_asked_close: self.client_asked_close.load(Ordering::Acquire),
+            tls_handshake_incomplete: false,
         })
     }
 }
