@@ -1,5 +1,6 @@
 //! Decides whether the `watch` tests (real eBPF programs in the kernel) can run
-//! here: they need root and kernel BTF, and the nginx ones Debian's nginx.
+//! here: they need root and kernel BTF, the nginx ones Debian's nginx, and
+//! the one of a Go TLS server Go.
 //! The silent-break test also needs iproute2 and iptables. Where any is missing those tests compile as `#[ignore]`d with the reason,
 //! counted as skipped; `.ci/run` runs as root with nginx installed.
 
@@ -9,6 +10,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(ebpf)");
     println!("cargo::rustc-check-cfg=cfg(nginx)");
     println!("cargo::rustc-check-cfg=cfg(netns)");
+    println!("cargo::rustc-check-cfg=cfg(go)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CLIENTGONE_NO_EBPF");
     let root = Command::new("id")
@@ -39,5 +41,9 @@ fn main() {
         .is_ok_and(|s| s.success());
     if nginx {
         println!("cargo::rustc-cfg=nginx");
+    }
+    // A server with its own TLS (Go's crypto/tls), which watch cannot read.
+    if runs("go", "version") {
+        println!("cargo::rustc-cfg=go");
     }
 }

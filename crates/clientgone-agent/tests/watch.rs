@@ -32,8 +32,14 @@ impl Drop for Killed {
 
 /// Python's `http.server` (tests/watch/server.py) on a port of its choosing.
 fn python_server() -> (Killed, SocketAddr) {
+    python_server_with(&[])
+}
+
+/// The same with `args` (`--tls CERT KEY`, a port).
+fn python_server_with(args: &[&str]) -> (Killed, SocketAddr) {
     let mut child = Command::new("python3")
         .arg(SERVER_PY)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -70,6 +76,8 @@ macro_rules! both_captures {
 struct Watch {
     child: Killed,
     metrics: SocketAddr,
+    /// Its start-up lines.
+    startup: Vec<String>,
 }
 
 fn watch(capture: &str, args: &[&str]) -> Watch {
@@ -88,14 +96,23 @@ fn watch_with_env(capture: &str, args: &[&str], env: &[(&str, &str)]) -> Watch {
         .spawn()
         .expect("spawn clientgone watch");
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains(" watching ") {
-        line.clear();
+    let mut startup = Vec::new();
+    // The last start-up line is the one on TLS.
+    while !startup
+        .last()
+        .is_some_and(|l: &String| l.starts_with("clientgone watch: TLS"))
+    {
+        let mut line = String::new();
         let read = stderr.read_line(&mut line).expect("start-up line");
-        assert!(read > 0, "watch exited before watching: {line}");
+        assert!(read > 0, "watch exited before watching: {startup:?} {line}");
+        startup.push(line.trim_end().to_owned());
     }
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     // "clientgone watch: watching port P (1 route template), metrics on http://A/metrics"
+    let line = startup
+        .iter()
+        .find(|l| l.contains(" watching "))
+        .expect("the watching line");
     let metrics = line
         .split("http://")
         .nth(1)
@@ -105,6 +122,7 @@ fn watch_with_env(capture: &str, args: &[&str], env: &[(&str, &str)]) -> Watch {
     Watch {
         child: Killed(child),
         metrics,
+        startup,
     }
 }
 
@@ -136,6 +154,11 @@ fn scratch_dir(name: &str, capture: &str) -> std::path::PathBuf {
 /// loopback port once this returns: `http` is added to its `http` block and
 /// `server` to its one `server` block.
 async fn nginx(dir: &Path, http: &str, server: &str) -> (Killed, SocketAddr) {
+    nginx_listen(dir, "", http, server).await
+}
+
+/// The same with `listen` parameters (`ssl`).
+async fn nginx_listen(dir: &Path, listen: &str, http: &str, server: &str) -> (Killed, SocketAddr) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -148,7 +171,7 @@ async fn nginx(dir: &Path, http: &str, server: &str) -> (Killed, SocketAddr) {
            access_log off; {http}
            client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;
            fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-           server {{ listen 127.0.0.1:{port}; {server} }}
+           server {{ listen 127.0.0.1:{port} {listen}; {server} }}
          }}",
         d = dir.display()
     );
@@ -919,3 +942,6 @@ fn without_privileges_watch_says_so_and_exits_2() {
         "{err}"
     );
 }
+
+#[path = "watch/tls.rs"]
+mod tls;

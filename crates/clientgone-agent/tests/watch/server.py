@@ -5,7 +5,8 @@
 /upload      POST: reads the declared body, answers its length
 /big         32 MiB with Content-Length, written in 64 KiB pieces
 anything else: 200 "ok"
-Arguments: [port [host]] (default: any free port on 127.0.0.1).
+Arguments: [--tls CERT KEY] [port [host]] (default: any free port on
+127.0.0.1). With --tls it serves HTTPS through Python's ssl module (OpenSSL).
 Prints its port on the first line of stdout.
 """
 import http.server
@@ -50,8 +51,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+args = sys.argv[1:]
+tls = None
+if args[:1] == ["--tls"]:
+    tls, args = args[1:3], args[3:]
+port = int(args[0]) if len(args) > 0 else 0
+host = args[1] if len(args) > 1 else "127.0.0.1"
 server = http.server.ThreadingHTTPServer((host, port), Handler)
+# Clients that break off are what the tests are about: no traceback for each.
+server.handle_error = lambda request, address: None
+if tls:
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls[0], tls[1])
+    # The handshake runs in the handler's thread, not in accept(): a client
+    # that never finishes it holds only its own thread.
+    server.socket = context.wrap_socket(
+        server.socket, server_side=True, do_handshake_on_connect=False
+    )
 print(server.server_address[1], flush=True)
 server.serve_forever()

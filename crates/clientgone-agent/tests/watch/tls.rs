@@ -1,0 +1,404 @@
+//! `clientgone watch` through TLS: servers that terminate TLS with OpenSSL
+//! (Python's `ssl`, Debian's nginx) are followed in their plaintext, read by
+//! uprobes on the library; a server with its own TLS (Go's `crypto/tls`) is
+//! skipped as `tls`. The clients are Python's `ssl` (tests/watch/tls_client.py).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+
+use super::*;
+
+const TLS_CLIENT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/watch/tls_client.py");
+const TLS_SERVER_GO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/watch/tls_server.go");
+const SKIPPED: &str = "clientgone_watch_connections_skipped_total";
+
+/// A self-signed certificate and its key for `localhost`, made by the
+/// `openssl` command in `dir`.
+fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl req failed");
+    (cert, key)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A free loopback port (to start a server on after the agent).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One run of tests/watch/tls_client.py.
+struct TlsClient {
+    _child: Killed,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl TlsClient {
+    fn start(addr: SocketAddr, mode: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("python3")
+            .arg(TLS_CLIENT_PY)
+            .args([addr.ip().to_string(), addr.port().to_string()])
+            .arg(mode)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn python3");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        TlsClient {
+            _child: Killed(child),
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Its next line of output ("" once it exited).
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .expect("the client's output");
+        line.trim_end().to_owned()
+    }
+
+    /// Sends the request (or cuts the handshake), and returns once it is sent.
+    fn hold(addr: SocketAddr, mode: &str, args: &[&str]) -> Self {
+        let mut client = TlsClient::start(addr, mode, args);
+        let line = client.line();
+        assert!(line == "sent" || line == "reading", "client said {line:?}");
+        client
+    }
+
+    /// Ends the held connection: "fin" or "rst".
+    fn close(mut self, how: &str) {
+        writeln!(self.stdin, "{how}").unwrap();
+        assert_eq!(self.line(), "", "the client exits");
+    }
+}
+
+/// One keep-alive connection, a GET per path, then a FIN: the statuses.
+fn requests(addr: SocketAddr, paths: &[String]) -> Vec<u16> {
+    let args: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let mut client = TlsClient::start(addr, "requests", &args);
+    (0..paths.len())
+        .map(|_| client.line().parse().expect("a status"))
+        .collect()
+}
+
+/// What every TLS server test checks of the clients it broke: FIN and RST
+/// while the handler waits on `slow` (route `slow_route`), with the server
+/// at `addr` and its port watched by `w`.
+async fn fin_and_rst_mid_handler(w: &Watch, addr: SocketAddr, slow: &str, slow_route: &str) {
+    let request = format!("GET {slow} HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n");
+    for cause in ["closed", "reset"] {
+        let client = TlsClient::hold(addr, "hold", &[&request]);
+        w.wait(ACTIVE, &[("http_route", slow_route)], 1.0).await;
+        client.close(if cause == "closed" { "fin" } else { "rst" });
+        let s = w
+            .wait(DISCONNECTS, &brk(slow_route, "handler", cause), 1.0)
+            .await;
+        s.assert_value(ACTIVE, &[("http_route", slow_route)], 0.0);
+    }
+}
+
+both_captures!(
+    python_https_server_breaks_are_counted_exactly,
+    cfg_attr(
+        not(ebpf),
+        ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+    )
+);
+/// Python's `http.server` in `ssl`, started after the agent (its library's
+/// probes cover it): exactly what the plaintext test counts.
+async fn python_https_server_breaks_are_counted_exactly(capture: &'static str) {
+    let dir = scratch_dir("tls-python", capture);
+    let (cert, key) = certificate(&dir);
+    let port = free_port();
+    let port_s = port.to_string();
+    let w = watch(capture, &["--port", &port_s, "--route", "/users/{id}"]);
+    assert!(
+        w.startup.last().unwrap().contains("libssl.so"),
+        "{:?}",
+        w.startup
+    );
+    let (_server, addr) = python_server_with(&["--tls", path(&cert), path(&key), &port_s]);
+
+    // 20 completed requests on one connection.
+    let paths: Vec<String> = (0..20).map(|i| format!("/users/{i}")).collect();
+    assert_eq!(requests(addr, &paths), [200; 20]);
+    let s = w
+        .wait(DURATION_COUNT, &[("http_route", "/users/{id}")], 20.0)
+        .await;
+    s.assert_value(
+        DURATION_COUNT,
+        &[
+            ("http_route", "/users/{id}"),
+            ("http_response_status_code", "200"),
+            ("outcome", "completed"),
+            ("server_port", &port_s),
+        ],
+        20.0,
+    );
+    w.wait(CLOSES, &[("reason", "idle")], 1.0).await;
+
+    fin_and_rst_mid_handler(&w, addr, "/slow", "unmatched").await;
+
+    // A declared body sent in part, then FIN.
+    let upload = format!(
+        "POST /upload HTTP/1.1\\r\\nHost: t\\r\\nContent-Length: 1000\\r\\n\\r\\n{}",
+        "a".repeat(100)
+    );
+    let client = TlsClient::hold(addr, "hold", &[&upload]);
+    w.wait(ACTIVE, &[("http_request_method", "POST")], 1.0)
+        .await;
+    client.close("fin");
+    w.wait(
+        DISCONNECTS,
+        &brk("unmatched", "request_body", "closed"),
+        1.0,
+    )
+    .await;
+
+    // RST in the middle of a 32 MiB response.
+    TlsClient::hold(addr, "big", &["/big"]).close("rst");
+    let s = w
+        .wait(
+            DISCONNECTS,
+            &brk("unmatched", "response_body", "reset"),
+            1.0,
+        )
+        .await;
+    s.assert_value(
+        DURATION_COUNT,
+        &[
+            ("http_response_status_code", "200"),
+            ("outcome", "client_disconnect"),
+        ],
+        1.0,
+    );
+
+    // A client that leaves mid-handshake: a close, no request, no break.
+    TlsClient::hold(addr, "hello-cut", &[]).close("fin");
+    w.wait(CLOSES, &[("reason", "tls_handshake")], 1.0).await;
+
+    // 200 random paths: only the template and `unmatched`.
+    let mut rng = fastrand::Rng::with_seed(200);
+    let paths: Vec<String> = (0..200)
+        .map(|_| format!("/r/{}/{}", rng.u64(..), rng.alphanumeric()))
+        .collect();
+    assert_eq!(requests(addr, &paths), [200; 200]);
+    let s = w
+        .wait(
+            DURATION_COUNT,
+            &[("http_route", "unmatched"), ("outcome", "completed")],
+            200.0,
+        )
+        .await;
+    assert_eq!(
+        s.label_values(DURATION_COUNT, "http_route"),
+        ["/users/{id}", "unmatched"].map(String::from).into()
+    );
+    s.assert_value(DISCONNECTS, &[], 4.0);
+    s.assert_value(DURATION_COUNT, &[], 224.0);
+    // Each connection closed once (the sleeping handlers' closes come when
+    // they wake): two idle, four aborted, one handshake.
+    let s = w.wait(CLOSES, &[("reason", "client_abort")], 4.0).await;
+    s.assert_value(CLOSES, &[("reason", "idle")], 2.0);
+    s.assert_value(CLOSES, &[], 7.0);
+    s.assert_value(SKIPPED, &[], 0.0);
+    s.assert_value("http_server_open_connections", &[], 0.0);
+    s.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+both_captures!(
+    nginx_terminating_tls_in_front_of_a_slow_backend_is_counted_exactly,
+    cfg_attr(
+        not(ebpf),
+        ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+    ),
+    cfg_attr(not(nginx), ignore = "needs nginx (Debian's nginx package)")
+);
+/// Debian's nginx with `listen … ssl`, proxying /api/ to the plain Python
+/// server and serving a large file itself; only nginx's TLS port watched.
+async fn nginx_terminating_tls_in_front_of_a_slow_backend_is_counted_exactly(
+    capture: &'static str,
+) {
+    let (_server, upstream) = python_server();
+    let dir = scratch_dir("tls-nginx", capture);
+    let (cert, key) = certificate(&dir);
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    std::fs::write(dir.join("www/big.bin"), vec![b'x'; 32 << 20]).unwrap();
+    let server = format!(
+        "ssl_certificate {}; ssl_certificate_key {}; root {}/www;
+         location /api/ {{ proxy_pass http://{upstream}/; proxy_http_version 1.1;
+                           proxy_set_header Connection \"\"; }}",
+        cert.display(),
+        key.display(),
+        dir.display()
+    );
+    let (_nginx, addr) = nginx_listen(&dir, "ssl", "keepalive_timeout 60s;", &server).await;
+    let port_s = addr.port().to_string();
+    let w = watch(
+        capture,
+        &[
+            "--port",
+            &port_s,
+            "--route",
+            "/api/users/{id}",
+            "--route",
+            "/api/{*rest}",
+            "--route",
+            "/big.bin",
+        ],
+    );
+    // nginx's own library, found through its process.
+    let tls_line = w.startup.last().unwrap();
+    assert!(
+        tls_line.contains("/root/") && tls_line.contains("libssl.so"),
+        "{tls_line}"
+    );
+
+    let paths: Vec<String> = (0..20).map(|i| format!("/api/users/{i}")).collect();
+    assert_eq!(requests(addr, &paths), [200; 20]);
+    w.wait(
+        DURATION_COUNT,
+        &[("http_route", "/api/users/{id}"), ("outcome", "completed")],
+        20.0,
+    )
+    .await;
+
+    // The operator's case: a client gives up after a while on the slow
+    // upstream (FIN), and one resets.
+    fin_and_rst_mid_handler(&w, addr, "/api/slow", "/api/{*rest}").await;
+
+    // A declared body sent in part, then FIN: nginx reads bodies before it
+    // proxies, so the break is in the request body.
+    let upload = format!(
+        "POST /api/upload HTTP/1.1\\r\\nHost: t\\r\\nContent-Length: 1000\\r\\n\\r\\n{}",
+        "a".repeat(100)
+    );
+    let client = TlsClient::hold(addr, "hold", &[&upload]);
+    w.wait(ACTIVE, &[("http_request_method", "POST")], 1.0)
+        .await;
+    client.close("fin");
+    w.wait(
+        DISCONNECTS,
+        &brk("/api/{*rest}", "request_body", "closed"),
+        1.0,
+    )
+    .await;
+
+    // RST in the middle of the large file (written through SSL_write).
+    TlsClient::hold(addr, "big", &["/big.bin"]).close("rst");
+    w.wait(DISCONNECTS, &brk("/big.bin", "response_body", "reset"), 1.0)
+        .await;
+
+    // Mid-handshake: a close, no break.
+    TlsClient::hold(addr, "hello-cut", &[]).close("fin");
+    w.wait(CLOSES, &[("reason", "tls_handshake")], 1.0).await;
+
+    let mut rng = fastrand::Rng::with_seed(200);
+    let paths: Vec<String> = (0..200).map(|_| format!("/r{}", rng.u64(..))).collect();
+    assert!(requests(addr, &paths).iter().all(|s| *s == 404));
+    let s = w
+        .wait(
+            DURATION_COUNT,
+            &[
+                ("http_route", "unmatched"),
+                ("http_response_status_code", "404"),
+            ],
+            200.0,
+        )
+        .await;
+    assert_eq!(
+        s.label_values(DURATION_COUNT, "http_route"),
+        ["/api/users/{id}", "/api/{*rest}", "/big.bin", "unmatched"]
+            .map(String::from)
+            .into()
+    );
+    s.assert_value(DISCONNECTS, &[], 4.0);
+    s.assert_value(DURATION_COUNT, &[], 224.0);
+    s.assert_value(SKIPPED, &[], 0.0);
+    s.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(ebpf),
+    ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+)]
+#[cfg_attr(not(go), ignore = "needs Go (Debian's golang-go package)")]
+/// A Go `net/http` server with its own TLS (`crypto/tls`, not OpenSSL): its
+/// connections are skipped as `tls`, and counted open and closed all the same;
+/// the start-up line names it as a server whose TLS cannot be read.
+async fn a_go_tls_server_is_skipped_as_tls_and_its_connections_counted() {
+    let dir = scratch_dir("tls-go", "socket");
+    let (cert, key) = certificate(&dir);
+    let binary = dir.join("tls_server");
+    let built = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg(TLS_SERVER_GO)
+        .env("GOCACHE", std::env::temp_dir().join("cg-go-cache"))
+        .env("GO111MODULE", "off")
+        .status()
+        .expect("run go build");
+    assert!(built.success(), "go build failed");
+    let mut child = Command::new(&binary)
+        .args([path(&cert), path(&key)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the Go server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = Killed(child);
+    let addr = SocketAddr::from(([127, 0, 0, 1], line.trim().parse::<u16>().unwrap()));
+    let port_s = addr.port().to_string();
+    let w = watch("socket", &["--port", &port_s]);
+    let tls_line = w.startup.last().unwrap();
+    assert!(
+        tls_line.contains("no OpenSSL") && tls_line.contains("(tls_server)"),
+        "{tls_line}"
+    );
+
+    assert_eq!(requests(addr, &["/a".into(), "/b".into()]), [200, 200]);
+    let client = TlsClient::hold(
+        addr,
+        "hold",
+        &["GET /slow HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n"],
+    );
+    w.wait("http_server_open_connections", &[], 1.0).await;
+    client.close("fin");
+    w.wait(SKIPPED, &[("reason", "tls")], 2.0).await;
+    let s = w.wait(CLOSES, &[], 2.0).await;
+    s.assert_value(DURATION_COUNT, &[], 0.0);
+    s.assert_value(DISCONNECTS, &[], 0.0);
+    s.assert_value("http_server_open_connections", &[], 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
