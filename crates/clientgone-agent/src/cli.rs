@@ -46,8 +46,13 @@ What watch sees, and what it cannot:
   it (phase and cause from the bytes read and written and the TCP state), with
   the metrics labelled server_port. Causes are closed (FIN), reset (RST) and
   timeout (the kernel gave the connection up).
+  TLS of servers using OpenSSL (a libssl they map, or OpenSSL linked in) is
+  read in plaintext by uprobes on the library file, which also cover servers
+  started later on it; a handshake that never completes closes as
+  tls_handshake.
   Not followed, connection-level closes only, and counted in
-  clientgone_watch_connections_skipped_total{reason}: TLS (no plaintext),
+  clientgone_watch_connections_skipped_total{reason}: TLS it cannot read (tls:
+  not OpenSSL; tls_unmapped: OpenSSL through memory buffers, as asyncio),
   HTTP/2 and h2c, pipelined requests, heads longer than 1024 bytes in one read,
   a response sent with sendfile/splice/io_uring before its head, upgrades.
   Connections open before watch started are adopted at their first event and

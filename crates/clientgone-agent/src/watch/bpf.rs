@@ -315,7 +315,7 @@ fn attach_file(ebpf: &mut Ebpf, path: &std::path::Path) -> Result<(), String> {
                 // the first read.
                 Err(_) if !REQUIRED.contains(&function) => continue 'functions,
                 Err(e) => {
-                    result = Err(format!("{function}: {e}"));
+                    result = Err(format!("{function}: {}", chain(&e)));
                     break 'functions;
                 }
             }
@@ -336,4 +336,16 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> 
         .ok_or_else(|| format!("the BPF object has no program {name}"))?
         .try_into()
         .map_err(|e| format!("program {name}: {e}"))
+}
+
+/// An error with its sources, as one line: aya's errors keep the system
+/// call's errno in a source.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }

@@ -154,7 +154,15 @@ fn resolve(config: &WatchConfig) -> Result<(BTreeSet<u16>, Vec<u32>), String> {
 pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
     let (ports, mut servers) = resolve(&config).map_err(StartError)?;
     // The servers on the watched ports, whose OpenSSL is probed.
-    servers.extend(procfs::servers(&ports));
+    let (listening, hidden) = procfs::servers(&ports);
+    if hidden > 0 {
+        tracing::warn!(
+            "{hidden} processes could not be looked into (CAP_SYS_PTRACE and \
+             CAP_DAC_READ_SEARCH are needed for other users'): a server among them is probed \
+             for TLS only if it uses the host's own libssl"
+        );
+    }
+    servers.extend(listening);
     servers.sort_unstable();
     servers.dedup();
     let candidates = openssl::candidates(&servers);

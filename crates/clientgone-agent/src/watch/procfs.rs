@@ -80,10 +80,12 @@ pub fn ports_of(pid: u32) -> Result<BTreeSet<u16>, String> {
 
 /// The processes with a listening socket on one of `ports`, in any network
 /// namespace (each namespace's table read once): the servers whose TLS
-/// library is probed.
-pub fn servers(ports: &BTreeSet<u16>) -> Vec<u32> {
+/// library is probed. Also how many processes could not be looked into
+/// (another user's, without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).
+pub fn servers(ports: &BTreeSet<u16>) -> (Vec<u32>, usize) {
+    let mut hidden = 0;
     let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
+        return (Vec::new(), hidden);
     };
     // Network namespace → its listening sockets on the watched ports.
     let mut tables: HashMap<std::path::PathBuf, HashMap<u64, u16>> = HashMap::new();
@@ -93,6 +95,7 @@ pub fn servers(ports: &BTreeSet<u16>) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
     {
         let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/net")) else {
+            hidden += usize::from(!kernel_thread(pid));
             continue;
         };
         let listening = tables.entry(ns).or_insert_with(|| {
@@ -104,6 +107,7 @@ pub fn servers(ports: &BTreeSet<u16>) -> Vec<u32> {
             continue;
         }
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            hidden += usize::from(!kernel_thread(pid));
             continue;
         };
         let listens = fds.flatten().any(|fd| {
@@ -116,7 +120,12 @@ pub fn servers(ports: &BTreeSet<u16>) -> Vec<u32> {
             found.push(pid);
         }
     }
-    found
+    (found, hidden)
+}
+
+/// Kernel threads have no command line (and serve nothing).
+fn kernel_thread(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty())
 }
 
 /// The inode of a descriptor's link target `socket:[N]`.
@@ -156,7 +165,11 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         assert!(ports_of(std::process::id()).unwrap().contains(&port));
-        assert!(servers(&BTreeSet::from([port])).contains(&std::process::id()));
+        assert!(
+            servers(&BTreeSet::from([port]))
+                .0
+                .contains(&std::process::id())
+        );
         let me = fs::read_to_string("/proc/self/comm").unwrap();
         assert!(pids_named(me.trim_end()).contains(&std::process::id()));
         assert!(ports_of(u32::MAX).is_err());
