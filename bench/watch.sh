@@ -2,6 +2,7 @@
 # clientgone watch's cost and detection delay (BENCHMARKS.md, "clientgone watch").
 #
 #   sudo bash bench/watch.sh [ROUNDS] [SECONDS]      (defaults 4 rounds of 5 s)
+#   sudo TLS=1 bash bench/watch.sh ...               nginx terminating TLS
 #
 # Throughput: nginx (Debian's, master_process off, one worker pinned to CPU 0)
 # serving a small static file, wrk on CPU 1 (1 thread, 32 keep-alive
@@ -10,6 +11,13 @@
 # agent pinned to CPU 0 too, so its cost lands on nginx's core). CPU per request is nginx's CPU (user + system: the BPF programs
 # run in its system calls) plus the agent's, from /proc/PID/stat. With
 # kernel.bpf_stats_enabled=1 the programs' own run time is read with bpftool.
+#
+# TLS=1: nginx serves the file over HTTPS (`listen ssl`, a P-256 certificate,
+# TLS 1.3, keep-alive), and the agent reads the plaintext with its OpenSSL
+# uprobes. wrk links the same libssl, and a uprobe fires in every process that
+# maps the probed file: wrk is given its own copy of the library (another
+# inode, not probed), so the client's own calls do not trap and the figures
+# are the server's, as on a host whose clients are elsewhere.
 #
 # Detection delay: a Python client sends GET /slow to Python's http.server
 # (bench runs tests/watch/server.py), closes (FIN) mid-handler, and polls
@@ -28,6 +36,16 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 mkdir -p "$dir/www"
 printf 'hello, small file\n' > "$dir/www/index.html"
 port=18090
+scheme=http listen="" tls_conf="" client_env=()
+if [ "${TLS:-0}" = 1 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+    -subj /CN=localhost -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+  scheme=https listen=ssl
+  tls_conf="ssl_certificate $dir/cert.pem; ssl_certificate_key $dir/key.pem;"
+  mkdir -p "$dir/lib"
+  for l in libssl.so.3 libcrypto.so.3; do cp "$(ldconfig -p | awk -v l=$l '$1==l {print $NF; exit}')" "$dir/lib/"; done
+  client_env=(env LD_LIBRARY_PATH="$dir/lib")
+fi
 cat > "$dir/nginx.conf" <<CONF
 user root; master_process off; daemon off; worker_processes 1;
 pid $dir/nginx.pid; error_log $dir/error.log;
@@ -35,7 +53,7 @@ events { worker_connections 1024; }
 http { access_log off; keepalive_requests 1000000;
   client_body_temp_path $dir/b; proxy_temp_path $dir/p; fastcgi_temp_path $dir/f;
   uwsgi_temp_path $dir/u; scgi_temp_path $dir/s;
-  server { listen 127.0.0.1:$port; root $dir/www; } }
+  server { listen 127.0.0.1:$port $listen; $tls_conf root $dir/www; } }
 CONF
 taskset -c 0 nginx -c "$dir/nginx.conf" &
 nginx_pid=$!
@@ -55,13 +73,14 @@ for r in $(seq 1 "$rounds"); do
       until grep -q watching "$dir/watch.log"; do sleep 0.05; done
     fi
     n0=$(cpu_of $nginx_pid); a0=0; [ -n "$agent_pid" ] && a0=$(cpu_of $agent_pid)
-    out=$(taskset -c 1 wrk -t1 -c32 -d${secs}s http://127.0.0.1:$port/index.html)
+    out=$(taskset -c 1 "${client_env[@]}" wrk -t1 -c32 -d${secs}s $scheme://127.0.0.1:$port/index.html)
     n1=$(cpu_of $nginx_pid); a1=0; [ -n "$agent_pid" ] && a1=$(cpu_of $agent_pid)
     reqs=$(echo "$out" | awk '/requests in/ {print $1}')
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     if [ -n "$agent_pid" ]; then
       lost=$(curl -s 127.0.0.1:19465/metrics | awk '/^clientgone_watch_events_lost_total/ {print $2}')
       done_=$(curl -s 127.0.0.1:19465/metrics | awk '/^http_server_request_duration_seconds_count/ {s+=$2} END {print s+0}')
+      [ -n "$agent_pid" ] && grep -h 'TLS' "$dir/watch.log" | head -1 >&2
       bpftool prog show 2>/dev/null | awk '/name cg_/ {n=$4} /run_time_ns/ {for(i=1;i<=NF;i++){if($i=="run_time_ns")t=$(i+1); if($i=="run_cnt")c=$(i+1)} if(n!="") printf "  %s: %d runs, %.0f ns/run\n", n, c, (c>0?t/c:0) > "/dev/stderr"; n=""}'
       kill $agent_pid; wait $agent_pid 2>/dev/null || true
       echo "  (watch: $done_ requests counted of $reqs, events lost: $lost)" >&2

@@ -637,8 +637,10 @@ int BPF_PROG(cg_reset, struct sock *sk)
 
 /* Catches: a thread entering OpenSSL's SSL_read, SSL_read_ex, SSL_write,
  * SSL_write_ex or SSL_do_handshake (the cookie says which), in any process
- * that maps a probed library: remembers the SSL object and the caller's
- * buffer for the socket programs inside the call and the return below. */
+ * that maps a probed library — at its first instruction, or inside it before
+ * any argument register is written: remembers the SSL object and the
+ * caller's buffer for the socket programs inside the call and the return
+ * below. */
 SEC("uprobe")
 int cg_ssl_enter(struct pt_regs *ctx)
 {
@@ -662,12 +664,11 @@ int cg_ssl_enter(struct pt_regs *ctx)
 	return 0;
 }
 
-/* Catches: the same calls returning. A read or write that moved plaintext on
- * an SSL object tied to a watched connection becomes that connection's RECV
- * or SEND (CG_F_TLS), with the bytes read from the caller's buffer; a
- * completed handshake is told (CG_TLS, CG_F_HANDSHAKE). */
-SEC("uretprobe")
-int cg_ssl_return(struct pt_regs *ctx)
+/* A call returning, with its result in ax: a read or write that moved
+ * plaintext on an SSL object tied to a watched connection becomes that
+ * connection's RECV or SEND (CG_F_TLS), with the bytes read from the caller's
+ * buffer; a completed handshake is told (CG_TLS, CG_F_HANDSHAKE). */
+static __always_inline int ssl_return(struct pt_regs *ctx)
 {
 	__u8 fn = bpf_get_attach_cookie(ctx);
 	__u64 tid = bpf_get_current_pid_tgid();
@@ -721,4 +722,21 @@ int cg_ssl_return(struct pt_regs *ctx)
 	capture_buf(e, call.buf, n, head);
 	send(e, BPF_RB_NO_WAKEUP);
 	return 0;
+}
+
+/* Catches: the calls above returning (a uretprobe, for functions probed at
+ * their entry). */
+SEC("uretprobe")
+int cg_ssl_return(struct pt_regs *ctx)
+{
+	return ssl_return(ctx);
+}
+
+/* Catches: the same, from a uprobe inside the function where its result is
+ * already in ax on every path to its ret (user space placed it, on an
+ * instruction the kernel emulates: no single-step, no return trampoline). */
+SEC("uprobe")
+int cg_ssl_exit(struct pt_regs *ctx)
+{
+	return ssl_return(ctx);
 }

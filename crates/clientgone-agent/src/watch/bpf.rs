@@ -12,7 +12,7 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope
 use aya::programs::{BtfTracePoint, UProbe};
 use aya::{Btf, Ebpf, EbpfLoader};
 
-use super::openssl::{Candidate, FUNCTIONS, REQUIRED};
+use super::openssl::{Candidate, FUNCTIONS, Placement, REQUIRED, placements};
 
 /// The compiled kernel side; `bpf/build.sh` rebuilds it and CI checks it is current.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/watch.bpf.o");
@@ -257,9 +257,10 @@ fn attach(ebpf: &mut Ebpf, btf: &Btf, name: &str, tracepoint: &str) -> Result<()
     attach_loaded(ebpf, name, tracepoint)
 }
 
-/// Attaches the OpenSSL uprobes (`cg_ssl_enter` at each function's entry,
-/// `cg_ssl_return` at its return, the function told by the attach cookie) to
-/// every candidate that exports [`REQUIRED`]; returns those probed. A file
+/// Attaches the OpenSSL uprobes (`cg_ssl_enter` on the call side,
+/// `cg_ssl_return` or `cg_ssl_exit` on the return side, where
+/// [`placements`] says; the function told by the attach cookie) to every
+/// candidate that exports [`REQUIRED`]; returns those probed. A file
 /// that is not OpenSSL (most executables) is passed over in silence; a
 /// library that cannot be probed is named in a warning, and its servers' TLS
 /// connections are skipped as `tls`, as before.
@@ -268,7 +269,7 @@ fn attach_openssl(ebpf: &mut Ebpf, candidates: &[Candidate]) -> Vec<Candidate> {
     if candidates.is_empty() {
         return probed;
     }
-    for name in ["cg_ssl_enter", "cg_ssl_return"] {
+    for name in ["cg_ssl_enter", "cg_ssl_return", "cg_ssl_exit"] {
         let loaded = uprobe(ebpf, name).and_then(|p| {
             p.load()
                 .map_err(|e| format!("the kernel refused program {name}: {e:#}"))
@@ -300,11 +301,18 @@ fn attach_openssl(ebpf: &mut Ebpf, candidates: &[Candidate]) -> Vec<Candidate> {
 fn attach_file(ebpf: &mut Ebpf, path: &std::path::Path) -> Result<(), String> {
     let mut links = Vec::new();
     let mut result = Ok(());
+    let placed = placements(path);
     'functions: for (function, cookie) in FUNCTIONS {
-        for name in ["cg_ssl_enter", "cg_ssl_return"] {
+        let probes = match placed.get(function) {
+            Some(&Placement::Inside { enter, exit }) => {
+                [("cg_ssl_enter", enter), ("cg_ssl_exit", exit)]
+            }
+            _ => [("cg_ssl_enter", 0), ("cg_ssl_return", 0)],
+        };
+        for (name, offset) in probes {
             let program = uprobe(ebpf, name)?;
             let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::Symbol(function),
+                location: UProbeAttachLocation::SymbolOffset(function, offset),
                 cookie: Some(cookie),
             };
             match program.attach(point, path, UProbeScope::AllProcesses) {

@@ -9,8 +9,19 @@
 //! `/proc/PID/root`, so a server in another container's mount namespace is
 //! found too), the server's own executable in case OpenSSL is linked into it
 //! statically, and the host's own `libssl` for servers started later.
+//!
+//! Where in each function the probes go is decided here too ([`placements`]).
+//! A probe on a function's first instruction (with a uretprobe for its return)
+//! costs three trips into the kernel per call: the breakpoint, a single-step
+//! of the displaced instruction (`sub $N,%rsp`, which the kernel cannot
+//! emulate), and the return trampoline. Inside a small function such as
+//! OpenSSL 3's `SSL_read`, a conditional jump or call that comes before any
+//! argument register is written, and the stack-protector jump just before its
+//! one `ret` (where `eax` already holds the result), are instructions the
+//! kernel emulates: two breakpoints per call, nothing else. Where the code
+//! does not have that shape, the entry and return probes are used.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -148,6 +159,61 @@ pub fn uncovered(pids: &[u32], probed: &[Candidate]) -> Vec<u32> {
 mod tests {
     use super::*;
 
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Debian 12's OpenSSL 3.0 `SSL_read` (131 bytes): `sub $0x18,%rsp`, the
+    /// canary, `test %edx,%edx; js` (+0x16), the call, `mov (%rsp),%eax`,
+    /// the canary check `jne` (+0x38), then `add`, four `xor`s and `ret`.
+    const SSL_READ: &str = "4883ec1864488b042528000000488944240831c085d2782f4889e14863d2e83dfeffff85c07e038b0424488b54240864482b14252800000075444883c41831d231c931f631ffc3e8449ffeff488d1505d50400be4c070000488d3d62cc0400e82ca6feff31c031d2be0f010000bf14000000e849a4feffb8ffffffffebace83db1feff";
+    /// Its `SSL_read_ex` (29 bytes): the call, then `cmovs` and `ret` with no
+    /// emulated instruction between them.
+    const SSL_READ_EX: &str = "4883ec08e8c7fdffff31d285c00f48c24883c40831d231c931f631ffc3";
+
+    #[test]
+    fn probes_go_on_emulated_instructions_where_the_code_allows() {
+        assert_eq!(
+            place(&hex(SSL_READ)),
+            Placement::Inside {
+                enter: 0x16,
+                exit: 0x38
+            }
+        );
+        assert_eq!(place(&hex(SSL_READ_EX)), Placement::Entry);
+        // An argument register written before the first emulated
+        // instruction, eax written after the last, a tail call, garbage.
+        let mut clobbered = hex(SSL_READ);
+        clobbered[0x14..0x16].copy_from_slice(&[0x31, 0xf6]); // test → xor %esi,%esi
+        assert_eq!(place(&clobbered), Placement::Entry);
+        let mut late = hex(SSL_READ);
+        late[0x3e..0x40].copy_from_slice(&[0x31, 0xc0]); // xor %edx → xor %eax
+        assert_eq!(place(&late), Placement::Entry);
+        let mut tail = hex(SSL_READ);
+        tail[0x46] = 0xe9; // ret → jmp rel32 out of the function
+        assert_eq!(place(&tail[..0x4b]), Placement::Entry);
+        assert_eq!(place(&[0xff; 40]), Placement::Entry);
+        assert_eq!(place(&[]), Placement::Entry);
+    }
+
+    #[test]
+    fn the_host_s_libssl_is_read_if_there_is_one() {
+        let lib = SYSTEM_DIRS
+            .iter()
+            .map(|d| Path::new(d).join("libssl.so.3"))
+            .find(|p| p.exists());
+        let Some(lib) = lib else { return };
+        let found = placements(&lib);
+        // Every function of OpenSSL 3 is found, whatever its placement.
+        for (function, _) in FUNCTIONS {
+            assert!(found.contains_key(function), "{function}: {found:?}");
+        }
+        assert!(placements(Path::new("/nonexistent")).is_empty());
+    }
+
     #[test]
     fn libssl_names_are_told_from_others() {
         assert!(is_libssl("/usr/lib/x86_64-linux-gnu/libssl.so.3"));
@@ -165,5 +231,180 @@ mod tests {
         assert_eq!(exe[0].pids, [me]);
         assert!(uncovered(&[me], &found).is_empty());
         assert_eq!(uncovered(&[me, 1], &found[..0]), [1, me]);
+    }
+}
+
+/// Where a function's two probes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// A uprobe on the first instruction, a uretprobe for the return.
+    Entry,
+    /// Two uprobes at these offsets from the function's start, both on
+    /// instructions the kernel emulates: `enter` where the arguments are
+    /// still in their registers, `exit` where `eax` holds the return value,
+    /// on every path to the function's return.
+    Inside {
+        /// Offset of the call-side probe.
+        enter: u64,
+        /// Offset of the return-side probe.
+        exit: u64,
+    },
+}
+
+/// The placement of each of [`FUNCTIONS`] that `path` defines (x86-64 ELF);
+/// functions it cannot read are left out (attached at their entry).
+pub fn placements(path: &Path) -> HashMap<&'static str, Placement> {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let mut found = HashMap::new();
+    let Ok(data) = fs::read(path) else {
+        return found;
+    };
+    let Ok(file) = object::File::parse(&*data) else {
+        return found;
+    };
+    if file.architecture() != object::Architecture::X86_64 {
+        return found;
+    }
+    for symbol in file.dynamic_symbols() {
+        let Ok(name) = symbol.name() else { continue };
+        // Versioned names ("SSL_read@@OPENSSL_3.0.0") as some readers give them.
+        let name = name.split('@').next().unwrap_or(name);
+        let Some(&(function, _)) = FUNCTIONS.iter().find(|(f, _)| *f == name) else {
+            continue;
+        };
+        let (address, size) = (symbol.address(), symbol.size());
+        let code = symbol
+            .section_index()
+            .and_then(|i| file.section_by_index(i).ok())
+            .and_then(|section| section.data_range(address, size).ok().flatten());
+        if let Some(code) = code {
+            found.insert(function, place(code));
+        }
+    }
+    found
+}
+
+/// The argument registers (System V: `ssl`, `buf`, `num`, the `_ex` count
+/// pointer) the call-side probe reads.
+const ARGUMENTS: [iced_x86::Register; 4] = [
+    iced_x86::Register::RDI,
+    iced_x86::Register::RSI,
+    iced_x86::Register::RDX,
+    iced_x86::Register::RCX,
+];
+
+/// Whether the kernel runs `bytes` (one instruction) without single-stepping
+/// it: a relative jump, a conditional jump, a relative call, a one-byte nop,
+/// without prefixes (arch/x86/kernel/uprobes.c, `branch_setup_xol_ops`).
+fn emulated(bytes: &[u8]) -> bool {
+    matches!(
+        bytes,
+        [0x70..=0x7f, _]
+            | [0xeb, _]
+            | [0x90]
+            | [0x0f, 0x80..=0x8f, _, _, _, _]
+            | [0xe8 | 0xe9, _, _, _, _]
+    )
+}
+
+/// The register an instruction of the few straight-line kinds allowed
+/// around the probes writes (`None`: it writes none, or only memory or the
+/// flags); `Err` for any other instruction.
+fn writes(i: &iced_x86::Instruction) -> Result<Option<iced_x86::Register>, ()> {
+    use iced_x86::{Mnemonic as M, OpKind};
+    match i.mnemonic() {
+        M::Test | M::Cmp | M::Endbr64 | M::Push | M::Nop => Ok(None),
+        M::Sub | M::Add | M::Mov | M::Xor | M::Lea | M::Movsxd | M::Pop | M::Movzx => {
+            match i.op0_kind() {
+                OpKind::Register => Ok(Some(i.op0_register().full_register())),
+                OpKind::Memory => Ok(None),
+                _ => Err(()),
+            }
+        }
+        _ => Err(()),
+    }
+}
+
+/// The placement for one function's machine code (x86-64).
+fn place(code: &[u8]) -> Placement {
+    place_inside(code).unwrap_or(Placement::Entry)
+}
+
+fn place_inside(code: &[u8]) -> Option<Placement> {
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let instructions: Vec<iced_x86::Instruction> = decoder.iter().collect();
+    if instructions.iter().any(|i| i.is_invalid()) {
+        return None;
+    }
+    let bytes = |i: &iced_x86::Instruction| {
+        let at = i.ip() as usize;
+        code.get(at..at + i.len())
+    };
+    let end = code.len() as u64;
+    // Every jump stays inside (no tail call) and is direct; exactly one ret.
+    let mut targets = HashSet::new();
+    for i in &instructions {
+        match i.flow_control() {
+            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
+                let target = i.near_branch_target();
+                if !i.is_jmp_short_or_near() && !i.is_jcc_short_or_near() || target >= end {
+                    return None;
+                }
+                targets.insert(target);
+            }
+            FlowControl::IndirectBranch | FlowControl::Exception | FlowControl::Interrupt => {
+                return None;
+            }
+            _ => {}
+        }
+    }
+    let rets: Vec<usize> = (0..instructions.len())
+        .filter(|&n| instructions[n].mnemonic() == Mnemonic::Ret)
+        .collect();
+    let &[ret] = rets.as_slice() else {
+        return None;
+    };
+    // The call side: the first emulated instruction, with nothing before it
+    // but straight-line code that leaves the arguments alone.
+    let mut enter = None;
+    for i in &instructions {
+        if emulated(bytes(i)?) {
+            enter = Some(i.ip());
+            break;
+        }
+        match writes(i) {
+            Ok(Some(r)) if ARGUMENTS.contains(&r) => return None,
+            Ok(_) => {}
+            Err(()) => return None,
+        }
+    }
+    // The return side: walking back from the ret over code no path jumps
+    // into and that leaves eax alone, the first emulated jump — one that
+    // leaves for beyond the ret (the stack protector's) — or nop.
+    let ret_ip = instructions[ret].ip();
+    if targets.contains(&ret_ip) {
+        return None;
+    }
+    let mut exit = None;
+    for i in instructions[..ret].iter().rev() {
+        let b = bytes(i)?;
+        if b == [0x90]
+            || (i.is_jcc_short_or_near() && emulated(b) && i.near_branch_target() > ret_ip)
+        {
+            exit = Some(i.ip());
+            break;
+        }
+        if targets.contains(&i.ip()) {
+            return None;
+        }
+        match writes(i) {
+            Ok(Some(iced_x86::Register::RAX)) | Err(()) => return None,
+            Ok(_) => {}
+        }
+    }
+    match (enter, exit) {
+        (Some(enter), Some(exit)) if enter < exit => Some(Placement::Inside { enter, exit }),
+        _ => None,
     }
 }
