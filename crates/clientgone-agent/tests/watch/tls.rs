@@ -136,11 +136,36 @@ async fn python_https_server_breaks_are_counted_exactly(capture: &'static str) {
     let (cert, key) = certificate(&dir);
     let port = free_port();
     let port_s = port.to_string();
-    let w = watch(capture, &["--port", &port_s, "--route", "/users/{id}"]);
+    let w = watch(
+        capture,
+        &[
+            "--port",
+            &port_s,
+            "--route",
+            "/users/{id}",
+            "--user",
+            "nobody",
+        ],
+    );
     assert!(
         w.startup.last().unwrap().contains("libssl.so"),
         "{:?}",
         w.startup
+    );
+    // It holds TLS plaintext: undumpable, which the kernel shows by leaving
+    // its /proc entries to root though it now runs as nobody.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "65534"),
+        "{uid}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(format!("/proc/{}/environ", w.pid())).unwrap();
+    assert_eq!(
+        owner.uid(),
+        0,
+        "a dumpable process's files are its own user's"
     );
     let (_server, addr) = python_server_with(&["--tls", path(&cert), path(&key), &port_s]);
 
@@ -258,7 +283,7 @@ async fn nginx_terminating_tls_in_front_of_a_slow_backend_is_counted_exactly(
         key.display(),
         dir.display()
     );
-    let (_nginx, addr) = nginx_listen(&dir, "ssl", "keepalive_timeout 60s;", &server).await;
+    let (_nginx, addr) = nginx_listen(&dir, "ssl http2", "keepalive_timeout 60s;", &server).await;
     let port_s = addr.port().to_string();
     let w = watch(
         capture,
@@ -342,6 +367,14 @@ async fn nginx_terminating_tls_in_front_of_a_slow_backend_is_counted_exactly(
     s.assert_value(DURATION_COUNT, &[], 224.0);
     s.assert_value(SKIPPED, &[], 0.0);
     s.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
+
+    // HTTP/2 by ALPN: its plaintext is read, and skipped as http2 until
+    // watch follows HTTP/2.
+    let mut h2 = TlsClient::start(addr, "h2", &[]);
+    assert_eq!(h2.line(), "h2");
+    let s = w.wait(SKIPPED, &[("reason", "http2")], 1.0).await;
+    s.assert_value(SKIPPED, &[], 1.0);
+    s.assert_value(DURATION_COUNT, &[], 224.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

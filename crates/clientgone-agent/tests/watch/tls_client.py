@@ -14,6 +14,9 @@ The server's certificate is not verified (the tests make their own).
   tls_client.py HOST PORT hello-cut
       Sends the first half of a real ClientHello over plain TCP, prints "sent",
       waits for a line on stdin and closes as `hold` does.
+  tls_client.py HOST PORT h2
+      Negotiates HTTP/2 by ALPN, sends the connection preface and an empty
+      SETTINGS frame, reads the server's first frame, prints "h2", closes.
 """
 import socket
 import ssl
@@ -91,5 +94,13 @@ elif mode == "hello-cut":
     sock = socket.create_connection((host, port))
     sock.sendall(hello[: len(hello) // 2])
     close_as_told(sock)
+elif mode == "h2":
+    context.set_alpn_protocols(["h2"])
+    sock = connect()
+    assert sock.selected_alpn_protocol() == "h2", sock.selected_alpn_protocol()
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+    sock.recv(9)
+    print("h2", flush=True)
+    sock.close()
 else:
     raise SystemExit(f"unknown mode {mode}")
