@@ -72,6 +72,11 @@ struct conn_state {
 	/* MODE_PLAIN, or MODE_TLS once an OpenSSL call was seen moving its
 	 * bytes: its data events then come from the uprobes, as plaintext. */
 	__u8 mode;
+	/* MODE_TLS: the SSL object last tied to it, and its process (the key of
+	 * its ssl_conns entry, deleted when the connection closes). */
+	__u64 ssl;
+	__u32 tgid;
+	__u32 pad;
 };
 
 enum conn_mode { MODE_PLAIN = 0, MODE_TLS = 1 };
@@ -290,6 +295,10 @@ enum ssl_fn {
 	SSL_FN_WRITE = 3,     /* int SSL_write(SSL *, const void *buf, int num): bytes written */
 	SSL_FN_WRITE_EX = 4,  /* int SSL_write_ex(SSL *, const void *, size_t, size_t *written): 1 */
 	SSL_FN_HANDSHAKE = 5, /* int SSL_do_handshake(SSL *): 1 when complete */
+	SSL_FN_READ_EARLY = 6, /* int SSL_read_early_data(SSL *, void *, size_t, size_t *):
+				* 1 or 2 with bytes read (nginx with ssl_early_data) */
+	SSL_FN_PEEK = 7,      /* int SSL_peek(SSL *, void *, int): no bytes consumed */
+	SSL_FN_PEEK_EX = 8,   /* int SSL_peek_ex(SSL *, void *, size_t, size_t *) */
 };
 
 /* The OpenSSL call a thread is in, from its uprobe to its uretprobe. */
@@ -298,6 +307,7 @@ struct ssl_call {
 	__u64 buf;
 	__u64 count_at; /* the _ex functions' byte count pointer */
 	__u8 fn;
+	__u8 told; /* CG_TLS_WRITING was sent for this call */
 };
 
 /* By thread (pid_tgid). LRU: a thread that died inside a call (or one entered
@@ -347,8 +357,13 @@ struct {
  * the connection switches to plaintext from the uprobes (user space told once,
  * CG_TLS). Returns whether the transfer is ciphertext, not to be reported:
  * inside a call, or on a connection already known to be TLS (a close_notify
- * written by SSL_shutdown, say). */
-static __always_inline int tls_transfer(struct conn_state *cs)
+ * written by SSL_shutdown, say).
+ *
+ * The first bytes an SSL_write sends are told (CG_TLS_WRITING): its plaintext
+ * is reported at the call's return, which a client that read the response and
+ * left at once can beat (the writer preempted in between); user space then
+ * waits for that plaintext before it decides the client broke off. */
+static __always_inline int tls_transfer(struct conn_state *cs, int sent)
 {
 	__u64 tid = bpf_get_current_pid_tgid();
 	struct ssl_call *call = bpf_map_lookup_elem(&ssl_calls, &tid);
@@ -359,10 +374,19 @@ static __always_inline int tls_transfer(struct conn_state *cs)
 	if (!sc || sc->id != cs->id) {
 		struct ssl_conn fresh = { .id = cs->id, .port = cs->port };
 		bpf_map_update_elem(&ssl_conns, &key, &fresh, BPF_ANY);
+		cs->ssl = key.ssl;
+		cs->tgid = key.tgid;
 	}
 	if (cs->mode != MODE_TLS) {
 		cs->mode = MODE_TLS;
 		struct cg_event *e = new_event(cs->id, cs->port, CG_TLS);
+		if (e)
+			send(e, BPF_RB_NO_WAKEUP);
+	}
+	if (sent > 0 && !call->told &&
+	    (call->fn == SSL_FN_WRITE || call->fn == SSL_FN_WRITE_EX)) {
+		call->told = 1;
+		struct cg_event *e = new_event(cs->id, cs->port, CG_TLS_WRITING);
 		if (e)
 			send(e, BPF_RB_NO_WAKEUP);
 	}
@@ -381,7 +405,7 @@ static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 
 	struct conn_state *cs = watched(sk);
 	if (!cs)
 		return 0;
-	if (tls_transfer(cs))
+	if (tls_transfer(cs, kind == CG_SEND ? ret : 0))
 		return 0;
 	/* The connection's first transfer: say whether its process uses a
 	 * probed OpenSSL (a TLS connection of it that was not tied is then
@@ -422,7 +446,7 @@ static __always_inline int failed_transfer(struct sock *sk)
 {
 	struct conn_state *cs = sk ? bpf_sk_storage_get(&conns, sk, 0, 0) : 0;
 	if (cs)
-		tls_transfer(cs);
+		tls_transfer(cs, 0);
 	return 0;
 }
 
@@ -602,6 +626,14 @@ int BPF_PROG(cg_state, const struct sock *sk, int oldstate, int newstate)
 		     : bpf_sk_storage_get(&conns, s, 0, 0);
 	if (!cs)
 		return 0;
+	/* Its SSL object, if any, is tied to nothing now: an SSL object reused
+	 * for another connection is tied again by its first transfer. */
+	if (newstate == TCP_CLOSE && cs->mode == MODE_TLS) {
+		struct ssl_key key = { .ssl = cs->ssl, .tgid = cs->tgid };
+		struct ssl_conn *sc = bpf_map_lookup_elem(&ssl_conns, &key);
+		if (sc && sc->id == cs->id)
+			bpf_map_delete_elem(&ssl_conns, &key);
+	}
 	struct cg_event *e = new_event(cs->id, cs->port, CG_STATE);
 	if (!e)
 		return 0;
@@ -652,7 +684,10 @@ int cg_ssl_enter(struct pt_regs *ctx)
 	struct ssl_call c = {
 		.ssl = ctx->di,
 		.buf = ctx->si,
-		.count_at = fn == SSL_FN_READ_EX || fn == SSL_FN_WRITE_EX ? ctx->cx : 0,
+		.count_at = fn == SSL_FN_READ_EX || fn == SSL_FN_WRITE_EX ||
+					    fn == SSL_FN_READ_EARLY || fn == SSL_FN_PEEK_EX
+				    ? ctx->cx
+				    : 0,
 		.fn = fn,
 	};
 	bpf_map_update_elem(&ssl_calls, &tid, &c, BPF_ANY);
@@ -686,15 +721,24 @@ static __always_inline int ssl_return(struct pt_regs *ctx)
 	__u64 n = 0;
 	switch (fn) {
 	case SSL_FN_HANDSHAKE: {
-		if (ret != 1)
-			return 0;
+		/* Done, or not yet (want read/write, failed): either way the server
+		 * runs the handshake itself, so one that never completes is told. */
 		struct cg_event *e = new_event(sc->id, sc->port, CG_TLS);
 		if (e) {
-			e->flags = CG_F_HANDSHAKE;
+			e->flags = ret == 1 ? CG_F_HANDSHAKE : CG_F_EXPLICIT;
 			send(e, BPF_RB_NO_WAKEUP);
 		}
 		return 0;
 	}
+	case SSL_FN_PEEK:
+	case SSL_FN_PEEK_EX:
+		/* Nothing consumed: the read that follows reports the bytes. */
+		return 0;
+	case SSL_FN_READ_EARLY:
+		if ((ret != 1 && ret != 2) ||
+		    bpf_probe_read_user(&n, sizeof(n), (void *)call.count_at))
+			return 0;
+		break;
 	case SSL_FN_READ:
 	case SSL_FN_WRITE:
 		if (ret <= 0)
@@ -711,7 +755,7 @@ static __always_inline int ssl_return(struct pt_regs *ctx)
 	}
 	if (n == 0 || n > 0x7fffffff)
 		return 0;
-	__u8 kind = fn == SSL_FN_READ || fn == SSL_FN_READ_EX ? CG_RECV : CG_SEND;
+	__u8 kind = fn == SSL_FN_WRITE || fn == SSL_FN_WRITE_EX ? CG_SEND : CG_RECV;
 	__u8 dir = kind == CG_RECV ? DIR_RECV : DIR_SEND;
 	int head = head_run(&sc->run, &sc->last_dir, dir, n);
 	struct cg_event *e = new_event(sc->id, sc->port, kind);

@@ -30,7 +30,10 @@ enum cg_kind {
 	CG_TLS = 7,   /* the connection's TLS library is probed: from now on its
 		       * RECV/SEND events are plaintext (CG_F_TLS), its ciphertext
 		       * is not reported; flags CG_F_HANDSHAKE when the handshake
-		       * completed */
+		       * completed, CG_F_EXPLICIT when an SSL_do_handshake call
+		       * returned without completing it */
+	CG_TLS_WRITING = 8, /* an SSL_write moved its first bytes to the socket:
+			     * its plaintext SEND comes at the call's return */
 };
 
 /* The bytes moved but none were captured: sendfile, splice, io_uring, or a
@@ -44,6 +47,9 @@ enum cg_kind {
 #define CG_F_SSL_PROC 4
 /* CG_TLS: the handshake completed. */
 #define CG_F_HANDSHAKE 8
+/* CG_TLS: the server runs the handshake itself (SSL_do_handshake), which has
+ * not completed yet. */
+#define CG_F_EXPLICIT 16
 
 struct cg_event {
 	__u64 conn;       /*  0: connection id, given at CG_OPEN */

@@ -99,11 +99,15 @@ impl std::fmt::Debug for Probe {
 }
 
 /// Whether this process may load BPF programs: root, or CAP_BPF with CAP_PERFMON.
-fn permitted() -> bool {
+pub fn permitted() -> bool {
     use caps::{CapSet, Capability};
     let has = |c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
     has(Capability::CAP_SYS_ADMIN) || (has(Capability::CAP_BPF) && has(Capability::CAP_PERFMON))
 }
+
+/// What watch says when it may not load its programs.
+pub const NOT_PERMITTED: &str = "clientgone watch needs root, or the capabilities CAP_BPF and \
+                                 CAP_PERFMON: run it with sudo (or grant them with setcap)";
 
 impl Probe {
     /// Loads and attaches the programs, watching connections on `ports`, with
@@ -117,11 +121,7 @@ impl Probe {
         tls: &[Candidate],
     ) -> Result<Probe, String> {
         if !permitted() {
-            return Err(
-                "clientgone watch needs root, or the capabilities CAP_BPF and \
-                        CAP_PERFMON: run it with sudo (or grant them with setcap)"
-                    .into(),
-            );
+            return Err(NOT_PERMITTED.into());
         }
         let btf = Btf::from_sys_fs().map_err(|e| {
             format!(
@@ -297,46 +297,63 @@ fn attach_openssl(ebpf: &mut Ebpf, candidates: &[Candidate]) -> Vec<Candidate> {
 }
 
 /// Attaches both programs to each function `path` exports; fails, with
-/// nothing left attached, if it lacks one of [`REQUIRED`].
+/// nothing left attached, if it lacks one of [`REQUIRED`]. For each function
+/// the return side is attached before the call side, and a function whose
+/// two probes are not both attached keeps neither: a call side with no
+/// return would leave its thread's call remembered for ever, and that
+/// thread's next plaintext transfer taken for TLS.
 fn attach_file(ebpf: &mut Ebpf, path: &std::path::Path) -> Result<(), String> {
     let mut links = Vec::new();
-    let mut result = Ok(());
     let placed = placements(path);
-    'functions: for (function, cookie) in FUNCTIONS {
+    for (function, cookie) in FUNCTIONS {
         let probes = match placed.get(function) {
-            Some(&Placement::Inside { enter, exit }) => {
-                [("cg_ssl_enter", enter), ("cg_ssl_exit", exit)]
-            }
-            _ => [("cg_ssl_enter", 0), ("cg_ssl_return", 0)],
+            Some(&Placement::Inside { enter, exit }) => [
+                ("cg_ssl_exit", UProbeAttachLocation::AbsoluteOffset(exit)),
+                ("cg_ssl_enter", UProbeAttachLocation::AbsoluteOffset(enter)),
+            ],
+            _ => [
+                ("cg_ssl_return", UProbeAttachLocation::Symbol(function)),
+                ("cg_ssl_enter", UProbeAttachLocation::Symbol(function)),
+            ],
         };
-        for (name, offset) in probes {
-            let program = uprobe(ebpf, name)?;
+        let mut these = Vec::new();
+        let mut failed = None;
+        for (name, location) in probes {
             let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::SymbolOffset(function, offset),
+                location,
                 cookie: Some(cookie),
             };
-            match program.attach(point, path, UProbeScope::AllProcesses) {
-                Ok(link) => links.push((name, link)),
-                // The _ex forms and the handshake may be missing (OpenSSL
-                // before 1.1.1, a trimmed static build): the plaintext of the
-                // others is still whole; a handshake not seen is learnt from
-                // the first read.
-                Err(_) if !REQUIRED.contains(&function) => continue 'functions,
+            match uprobe(ebpf, name)?.attach(point, path, UProbeScope::AllProcesses) {
+                Ok(link) => these.push((name, link)),
                 Err(e) => {
-                    result = Err(format!("{function}: {}", chain(&e)));
-                    break 'functions;
+                    failed = Some(chain(&e));
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => links.extend(these),
+            Some(e) => {
+                detach(ebpf, these);
+                // The _ex forms, the handshake, early data and the peeks may
+                // be missing (OpenSSL before 1.1.1, a trimmed static build):
+                // the plaintext of the others is still whole.
+                if REQUIRED.contains(&function) {
+                    detach(ebpf, links);
+                    return Err(format!("{function}: {e}"));
                 }
             }
         }
     }
-    if result.is_err() {
-        for (name, link) in links {
-            if let Ok(program) = uprobe(ebpf, name) {
-                let _ = program.detach(link);
-            }
+    Ok(())
+}
+
+fn detach(ebpf: &mut Ebpf, links: Vec<(&str, aya::programs::uprobe::UProbeLinkId)>) {
+    for (name, link) in links {
+        if let Ok(program) = uprobe(ebpf, name) {
+            let _ = program.detach(link);
         }
     }
-    result
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {

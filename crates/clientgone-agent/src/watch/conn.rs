@@ -114,12 +114,25 @@ impl Tracker {
         };
         match ev.kind {
             Kind::Open | Kind::Adopt { .. } => {}
-            Kind::Tls { handshake } => conn.tls_handshake = Some(handshake),
+            Kind::Tls {
+                handshake,
+                explicit,
+            } => {
+                let tls = conn.tls.get_or_insert_default();
+                tls.done |= handshake;
+                tls.explicit |= explicit;
+            }
+            Kind::TlsWriting => conn.writing = true,
             Kind::Recv if conn.follows(ev) => conn.exchange.on_recv(ev, &self.routes, sink),
-            Kind::Send if conn.follows(ev) => conn.exchange.on_send(ev, sink),
+            Kind::Send if conn.follows(ev) => {
+                conn.exchange.on_send(ev, sink);
+                conn.writing = false;
+                conn.release(sink);
+            }
             Kind::Recv | Kind::Send => {}
-            Kind::Reset => conn.client_left(Cause::Reset, ev, sink),
+            Kind::Reset => conn.client_left(Cause::Reset, ev.ts_ns, ev.unacked, sink),
             Kind::State { old, new, error } => {
+                conn.release(sink);
                 if conn.on_state(old, new, error, ev, sink) {
                     self.conns.remove(&ev.conn);
                 }
@@ -149,10 +162,36 @@ struct Conn {
     client_event: Option<ClientEvent>,
     /// The server closed its side first (FIN_WAIT1) or after the client (LAST_ACK).
     server_closed: bool,
-    /// `Some` once its TLS library is probed (its bytes come as plaintext):
-    /// whether the handshake completed.
-    tls_handshake: Option<bool>,
+    /// `Some` once its TLS library is probed (its bytes come as plaintext).
+    tls: Option<TlsState>,
+    /// An `SSL_write` is sending: its plaintext comes at its return.
+    writing: bool,
+    /// The client's first sign, held until that plaintext came.
+    held: Option<Held>,
     exchange: Exchange,
+}
+
+/// A client's first sign of leaving that came while an `SSL_write` was
+/// still to report what it sent: applied once it has (or at the next state
+/// change), so that a response the client read whole before leaving is not
+/// taken for one it broke off.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    cause: Cause,
+    ts_ns: u64,
+    unacked: u32,
+}
+
+/// What is known of a TLS connection's handshake.
+#[derive(Clone, Copy, Debug, Default)]
+struct TlsState {
+    /// It completed (said so, or plaintext moved).
+    done: bool,
+    /// The server runs it itself and a step of it was seen: one that never
+    /// completes can be told. A server that lets its first read or write
+    /// run the handshake says nothing until it is done, so a connection of
+    /// it that ends before any plaintext closes with the usual reasons.
+    explicit: bool,
 }
 
 impl Conn {
@@ -162,7 +201,9 @@ impl Conn {
             opened_ns: Some(opened_ns),
             client_event: None,
             server_closed: false,
-            tls_handshake: None,
+            tls: None,
+            writing: false,
+            held: None,
             exchange: Exchange::new(port),
         }
     }
@@ -183,10 +224,10 @@ impl Conn {
     /// handshake is done).
     fn follows(&mut self, ev: &Event<'_>) -> bool {
         if ev.tls {
-            self.tls_handshake = Some(true);
+            self.tls.get_or_insert_default().done = true;
             return true;
         }
-        self.tls_handshake.is_none()
+        self.tls.is_none()
     }
 
     fn forget(mut self, sink: &mut impl Sink) {
@@ -194,11 +235,27 @@ impl Conn {
         sink.connection_lost(self.port);
     }
 
+    /// Applies a client's sign held for an `SSL_write`'s plaintext.
+    fn release(&mut self, sink: &mut impl Sink) {
+        if let Some(held) = self.held.take() {
+            self.writing = false;
+            self.client_left(held.cause, held.ts_ns, held.unacked, sink);
+        }
+    }
+
     /// The first sign of the client going: a break if a request is in flight.
-    fn client_left(&mut self, cause: Cause, ev: &Event<'_>, sink: &mut impl Sink) {
+    fn client_left(&mut self, cause: Cause, ts_ns: u64, unacked: u32, sink: &mut impl Sink) {
         // After the server's own close, whatever the client does is the end
         // of a connection the server gave up: not a client's event.
-        if self.client_event.is_some() || self.server_closed {
+        if self.client_event.is_some() || self.server_closed || self.held.is_some() {
+            return;
+        }
+        if self.writing && self.exchange.has_request() {
+            self.held = Some(Held {
+                cause,
+                ts_ns,
+                unacked,
+            });
             return;
         }
         // A request begun before the agent and not followed is still in
@@ -208,7 +265,7 @@ impl Conn {
             in_flight: self.exchange.in_flight(),
             partial_head: !self.exchange.head.is_empty(),
         });
-        self.exchange.client_left(cause, ev, sink);
+        self.exchange.client_left(cause, ts_ns, unacked, sink);
     }
 
     /// Returns whether the connection is gone.
@@ -221,7 +278,7 @@ impl Conn {
         sink: &mut impl Sink,
     ) -> bool {
         match new {
-            tcp::CLOSE_WAIT => self.client_left(Cause::Closed, ev, sink),
+            tcp::CLOSE_WAIT => self.client_left(Cause::Closed, ev.ts_ns, ev.unacked, sink),
             tcp::FIN_WAIT1 | tcp::LAST_ACK if !self.server_closed => {
                 if self.client_event.is_none() {
                     self.exchange.server_ended(ev.ts_ns, sink);
@@ -230,9 +287,11 @@ impl Conn {
             }
             tcp::CLOSE => {
                 match error {
-                    libc::ECONNRESET | libc::EPIPE => self.client_left(Cause::Reset, ev, sink),
+                    libc::ECONNRESET | libc::EPIPE => {
+                        self.client_left(Cause::Reset, ev.ts_ns, ev.unacked, sink)
+                    }
                     libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH => {
-                        self.client_left(Cause::Timeout, ev, sink)
+                        self.client_left(Cause::Timeout, ev.ts_ns, ev.unacked, sink)
                     }
                     // A close with no error from ESTABLISHED without either
                     // side's FIN: the socket was torn down (an RST the server
@@ -258,7 +317,7 @@ impl Conn {
                     served_any: self.exchange.served_any,
                     client_asked_close: self.exchange.asked_close,
                     // Adopted ones were past their handshake.
-                    tls_handshake_incomplete: self.tls_handshake == Some(false)
+                    tls_handshake_incomplete: self.tls.is_some_and(|tls| tls.explicit && !tls.done)
                         && self.opened_ns.is_some(),
                 });
                 let lifetime = self
@@ -389,8 +448,18 @@ mod tests {
         }
 
         /// The connection's TLS library is probed: what follows is plaintext.
+        /// `handshake`: it completed; else a step of an explicit one.
         fn tls(&mut self, handshake: bool) -> &mut Self {
-            self.event(Kind::Tls { handshake }, 0, b"", b"");
+            let explicit = !handshake;
+            self.event(
+                Kind::Tls {
+                    handshake,
+                    explicit,
+                },
+                0,
+                b"",
+                b"",
+            );
             self.tls = true;
             self
         }
@@ -797,6 +866,40 @@ mod tests {
     }
 
     #[test]
+    fn a_fin_that_beats_an_ssl_write_s_plaintext_waits_for_it() {
+        // The response's records reached the client, which read them and left
+        // before the writer's uprobe reported the plaintext: completed.
+        let mut s = Script::new();
+        s.tls(true);
+        s.recv(GET)
+            .event(Kind::TlsWriting, 0, b"", b"")
+            .fin()
+            .send(OK);
+        s.state(tcp::CLOSE_WAIT, tcp::LAST_ACK, 0).closed();
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "start GET /users/{id}",
+                "end GET /users/{id} 200 completed sent=5 unacked=0 ms=3",
+                "close idle"
+            ]
+        );
+        // A write that never reports (the server gave up): the FIN is applied
+        // at the next state change, as the break it is.
+        let mut b = Script::new();
+        b.tls(true);
+        b.recv(GET).event(Kind::TlsWriting, 0, b"", b"").fin().rst();
+        assert_eq!(
+            b.log()[2..],
+            [
+                "end GET /users/{id} 499 handler closed sent=0 unacked=77 ms=2",
+                "close client_abort"
+            ]
+        );
+    }
+
+    #[test]
     fn a_tls_handshake_that_never_completes_closes_as_such_and_breaks_nothing() {
         for cut in [Script::fin as fn(&mut Script) -> &mut Script, Script::rst] {
             let mut s = Script::new();
@@ -813,6 +916,20 @@ mod tests {
         let mut a = Script::adopted(5);
         a.tls(false).fin().closed();
         assert_eq!(a.log()[2], "close idle untimed");
+        // Tied, but the handshake run implicitly by the first read: nothing
+        // says whether it completed, so the usual reason.
+        let mut i = Script::new();
+        i.event(
+            Kind::Tls {
+                handshake: false,
+                explicit: false,
+            },
+            0,
+            b"",
+            b"",
+        );
+        i.fin().closed();
+        assert_eq!(i.log(), ["open 8080", "close idle"]);
     }
 
     #[test]
@@ -882,6 +999,7 @@ mod tests {
                 0 => Kind::Open,
                 10 => Kind::Tls {
                     handshake: rng.bool(),
+                    explicit: rng.bool(),
                 },
                 1..=4 => Kind::Recv,
                 5..=7 => Kind::Send,

@@ -39,7 +39,13 @@ pub enum Kind {
     Tls {
         /// Its handshake completed.
         handshake: bool,
+        /// The server runs the handshake itself (`SSL_do_handshake`), and
+        /// a call of it returned without completing it.
+        explicit: bool,
     },
+    /// An `SSL_write` moved its first bytes to the socket: its plaintext
+    /// `Send` comes at the call's return.
+    TlsWriting,
 }
 
 /// Flag bits of `struct cg_event` (`CG_F_*` in `bpf/watch.h`).
@@ -47,6 +53,7 @@ mod flag {
     pub const TLS: u8 = 2;
     pub const SSL_PROC: u8 = 4;
     pub const HANDSHAKE: u8 = 8;
+    pub const EXPLICIT: u8 = 16;
 }
 
 /// One decoded event. `data` and `tail` borrow the ring buffer's record.
@@ -126,7 +133,9 @@ impl<'a> Event<'a> {
             6 => Kind::Adopt { inode: unacked },
             7 => Kind::Tls {
                 handshake: *b.get(31)? & flag::HANDSHAKE != 0,
+                explicit: *b.get(31)? & flag::EXPLICIT != 0,
             },
+            8 => Kind::TlsWriting,
             _ => return None,
         };
         let flags = *b.get(31)?;
@@ -177,9 +186,16 @@ pub(crate) mod tests {
             Kind::Reset => (5, 0, 0, 0),
             Kind::Adopt { .. } => (6, 0, 0, 0),
             Kind::Tls { .. } => (7, 0, 0, 0),
+            Kind::TlsWriting => (8, 0, 0, 0),
         };
         b[31] = match e.kind {
-            Kind::Tls { handshake: true } => flag::HANDSHAKE,
+            Kind::Tls {
+                handshake,
+                explicit,
+            } => {
+                (if handshake { flag::HANDSHAKE } else { 0 })
+                    | if explicit { flag::EXPLICIT } else { 0 }
+            }
             _ => 0,
         } | if e.tls { flag::TLS } else { 0 }
             | if e.ssl_process { flag::SSL_PROC } else { 0 };
@@ -233,9 +249,12 @@ pub(crate) mod tests {
             ..e
         };
         assert_eq!(Event::parse(&encode(&s)), Some(s));
-        for handshake in [false, true] {
+        for (handshake, explicit) in [(false, false), (true, false), (false, true)] {
             let t = Event {
-                kind: Kind::Tls { handshake },
+                kind: Kind::Tls {
+                    handshake,
+                    explicit,
+                },
                 tls: false,
                 ssl_process: true,
                 ..s

@@ -101,8 +101,15 @@ impl Exchange {
         self.req.is_some()
     }
 
-    /// The client left: the request in flight, if any, is its break.
-    pub(super) fn client_left(&mut self, cause: Cause, ev: &Event<'_>, sink: &mut impl Sink) {
+    /// The client left (at `ts_ns`, with `unacked` bytes of the server's
+    /// never acknowledged): the request in flight, if any, is its break.
+    pub(super) fn client_left(
+        &mut self,
+        cause: Cause,
+        ts_ns: u64,
+        unacked: u32,
+        sink: &mut impl Sink,
+    ) {
         let Some(req) = self.req.take() else { return };
         self.done = true;
         let body = if req.body_read {
@@ -118,14 +125,14 @@ impl Exchange {
                 route: req.route(),
                 status: recorded_status(Some(phase), req.resp.map(|(s, _)| s)),
                 end: End::Disconnect { phase, cause },
-                elapsed: nanos(ev.ts_ns.saturating_sub(req.start_ns)),
+                elapsed: nanos(ts_ns.saturating_sub(req.start_ns)),
                 body_bytes_sent: req.body_sent,
             },
             &Ended {
                 path: &req.path,
                 version: req.version,
                 start_ns: req.start_ns,
-                unacked: Some(ev.unacked),
+                unacked: Some(unacked),
             },
         );
     }

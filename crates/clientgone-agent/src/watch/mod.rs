@@ -152,6 +152,11 @@ fn resolve(config: &WatchConfig) -> Result<(BTreeSet<u16>, Vec<u32>), String> {
 /// Loads the programs, binds the metrics listener, gives up privileges, and
 /// starts following connections.
 pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
+    // Before looking into other processes: without the privileges that would
+    // only add noise to the one line that matters.
+    if !bpf::permitted() {
+        return Err(StartError(bpf::NOT_PERMITTED.into()));
+    }
     let (ports, mut servers) = resolve(&config).map_err(StartError)?;
     // The servers on the watched ports, whose OpenSSL is probed.
     let (listening, hidden) = procfs::servers(&ports);

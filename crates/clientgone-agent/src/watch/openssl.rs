@@ -28,13 +28,18 @@ use std::path::{Path, PathBuf};
 
 /// The functions probed, and what each is to the BPF side (its attach
 /// cookie, `enum ssl_fn`). The `_ex` forms (OpenSSL 1.1.1 and later) are
-/// what Python calls; `SSL_read`/`SSL_write` what nginx calls.
-pub const FUNCTIONS: [(&str, u64); 5] = [
+/// what Python calls; `SSL_read`/`SSL_write` what nginx calls, and
+/// `SSL_read_early_data` with `ssl_early_data on`. The peeks move no
+/// plaintext of their own, but their socket reads tie a connection.
+pub const FUNCTIONS: [(&str, u64); 8] = [
     ("SSL_read", 1),
     ("SSL_read_ex", 2),
     ("SSL_write", 3),
     ("SSL_write_ex", 4),
     ("SSL_do_handshake", 5),
+    ("SSL_read_early_data", 6),
+    ("SSL_peek", 7),
+    ("SSL_peek_ex", 8),
 ];
 
 /// The functions a file must export to be probed at all.
@@ -185,7 +190,8 @@ mod tests {
         );
         assert_eq!(place(&hex(SSL_READ_EX)), Placement::Entry);
         // An argument register written before the first emulated
-        // instruction, eax written after the last, a tail call, garbage.
+        // instruction, eax written after the last, a tail call, a jump back
+        // to the call side, an exit whose taken side comes back, garbage.
         let mut clobbered = hex(SSL_READ);
         clobbered[0x14..0x16].copy_from_slice(&[0x31, 0xf6]); // test → xor %esi,%esi
         assert_eq!(place(&clobbered), Placement::Entry);
@@ -195,6 +201,12 @@ mod tests {
         let mut tail = hex(SSL_READ);
         tail[0x46] = 0xe9; // ret → jmp rel32 out of the function
         assert_eq!(place(&tail[..0x4b]), Placement::Entry);
+        let mut again = hex(SSL_READ);
+        again[0x7d] = 0x98; // the error path's jmp (at 0x7c) back to the js at 0x16
+        assert_eq!(place(&again), Placement::Entry);
+        let mut back = hex(SSL_READ);
+        back[0x7e..0x83].copy_from_slice(&[0xe9, 0xd7, 0xff, 0xff, 0xff]); // call → jmp 0x5a
+        assert_eq!(place(&back), Placement::Entry);
         assert_eq!(place(&[0xff; 40]), Placement::Entry);
         assert_eq!(place(&[]), Placement::Entry);
     }
@@ -239,14 +251,14 @@ mod tests {
 pub enum Placement {
     /// A uprobe on the first instruction, a uretprobe for the return.
     Entry,
-    /// Two uprobes at these offsets from the function's start, both on
-    /// instructions the kernel emulates: `enter` where the arguments are
-    /// still in their registers, `exit` where `eax` holds the return value,
-    /// on every path to the function's return.
+    /// Two uprobes at these offsets in the file, both on instructions the
+    /// kernel emulates: `enter` where the arguments are still in their
+    /// registers, `exit` where `eax` holds the return value, on every path
+    /// to the function's return.
     Inside {
-        /// Offset of the call-side probe.
+        /// File offset of the call-side probe.
         enter: u64,
-        /// Offset of the return-side probe.
+        /// File offset of the return-side probe.
         exit: u64,
     },
 }
@@ -272,14 +284,34 @@ pub fn placements(path: &Path) -> HashMap<&'static str, Placement> {
         let Some(&(function, _)) = FUNCTIONS.iter().find(|(f, _)| *f == name) else {
             continue;
         };
+        // The first definition only: offsets of another would be wrong for it.
+        if found.contains_key(function) || symbol.is_undefined() {
+            continue;
+        }
         let (address, size) = (symbol.address(), symbol.size());
-        let code = symbol
+        let Some(section) = symbol
             .section_index()
             .and_then(|i| file.section_by_index(i).ok())
-            .and_then(|section| section.data_range(address, size).ok().flatten());
-        if let Some(code) = code {
-            found.insert(function, place(code));
-        }
+        else {
+            continue;
+        };
+        let (Some(code), Some((file_offset, _))) = (
+            section.data_range(address, size).ok().flatten(),
+            section.file_range(),
+        ) else {
+            continue;
+        };
+        // Probes are attached by file offset, so they land in exactly the
+        // code decoded here.
+        let start = address - section.address() + file_offset;
+        let placement = match place(code) {
+            Placement::Inside { enter, exit } => Placement::Inside {
+                enter: start + enter,
+                exit: start + exit,
+            },
+            Placement::Entry => Placement::Entry,
+        };
+        found.insert(function, placement);
     }
     found
 }
@@ -366,7 +398,8 @@ fn place_inside(code: &[u8]) -> Option<Placement> {
         return None;
     };
     // The call side: the first emulated instruction, with nothing before it
-    // but straight-line code that leaves the arguments alone.
+    // but straight-line code that leaves the arguments alone — and no jump
+    // back to it or before it, so it runs once a call.
     let mut enter = None;
     for i in &instructions {
         if emulated(bytes(i)?) {
@@ -379,6 +412,18 @@ fn place_inside(code: &[u8]) -> Option<Placement> {
             Err(()) => return None,
         }
     }
+    let enter = enter?;
+    if targets.iter().any(|&t| t <= enter) {
+        return None;
+    }
+    // A jump whose taken side never comes back: to a call (the stack
+    // protector's `__stack_chk_fail`) that is the function's last
+    // instruction. The return side sits on one, so it runs once a call.
+    let never_returns = |target: u64| {
+        instructions.last().is_some_and(|last| {
+            last.ip() == target && last.mnemonic() == Mnemonic::Call && last.next_ip() == end
+        })
+    };
     // The return side: walking back from the ret over code no path jumps
     // into and that leaves eax alone, the first emulated jump — one that
     // leaves for beyond the ret (the stack protector's) — or nop.
@@ -390,7 +435,7 @@ fn place_inside(code: &[u8]) -> Option<Placement> {
     for i in instructions[..ret].iter().rev() {
         let b = bytes(i)?;
         if b == [0x90]
-            || (i.is_jcc_short_or_near() && emulated(b) && i.near_branch_target() > ret_ip)
+            || (i.is_jcc_short_or_near() && emulated(b) && never_returns(i.near_branch_target()))
         {
             exit = Some(i.ip());
             break;
@@ -403,8 +448,8 @@ fn place_inside(code: &[u8]) -> Option<Placement> {
             Ok(_) => {}
         }
     }
-    match (enter, exit) {
-        (Some(enter), Some(exit)) if enter < exit => Some(Placement::Inside { enter, exit }),
+    match exit {
+        Some(exit) if enter < exit => Some(Placement::Inside { enter, exit }),
         _ => None,
     }
 }
