@@ -11,6 +11,8 @@ use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use super::*;
 
 const TLS_CLIENT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/watch/tls_client.py");
+const ASYNCIO_SERVER_PY: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/watch/asyncio_server.py");
 const TLS_SERVER_GO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/watch/tls_server.go");
 const SKIPPED: &str = "clientgone_watch_connections_skipped_total";
 
@@ -438,5 +440,41 @@ async fn a_go_tls_server_is_skipped_as_tls_and_its_connections_counted() {
     s.assert_value(DURATION_COUNT, &[], 0.0);
     s.assert_value(DISCONNECTS, &[], 0.0);
     s.assert_value("http_server_open_connections", &[], 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(ebpf),
+    ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+)]
+/// asyncio's TLS (OpenSSL over memory buffers): the process calls the probed
+/// OpenSSL, but never on the socket, so its connections cannot be tied —
+/// skipped as `tls_unmapped` (asyncio starts each handshake before it reads
+/// the socket, so even the first connection is known to be OpenSSL's), never
+/// counted as requests.
+async fn an_asyncio_https_server_is_skipped_as_tls_unmapped() {
+    let dir = scratch_dir("tls-asyncio", "socket");
+    let (cert, key) = certificate(&dir);
+    let mut child = Command::new("python3")
+        .args([ASYNCIO_SERVER_PY, path(&cert), path(&key)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = Killed(child);
+    let addr = SocketAddr::from(([127, 0, 0, 1], line.trim().parse::<u16>().unwrap()));
+    let w = watch("socket", &["--port", &addr.port().to_string()]);
+    for _ in 0..2 {
+        assert_eq!(requests(addr, &["/a".into(), "/b".into()]), [200, 200]);
+    }
+    let s = w.wait(SKIPPED, &[], 2.0).await;
+    s.assert_value(SKIPPED, &[("reason", "tls_unmapped")], 2.0);
+    s.assert_value(DURATION_COUNT, &[], 0.0);
+    w.wait(CLOSES, &[], 2.0).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
