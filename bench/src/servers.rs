@@ -185,7 +185,7 @@ async fn serve_clientgone(
     app: Router,
     options: ConnectionOptions,
     addr: SocketAddr,
-    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    tracer: Option<clientgone::DeferredTracer>,
 ) -> Result<(), String> {
     let metrics = Metrics::new(registry).map_err(|e| e.to_string())?;
     let mut layer = DisconnectLayer::new(metrics.clone());

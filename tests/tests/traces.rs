@@ -527,3 +527,155 @@ async fn a_cancelled_grpc_call_is_exported_at_ratio_zero_with_rpc_attributes() {
         .count();
     assert_eq!(calls, 1, "only the broken call at ratio 0");
 }
+
+/// What the handler of `/work` saw of its own trace: the span id its children
+/// got as their parent (the current context's), and the `traceparent` it sent
+/// downstream.
+type Seen = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// A handler that does what a traced service does: a child span through the
+/// OpenTelemetry API and one through `tracing`, and a `traceparent` for a
+/// downstream call; `?slow` then waits for a minute (for a client to leave).
+fn work(tracer: clientgone::DeferredTracer, seen: Seen) -> axum::routing::MethodRouter {
+    use opentelemetry::trace::{Span as _, TraceContextExt as _, Tracer as _};
+    get(move |uri: axum::http::Uri| async move {
+        let cx = opentelemetry::Context::current();
+        tracer.start_with_context("otel child", &cx).end();
+        tracing::info_span!(target: "shop", "tracing child").in_scope(|| ());
+        let mut headers = std::collections::HashMap::new();
+        opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut headers));
+        let traceparent = headers.remove("traceparent").unwrap_or_default();
+        let parent_id = cx.span().span_context().span_id().to_string();
+        seen.lock().unwrap().push((parent_id, traceparent.clone()));
+        if uri.query() == Some("slow") {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        traceparent
+    })
+}
+
+#[tokio::test]
+async fn deferred_spans_keep_their_children_and_downstream_headers_linked_at_ratio_0_01() {
+    let (endpoint, mut received) = grpc_receiver().await;
+    let registry = prometheus::Registry::new();
+    let pipeline = Arc::new(
+        OtlpPipeline::start(
+            OtlpConfig::new(OtlpProtocol::Grpc)
+                .endpoint(endpoint)
+                .sample_ratio(0.01),
+            &registry,
+        )
+        .expect("pipeline"),
+    );
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::registry()
+            .with(pipeline.layer(Targets::new().with_target("shop", tracing::Level::INFO))),
+    );
+    let seen: Seen = Arc::default();
+    let (tracer, handler_seen) = (pipeline.tracer(), seen.clone());
+    let (addr, registry) = serve_app(move |metrics| {
+        axum::Router::new()
+            .route("/work", work(tracer.clone(), handler_seen))
+            .layer(DisconnectLayer::new(metrics).with_tracer(tracer))
+    })
+    .await;
+    let traceparent =
+        |trace: &str, flags: &str| format!("traceparent: 00-{trace}-00f067aa0ba902b7-{flags}\r\n");
+    let (sampled, unsampled, broken) = (
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+        "33333333333333333333333333333333",
+    );
+    // A caller that sampled, and one that did not: both complete.
+    for (trace, flags) in [(sampled, "01"), (unsampled, "00")] {
+        let request = format!(
+            "GET /work HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{}\r\n",
+            traceparent(trace, flags)
+        );
+        let mut stream = send_raw(addr, request.as_bytes()).await;
+        let mut answer = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer)
+            .await
+            .expect("the answer");
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let header = answer.rsplit("\r\n").next().unwrap().to_owned();
+        assert!(
+            header.starts_with(&format!("00-{trace}-")) && header.ends_with(&format!("-{flags}")),
+            "the downstream header carries the caller's trace: {header}"
+        );
+    }
+    // One that did not sample, and leaves mid-handler: exported all the same.
+    let stream = send_raw(
+        addr,
+        format!(
+            "GET /work?slow HTTP/1.1\r\nHost: t\r\n{}\r\n",
+            traceparent(broken, "00")
+        )
+        .as_bytes(),
+    )
+    .await;
+    let value = |name: &str| Scrape::from_registry(&registry).value(name, &[]);
+    clientgone_tests::wait_until("the slow request in flight", || async {
+        value("http_server_active_requests") == 1.0
+    })
+    .await;
+    close_fin(stream);
+    clientgone_tests::wait_until("the break counted", || async {
+        value("http_server_client_disconnects_total") == 1.0
+    })
+    .await;
+    let flusher = pipeline.clone();
+    tokio::task::spawn_blocking(move || flusher.force_flush())
+        .await
+        .unwrap()
+        .expect("flush");
+
+    let mut spans = Vec::new();
+    for trace in [sampled, broken] {
+        received
+            .wait_for(DEADLINE, &mut spans, |s| {
+                s.span.name == "GET /work" && hex(&s.span.trace_id) == trace
+            })
+            .await
+            .unwrap_or_else(|| panic!("the request span of {trace} arrives: {spans:?}"));
+    }
+    spans.extend(received.drain());
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for (trace, n) in [(sampled, 0), (broken, 2)] {
+        let request = spans
+            .iter()
+            .find(|s| s.span.name == "GET /work" && hex(&s.span.trace_id) == trace)
+            .unwrap();
+        let id = hex(&request.span.span_id);
+        let (parent_of_children, header) = &seen[n];
+        assert_eq!(
+            parent_of_children, &id,
+            "the children's parent is the exported span"
+        );
+        assert!(
+            header.contains(&format!("-{id}-")),
+            "{header} names span {id}"
+        );
+        assert_eq!(hex(&request.span.parent_span_id), "00f067aa0ba902b7");
+    }
+    // The sampled request's children arrive, children of the exported span.
+    let sampled_request = spans
+        .iter()
+        .find(|s| s.span.name == "GET /work" && hex(&s.span.trace_id) == sampled)
+        .unwrap();
+    for child in ["otel child", "tracing child"] {
+        let child = spans
+            .iter()
+            .find(|s| s.span.name == child && hex(&s.span.trace_id) == sampled)
+            .unwrap_or_else(|| panic!("{child} arrives: {spans:?}"));
+        assert_eq!(child.span.parent_span_id, sampled_request.span.span_id);
+    }
+    // Nothing of the unsampled, completed request's trace is exported.
+    assert!(
+        !spans.iter().any(|s| hex(&s.span.trace_id) == unsampled),
+        "{spans:?}"
+    );
+    assert!(pipeline.stats().sampled_out() >= 1);
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::error::ErrorKind;
+use clientgone::DeferredTracer;
 use clientgone_agent::cli::{Cli, Command, ProxyArgs, TrafficArgs, WatchArgs};
 use clientgone_agent::demo::{self, DemoConfig};
 use clientgone_agent::proxy::{self, ProxyConfig, RouteTable, Upstream};
@@ -12,7 +13,6 @@ use clientgone_agent::server::{RunningServer, ServerConfig};
 use clientgone_agent::traffic::{self, TrafficConfig};
 use clientgone_agent::watch::{self, WatchConfig};
 use clientgone_exporter::otlp::{MetricsConfig, OtlpConfig, OtlpMetrics, OtlpPipeline};
-use opentelemetry_sdk::trace::SdkTracer;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
@@ -146,7 +146,7 @@ fn main() -> ExitCode {
     code
 }
 
-async fn run(cli: Cli, registry: Registry, tracer: Option<SdkTracer>) -> ExitCode {
+async fn run(cli: Cli, registry: Registry, tracer: Option<DeferredTracer>) -> ExitCode {
     match cli.command {
         Command::Demo(args) => {
             let config = DemoConfig {
@@ -207,7 +207,11 @@ fn route_table(
         .map_err(|e| e.to_string())
 }
 
-async fn run_watch(args: WatchArgs, registry: Registry, tracer: Option<SdkTracer>) -> ExitCode {
+async fn run_watch(
+    args: WatchArgs,
+    registry: Registry,
+    tracer: Option<DeferredTracer>,
+) -> ExitCode {
     if args.ports.is_empty() && args.pids.is_empty() && args.comms.is_empty() {
         say!(
             "clientgone: watch needs --port, --pid or --comm to know what to watch (see 'clientgone watch --help')"
@@ -323,7 +327,7 @@ async fn serve_until_signal(running: RunningServer, what: &'static str) -> ExitC
 async fn run_proxy(
     args: ProxyArgs,
     registry: prometheus::Registry,
-    tracer: Option<SdkTracer>,
+    tracer: Option<DeferredTracer>,
 ) -> ExitCode {
     let upstream = match Upstream::parse(&args.upstream) {
         Ok(u) => u,

@@ -6,8 +6,8 @@ use std::io;
 use std::net::SocketAddr;
 
 use axum::Router;
+use clientgone::DeferredTracer;
 use clientgone::{Buckets, ConnectionOptions, DisconnectLayer, Metrics, TrackedListener};
-use opentelemetry_sdk::trace::SdkTracer;
 use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -26,7 +26,7 @@ pub struct ServerConfig {
     pub registry: Registry,
     /// Gives each request an OTel server span when set (see
     /// `OtlpPipeline::tracer`).
-    pub tracer: Option<SdkTracer>,
+    pub tracer: Option<DeferredTracer>,
     /// The histograms' bucket bounds.
     pub buckets: Buckets,
 }

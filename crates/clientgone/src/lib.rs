@@ -63,8 +63,8 @@ pub use grpc::{
     GrpcMethods, GrpcMethodsError, GrpcStatus, OTHER_METHOD, RpcType, grpc_timeout, is_grpc_request,
 };
 pub use layer::{
-    DISCONNECT_EVENT, DisconnectLayer, DisconnectService, RequestBody, ResponseBody,
-    ResponseFuture, export_request_span,
+    DISCONNECT_EVENT, DeferredTracer, DisconnectLayer, DisconnectService, RequestBody,
+    ResponseBody, ResponseFuture, StartSampler, export_request_span,
 };
 pub use metrics::{Buckets, Metrics, MetricsBuilder, UNMATCHED_ROUTE, check_buckets};
 pub use record::{CallRecord, End, Record};

@@ -78,7 +78,7 @@ pub struct WatchConfig {
     /// The registry the metrics go into.
     pub registry: Registry,
     /// Gives each request a server span when set (broken ones always kept).
-    pub tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+    pub tracer: Option<clientgone::DeferredTracer>,
     /// The histograms' bucket bounds.
     pub buckets: clientgone::Buckets,
 }

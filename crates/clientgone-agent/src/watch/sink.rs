@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use std::time::SystemTime;
 
+use clientgone::DeferredTracer;
 use clientgone::{CloseReason, End, Metrics, Record};
-use opentelemetry_sdk::trace::SdkTracer;
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::bpf::CaptureMode;
@@ -61,7 +61,7 @@ pub struct PortMetrics {
     /// `clientgone_watch_events_lost_total`.
     pub events_lost: IntCounter,
     /// Spans (OTLP), when traces are on.
-    tracer: Option<SdkTracer>,
+    tracer: Option<DeferredTracer>,
     /// Every port's histogram buckets.
     buckets: clientgone::Buckets,
 }
@@ -77,7 +77,7 @@ impl PortMetrics {
     /// Registers the watch's counters; each port's metrics come with [`Self::add_port`].
     pub fn new(
         registry: &Registry,
-        tracer: Option<SdkTracer>,
+        tracer: Option<DeferredTracer>,
         buckets: clientgone::Buckets,
     ) -> prometheus::Result<Self> {
         let skipped = IntCounterVec::new(
@@ -206,14 +206,7 @@ impl Sink for PortMetrics {
                 End::Disconnect { .. } => ended.unacked.map(u64::from),
                 _ => None,
             };
-            clientgone::export_request_span(
-                tracer,
-                record,
-                ended.path,
-                ended.version,
-                started,
-                unacked,
-            );
+            tracer.export_request_span(record, ended.path, ended.version, started, unacked);
         }
     }
 

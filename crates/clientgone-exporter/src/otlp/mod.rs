@@ -38,9 +38,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
-};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use prometheus::Registry;
 use tracing::Subscriber;
 use tracing_subscriber::Layer;
@@ -52,7 +50,7 @@ pub use metrics::{MetricsConfig, OtlpMetrics};
 pub use stats::OtlpStats;
 
 use exporter::RuntimeExporter;
-use sampler::{KeepBreaks, RatioOrRecord};
+use sampler::{AtStart, KeepBreaks, PresetIds, RatioOrRecord};
 
 /// Why the pipeline could not start.
 #[derive(Debug)]
@@ -70,6 +68,7 @@ impl std::error::Error for StartError {}
 #[derive(Debug)]
 pub struct OtlpPipeline {
     provider: SdkTracerProvider,
+    sampler: RatioOrRecord,
     stats: Arc<OtlpStats>,
 }
 
@@ -99,12 +98,15 @@ impl OtlpPipeline {
                 .build(),
         )
         .build();
+        let sampler = RatioOrRecord {
+            ratio: config.sample_ratio,
+            follow_parent: config.follow_parent,
+        };
         let provider = SdkTracerProvider::builder()
             // Sample by ratio, record the rest; KeepBreaks decides at the end.
-            .with_sampler(RatioOrRecord {
-                ratio: config.sample_ratio,
-                follow_parent: config.follow_parent,
-            })
+            .with_sampler(sampler.clone())
+            // A request span built at its end keeps the ids drawn at its start.
+            .with_id_generator(PresetIds::default())
             .with_resource(resource(&config))
             .with_span_processor(KeepBreaks {
                 inner: batch,
@@ -113,13 +115,26 @@ impl OtlpPipeline {
             })
             .build();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        Ok(OtlpPipeline { provider, stats })
+        Ok(OtlpPipeline {
+            provider,
+            sampler,
+            stats,
+        })
     }
 
     /// The tracer for clientgone's request spans: hand it to
     /// [`DisconnectLayer::with_tracer`](clientgone::DisconnectLayer::with_tracer).
-    pub fn tracer(&self) -> SdkTracer {
-        self.provider.tracer("clientgone")
+    ///
+    /// The layer recognises it and builds a request's span only at the
+    /// request's end, and only when it will be exported (sampled, broken or
+    /// failed): with a low ratio, tracing costs little more than metrics
+    /// alone. Used as a plain `Tracer`, it builds spans as the SDK does.
+    pub fn tracer(&self) -> clientgone::DeferredTracer {
+        let at_start = AtStart {
+            sampler: self.sampler.clone(),
+            stats: self.stats.clone(),
+        };
+        clientgone::DeferredTracer::new(self.provider.tracer("clientgone"), at_start)
     }
 
     /// A `tracing` layer that exports *your* spans through this pipeline, as

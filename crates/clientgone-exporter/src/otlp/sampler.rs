@@ -14,12 +14,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, TraceId};
+use opentelemetry::trace::{Link, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceId};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{
-    SamplingDecision, SamplingResult, ShouldSample, Span, SpanData, SpanProcessor,
+    IdGenerator, RandomIdGenerator, SamplingDecision, SamplingResult, ShouldSample, Span, SpanData,
+    SpanProcessor,
 };
 
 use super::stats::OtlpStats;
@@ -32,6 +33,52 @@ use super::stats::OtlpStats;
 pub(crate) struct RatioOrRecord {
     pub(crate) ratio: f64,
     pub(crate) follow_parent: bool,
+}
+
+impl RatioOrRecord {
+    /// The decision, by the parent (when followed) and the trace id alone.
+    fn decide(&self, parent: Option<&SpanContext>, trace_id: TraceId) -> bool {
+        match parent {
+            Some(parent) if self.follow_parent => parent.is_sampled(),
+            _ => ratio_keeps(trace_id, self.ratio),
+        }
+    }
+}
+
+/// The same decision at a request's start, for clientgone's layer to defer
+/// building the span (`clientgone::DeferredTracer`); a span it never builds
+/// is counted sampled out, as [`KeepBreaks`] counts the ones it drops.
+#[derive(Debug)]
+pub(crate) struct AtStart {
+    pub(crate) sampler: RatioOrRecord,
+    pub(crate) stats: Arc<OtlpStats>,
+}
+
+impl clientgone::StartSampler for AtStart {
+    fn sampled(&self, parent: &Context, trace_id: TraceId) -> bool {
+        let span = parent.span();
+        let parent = Some(span.span_context()).filter(|sc| sc.is_valid());
+        self.sampler.decide(parent, trace_id)
+    }
+
+    fn sampled_out(&self) {
+        self.stats.sampled_out.inc();
+    }
+}
+
+/// The provider's ids: random, except for a span clientgone's layer builds
+/// at its request's end, which takes the ids its children already carry.
+#[derive(Debug, Default)]
+pub(crate) struct PresetIds(RandomIdGenerator);
+
+impl IdGenerator for PresetIds {
+    fn new_trace_id(&self) -> TraceId {
+        clientgone::DeferredTracer::preset_trace_id().unwrap_or_else(|| self.0.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        clientgone::DeferredTracer::preset_span_id().unwrap_or_else(|| self.0.new_span_id())
+    }
 }
 
 impl ShouldSample for RatioOrRecord {
@@ -47,10 +94,7 @@ impl ShouldSample for RatioOrRecord {
         let parent = parent_context
             .map(|cx| cx.span().span_context().clone())
             .filter(SpanContext::is_valid);
-        let sampled = match &parent {
-            Some(parent) if self.follow_parent => parent.is_sampled(),
-            _ => ratio_keeps(trace_id, self.ratio),
-        };
+        let sampled = self.decide(parent.as_ref(), trace_id);
         let decision = if sampled {
             SamplingDecision::RecordAndSample
         } else {

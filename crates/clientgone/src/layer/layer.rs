@@ -2,12 +2,11 @@
 
 use std::sync::Arc;
 
-use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::Tracer;
 use tower::Layer;
 
 use super::service::DisconnectService;
-use super::span::SharedTracer;
+use super::span::{SharedTracer, Tracing};
 use crate::grpc::GrpcMethods;
 use crate::metrics::Metrics;
 
@@ -155,7 +154,7 @@ impl DisconnectLayer {
         T: Tracer + Send + Sync + 'static,
         T::Span: Send + Sync + 'static,
     {
-        self.tracer = Some(Arc::new(BoxedTracer::new(Box::new(tracer))));
+        self.tracer = Some(Arc::new(Tracing::new(tracer)));
         self
     }
 }

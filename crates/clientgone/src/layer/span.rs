@@ -14,15 +14,27 @@
 //! OpenTelemetry context, so the handler's own spans (through the OTel API, or
 //! `tracing` with tracing-opentelemetry) and outgoing `traceparent` headers
 //! join the request's trace.
+//!
+//! With a [`DeferredTracer`] (clientgone-exporter's pipeline gives one) not
+//! even the span is built at the start: the layer draws the span's ids, asks
+//! the pipeline's sampler, and makes that span context current — children and
+//! `traceparent` headers see exactly what they would see of a real span — and
+//! builds the SDK span at the end, with those ids and the start time, only if
+//! it will be exported. A request that is neither sampled, broken nor failed
+//! costs two random numbers and a clock read.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Request, Version};
-use opentelemetry::global::BoxedTracer;
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
 use opentelemetry::propagation::Extractor;
-use opentelemetry::trace::{SpanBuilder, SpanKind, SpanRef, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{
+    SpanBuilder, SpanContext, SpanId, SpanKind, SpanRef, Status, TraceContextExt, TraceFlags,
+    TraceId, Tracer,
+};
 use opentelemetry::{Context, KeyValue, StringValue};
 
 use crate::classify::{Cause, Phase};
@@ -33,7 +45,208 @@ use crate::record::{CallRecord, End, Record};
 pub const DISCONNECT_EVENT: &str = "client.disconnect";
 
 /// The tracer a [`DisconnectLayer`](super::DisconnectLayer) builds spans with.
-pub(crate) type SharedTracer = Arc<BoxedTracer>;
+pub(crate) type SharedTracer = Arc<Tracing>;
+
+/// How a layer traces.
+pub(crate) enum Tracing {
+    /// Any tracer: each request's span is built at its start (its sampler,
+    /// whatever it is, decides then).
+    Eager(BoxedTracer),
+    /// Spans built at the end, only when they will be exported.
+    Deferred(DeferredTracer),
+}
+
+impl std::fmt::Debug for Tracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tracing::Eager(_) => "Eager",
+            Tracing::Deferred(_) => "Deferred",
+        })
+    }
+}
+
+impl Tracing {
+    /// `tracer` as the layer uses it: a [`DeferredTracer`] is recognised,
+    /// anything else is boxed.
+    pub(crate) fn new<T>(tracer: T) -> Tracing
+    where
+        T: Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+    {
+        let mut slot = Some(tracer);
+        let deferred = (&mut slot as &mut dyn std::any::Any)
+            .downcast_mut::<Option<DeferredTracer>>()
+            .and_then(Option::take);
+        match (deferred, slot) {
+            (Some(deferred), _) => Tracing::Deferred(deferred),
+            (None, Some(tracer)) => Tracing::Eager(BoxedTracer::new(Box::new(tracer))),
+            // The slot is emptied only when it held a DeferredTracer.
+            (None, None) => Tracing::Eager(BoxedTracer::new(Box::new(
+                opentelemetry::trace::noop::NoopTracer::new(),
+            ))),
+        }
+    }
+}
+
+/// Decides, at a request's start, whether its span is sampled — the same
+/// decision the tracer's own sampler makes when the span is built: the
+/// other half of a [`DeferredTracer`].
+pub trait StartSampler: Send + Sync + 'static {
+    /// Whether the span of a request whose caller's context is `parent`
+    /// (empty for a root) and whose trace is `trace_id` is sampled.
+    fn sampled(&self, parent: &Context, trace_id: TraceId) -> bool;
+
+    /// A span was never built: not sampled, and its request neither broke
+    /// nor failed (for the pipeline's count of spans sampled out).
+    fn sampled_out(&self) {}
+}
+
+/// A tracer whose request spans [`DisconnectLayer`](super::DisconnectLayer)
+/// builds only at the request's end, and only when they will be exported
+/// (sampled, broken or failed): clientgone-exporter's pipeline hands one out
+/// (`OtlpPipeline::tracer`). Used as a plain [`Tracer`] it builds spans as the
+/// tracer it wraps does.
+///
+/// Its contract with the tracer it wraps, which the pipeline keeps: `sampler`
+/// decides as that tracer's sampler does (by the parent and the trace id
+/// alone), and that tracer's provider takes its ids from
+/// [`DeferredTracer::preset_trace_id`] and [`DeferredTracer::preset_span_id`]
+/// when they are set, so the span built at the end has the ids its children
+/// already carry.
+///
+/// ```
+/// use clientgone::{DeferredTracer, StartSampler};
+/// use opentelemetry::Context;
+/// use opentelemetry::trace::TraceId;
+///
+/// struct Never;
+/// impl StartSampler for Never {
+///     fn sampled(&self, _: &Context, _: TraceId) -> bool {
+///         false
+///     }
+/// }
+/// let tracer = DeferredTracer::new(opentelemetry::trace::noop::NoopTracer::new(), Never);
+/// assert_eq!(DeferredTracer::preset_span_id(), None);
+/// # drop(tracer);
+/// ```
+#[derive(Clone)]
+pub struct DeferredTracer {
+    tracer: Arc<BoxedTracer>,
+    sampler: Arc<dyn StartSampler>,
+}
+
+impl std::fmt::Debug for DeferredTracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeferredTracer").finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// The ids of the span being built at its request's end, on this thread,
+    /// for the provider's id generator to hand out.
+    static PRESET: Cell<(Option<TraceId>, Option<SpanId>)> = const { Cell::new((None, None)) };
+}
+
+impl DeferredTracer {
+    /// `tracer`, whose sampler decides as `sampler` does.
+    pub fn new<T>(tracer: T, sampler: impl StartSampler) -> Self
+    where
+        T: Tracer + Send + Sync + 'static,
+        T::Span: Send + Sync + 'static,
+    {
+        DeferredTracer {
+            tracer: Arc::new(BoxedTracer::new(Box::new(tracer))),
+            sampler: Arc::new(sampler),
+        }
+    }
+
+    /// For the provider's id generator: the trace id of the span being built
+    /// on this thread at its request's end (taken: asked once).
+    pub fn preset_trace_id() -> Option<TraceId> {
+        PRESET.with(|p| {
+            let (trace, span) = p.get();
+            p.set((None, span));
+            trace
+        })
+    }
+
+    /// For the provider's id generator: the span id of the span being built
+    /// on this thread at its request's end (taken: asked once).
+    pub fn preset_span_id() -> Option<SpanId> {
+        PRESET.with(|p| {
+            let (trace, span) = p.get();
+            p.set((trace, None));
+            span
+        })
+    }
+}
+
+impl DeferredTracer {
+    /// [`export_request_span`], deciding first: a request that was not
+    /// sampled and neither broke nor failed builds no span at all.
+    pub fn export_request_span(
+        &self,
+        record: &Record<'_>,
+        path: &str,
+        protocol_version: &'static str,
+        started: SystemTime,
+        unacked_bytes: Option<u64>,
+    ) {
+        let trace_id = TraceId::from_bytes(random_nonzero(|| fastrand::u128(..).to_be_bytes()));
+        let must_keep = matches!(record.end, End::Disconnect { .. }) || record.status >= 500;
+        if !must_keep && !self.sampler.sampled(&Context::new(), trace_id) {
+            self.sampler.sampled_out();
+            return;
+        }
+        // The tracer's sampler then sees the trace id decided on.
+        PRESET.with(|p| p.set((Some(trace_id), None)));
+        export_request_span(self, record, path, protocol_version, started, unacked_bytes);
+        PRESET.with(|p| p.set((None, None)));
+    }
+}
+
+impl Tracer for DeferredTracer {
+    type Span = BoxedSpan;
+
+    fn build_with_context(&self, builder: SpanBuilder, parent_cx: &Context) -> BoxedSpan {
+        self.tracer.build_with_context(builder, parent_cx)
+    }
+}
+
+/// A request span not built yet: what building it at the end takes.
+struct Pending {
+    tracer: SharedTracer,
+    /// The caller's context (empty for a root).
+    parent: Context,
+    started: SystemTime,
+}
+
+impl Pending {
+    /// Builds the span as it would have been built at the start: same ids,
+    /// same parent, same start time.
+    fn build(self, name: String, ids: &SpanContext) -> Context {
+        let Tracing::Deferred(deferred) = &*self.tracer else {
+            return self.parent;
+        };
+        let builder = SpanBuilder::from_name(name)
+            .with_kind(SpanKind::Server)
+            .with_start_time(self.started);
+        PRESET.with(|p| p.set((Some(ids.trace_id()), Some(ids.span_id()))));
+        let span = deferred.build_with_context(builder, &self.parent);
+        PRESET.with(|p| p.set((None, None)));
+        self.parent.with_span(span)
+    }
+}
+
+/// A new random id, never all zeros (which means "none").
+fn random_nonzero<const N: usize>(draw: impl Fn() -> [u8; N]) -> [u8; N] {
+    loop {
+        let id = draw();
+        if id.iter().any(|b| *b != 0) {
+            return id;
+        }
+    }
+}
 
 /// What the span needs from the request, kept until the end so attributes are
 /// built only for spans that are exported.
@@ -47,12 +260,22 @@ struct RequestFacts {
     client: Option<Arc<str>>,
 }
 
-/// The OTel context holding one request's server span, and what its
-/// attributes will be made of.
-#[derive(Debug)]
+/// The OTel context holding one request's server span (or, deferred, its
+/// span context), and what its attributes will be made of.
 pub(crate) struct RequestSpan {
     context: Context,
     facts: RequestFacts,
+    /// Set when the span is to be built at the end.
+    pending: Option<Pending>,
+}
+
+impl std::fmt::Debug for RequestSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestSpan")
+            .field("facts", &self.facts)
+            .field("deferred", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl RequestSpan {
@@ -60,7 +283,7 @@ impl RequestSpan {
     /// request carries a W3C `traceparent` (through the global propagator,
     /// which the exporter installs).
     pub(crate) fn start<B>(
-        tracer: &BoxedTracer,
+        tracer: &SharedTracer,
         name: &str,
         req: &Request<B>,
         client: Option<Arc<str>>,
@@ -68,18 +291,73 @@ impl RequestSpan {
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(req.headers()))
         });
-        // Named at the start, so a sampler that decides by name (say, to leave
-        // out health checks) sees the real one.
-        let builder = SpanBuilder::from_name(name.to_owned()).with_kind(SpanKind::Server);
-        let span = tracer.build_with_context(builder, &parent);
-        RequestSpan {
-            context: parent.with_span(span),
-            facts: RequestFacts {
-                path: req.uri().path_and_query().cloned(),
-                version: protocol_version(req.version()),
-                client,
-            },
+        let facts = RequestFacts {
+            path: req.uri().path_and_query().cloned(),
+            version: protocol_version(req.version()),
+            client,
+        };
+        match &**tracer {
+            Tracing::Eager(eager) => {
+                // Named at the start, so a sampler that decides by name (say,
+                // to leave out health checks) sees the real one.
+                let builder = SpanBuilder::from_name(name.to_owned()).with_kind(SpanKind::Server);
+                let span = eager.build_with_context(builder, &parent);
+                RequestSpan {
+                    context: parent.with_span(span),
+                    facts,
+                    pending: None,
+                }
+            }
+            Tracing::Deferred(deferred) => {
+                let caller = parent.span().span_context().clone();
+                let trace_id = if caller.is_valid() {
+                    caller.trace_id()
+                } else {
+                    TraceId::from_bytes(random_nonzero(|| fastrand::u128(..).to_be_bytes()))
+                };
+                let span_id =
+                    SpanId::from_bytes(random_nonzero(|| fastrand::u64(..).to_be_bytes()));
+                let sampled = deferred.sampler.sampled(&parent, trace_id);
+                let flags = if caller.is_valid() {
+                    caller.trace_flags()
+                } else {
+                    TraceFlags::default()
+                };
+                let ids = SpanContext::new(
+                    trace_id,
+                    span_id,
+                    flags.with_sampled(sampled),
+                    false,
+                    caller.trace_state().clone(),
+                );
+                RequestSpan {
+                    context: parent.with_remote_span_context(ids),
+                    facts,
+                    pending: Some(Pending {
+                        tracer: Arc::clone(tracer),
+                        parent,
+                        started: SystemTime::now(),
+                    }),
+                }
+            }
         }
+    }
+
+    /// The span to write the end onto: the one built at the start, or —
+    /// deferred — built now if it will be exported (`None`: it will not).
+    fn span_for_end(&mut self, name: impl FnOnce() -> String, must_keep: bool) -> Option<Context> {
+        let Some(pending) = self.pending.take() else {
+            return Some(std::mem::replace(&mut self.context, Context::new()));
+        };
+        let span = self.context.span();
+        let ids = span.span_context();
+        if !ids.is_sampled() && !must_keep {
+            if let Tracing::Deferred(deferred) = &*pending.tracer {
+                deferred.sampler.sampled_out();
+            }
+            return None;
+        }
+        Some(pending.build(name(), ids))
     }
 
     /// The context to make current while the request's code runs.
@@ -88,10 +366,13 @@ impl RequestSpan {
     }
 
     /// Writes the end of a gRPC call onto the span and ends it.
-    pub(crate) fn finish_call(self, record: &CallRecord<'_>, unacked_bytes: Option<u64>) {
-        let span = self.context.span();
+    pub(crate) fn finish_call(mut self, record: &CallRecord<'_>, unacked_bytes: Option<u64>) {
         let broken = matches!(record.end, End::Disconnect { .. });
         let failed = is_server_error(record.status);
+        let Some(context) = self.span_for_end(|| record.method.to_owned(), broken || failed) else {
+            return;
+        };
+        let span = context.span();
         if !span.span_context().is_sampled() && !broken && !failed {
             return span.end();
         }
@@ -122,7 +403,17 @@ impl RequestSpan {
     }
 
     /// Writes the end of the request onto the span and ends it.
-    pub(crate) fn finish(self, route: &Arc<str>, record: &Record<'_>, unacked_bytes: Option<u64>) {
+    pub(crate) fn finish(
+        mut self,
+        route: &Arc<str>,
+        record: &Record<'_>,
+        unacked_bytes: Option<u64>,
+    ) {
+        let must_keep = matches!(record.end, End::Disconnect { .. }) || record.status >= 500;
+        let name = || format!("{} {}", record.method, route);
+        let Some(context) = self.span_for_end(name, must_keep) else {
+            return;
+        };
         let path = self.facts.path.as_ref().map_or("/", PathAndQuery::path);
         let facts = SpanEnd {
             path,
@@ -131,7 +422,7 @@ impl RequestSpan {
             unacked_bytes,
             at: None,
         };
-        write_end(self.context.span(), route, record, facts);
+        write_end(context.span(), route, record, facts);
     }
 }
 
@@ -347,5 +638,119 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{Cause, Phase};
+    use opentelemetry::trace::noop::NoopSpan;
+    use std::sync::Mutex;
+
+    /// A span asked for: its name and the ids the layer preset for it.
+    type Built = (String, Option<TraceId>, Option<SpanId>);
+
+    /// A tracer that records each span it is asked to build, and the ids
+    /// the layer preset for it (what the pipeline's id generator takes).
+    #[derive(Clone, Default)]
+    struct Recording(Arc<Mutex<Vec<Built>>>);
+
+    impl Tracer for Recording {
+        type Span = NoopSpan;
+
+        fn build_with_context(&self, builder: SpanBuilder, _: &Context) -> NoopSpan {
+            let ids = (
+                builder.name.to_string(),
+                DeferredTracer::preset_trace_id(),
+                DeferredTracer::preset_span_id(),
+            );
+            self.0.lock().unwrap().push(ids);
+            NoopSpan::DEFAULT
+        }
+    }
+
+    struct Fixed(bool);
+
+    impl StartSampler for Fixed {
+        fn sampled(&self, _: &Context, _: TraceId) -> bool {
+            self.0
+        }
+    }
+
+    fn record(end: End, status: u16) -> Record<'static> {
+        Record {
+            method: "GET",
+            route: "/items/{id}",
+            status,
+            end,
+            elapsed: Duration::from_millis(3),
+            body_bytes_sent: 0,
+        }
+    }
+
+    /// One request through a deferred tracer: the ids its code saw, and what
+    /// the tracer was asked to build.
+    fn one(sampled: bool, end: End, status: u16) -> (SpanContext, Recording) {
+        let recording = Recording::default();
+        let tracer: SharedTracer = Arc::new(Tracing::new(DeferredTracer::new(
+            recording.clone(),
+            Fixed(sampled),
+        )));
+        let req = Request::get("/items/7").body(()).unwrap();
+        let span = RequestSpan::start(&tracer, "GET /items/{id}", &req, None);
+        let seen = span.context().span().span_context().clone();
+        assert!(
+            recording.0.lock().unwrap().is_empty(),
+            "nothing built at the start"
+        );
+        let route: Arc<str> = Arc::from("/items/{id}");
+        span.finish(&route, &record(end, status), None);
+        (seen, recording)
+    }
+
+    #[test]
+    fn a_deferred_span_is_built_at_the_end_only_if_exported_with_the_ids_its_code_saw() {
+        // Not sampled, completed: never built.
+        let (seen, built) = one(false, End::Completed, 200);
+        assert!(seen.is_valid() && !seen.is_sampled());
+        assert!(built.0.lock().unwrap().is_empty());
+        // Sampled, broken, failed: built once, with the same ids.
+        let broken = End::Disconnect {
+            phase: Phase::Handler,
+            cause: Cause::Closed,
+        };
+        for (sampled, end, status) in [
+            (true, End::Completed, 200),
+            (false, broken, 499),
+            (false, End::Completed, 503),
+        ] {
+            let (seen, built) = one(sampled, end, status);
+            assert_eq!(seen.is_sampled(), sampled);
+            let built = built.0.lock().unwrap().clone();
+            assert_eq!(
+                built,
+                [(
+                    "GET /items/{id}".to_owned(),
+                    Some(seen.trace_id()),
+                    Some(seen.span_id())
+                )]
+            );
+        }
+        // The presets never outlive the build.
+        assert_eq!(DeferredTracer::preset_span_id(), None);
+        assert_eq!(DeferredTracer::preset_trace_id(), None);
+    }
+
+    #[test]
+    fn any_other_tracer_builds_at_the_start() {
+        let recording = Recording::default();
+        let tracer: SharedTracer = Arc::new(Tracing::new(recording.clone()));
+        let req = Request::get("/").body(()).unwrap();
+        let _span = RequestSpan::start(&tracer, "GET /", &req, None);
+        assert_eq!(
+            recording.0.lock().unwrap().clone(),
+            [("GET /".to_owned(), None, None)]
+        );
     }
 }
