@@ -397,7 +397,12 @@ impl RequestGuard {
                 };
                 route.record(*method, &record);
                 if let Some(span) = self.span.take() {
-                    span.finish(route.route_shared(), &record, unacked);
+                    span.finish(
+                        route.route_shared(),
+                        route.span_name(*method),
+                        &record,
+                        unacked,
+                    );
                 }
             }
             Target::Skipped => {}

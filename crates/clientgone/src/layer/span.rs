@@ -224,19 +224,35 @@ struct Pending {
 }
 
 impl Pending {
-    /// Builds the span as it would have been built at the start: same ids,
-    /// same parent, same start time.
-    fn build(self, name: String, ids: &SpanContext) -> Context {
+    /// Builds the span, ended, as it would have been built at the start —
+    /// same ids, same parent, same start time — with its end's attributes,
+    /// and event in the builder (moved in whole, not added one by one) and
+    /// its status, and ends it now.
+    fn build_ended(self, name: String, ids: &SpanContext, ending: Ending) {
+        use opentelemetry::trace::Span as _;
         let Tracing::Deferred(deferred) = &*self.tracer else {
-            return self.parent;
+            return;
         };
-        let builder = SpanBuilder::from_name(name)
+        let now = SystemTime::now();
+        let mut builder = SpanBuilder::from_name(name)
             .with_kind(SpanKind::Server)
-            .with_start_time(self.started);
+            .with_start_time(self.started)
+            .with_attributes(ending.attributes);
+        if let Some(event) = ending.event {
+            builder = builder.with_events(vec![opentelemetry::trace::Event::new(
+                DISCONNECT_EVENT,
+                now,
+                event,
+                0,
+            )]);
+        }
         PRESET.with(|p| p.set((Some(ids.trace_id()), Some(ids.span_id()))));
-        let span = deferred.build_with_context(builder, &self.parent);
+        let mut span = deferred.build_with_context(builder, &self.parent);
         PRESET.with(|p| p.set((None, None)));
-        self.parent.with_span(span)
+        if ending.status != Status::Unset {
+            span.set_status(ending.status);
+        }
+        span.end_with_timestamp(now);
     }
 }
 
@@ -355,37 +371,36 @@ impl RequestSpan {
         }
     }
 
-    /// The span to write the end onto: the one built at the start, or —
-    /// deferred — built now if it will be exported (`None`: it will not).
-    fn span_for_end(&mut self, name: impl FnOnce() -> String, must_keep: bool) -> Option<Context> {
-        let Some(pending) = self.pending.take() else {
-            return Some(std::mem::replace(&mut self.context, Context::new()));
-        };
-        let span = self.context.span();
-        let ids = span.span_context();
+    /// The context to make current while the request's code runs.
+    pub(crate) fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The deferred span, if any, and whether it is to be built: `None` for
+    /// a span built at the start; `Some(None)` for a deferred one that will
+    /// not be exported (counted as sampled out).
+    fn take_pending(&mut self, must_keep: bool) -> Option<Option<(Pending, SpanContext)>> {
+        let pending = self.pending.take()?;
+        let ids = self.context.span().span_context().clone();
         if !ids.is_sampled() && !must_keep {
             if let Tracing::Deferred(deferred) = &*pending.tracer {
                 deferred.sampler.sampled_out();
             }
-            return None;
+            return Some(None);
         }
-        Some(pending.build(name(), ids))
-    }
-
-    /// The context to make current while the request's code runs.
-    pub(crate) fn context(&self) -> &Context {
-        &self.context
+        Some(Some((pending, ids)))
     }
 
     /// Writes the end of a gRPC call onto the span and ends it.
     pub(crate) fn finish_call(mut self, record: &CallRecord<'_>, unacked_bytes: Option<u64>) {
         let broken = matches!(record.end, End::Disconnect { .. });
         let failed = is_server_error(record.status);
-        let Some(context) = self.span_for_end(|| record.method.to_owned(), broken || failed) else {
+        let pending = self.take_pending(broken || failed);
+        if matches!(pending, Some(None)) {
             return;
-        };
-        let span = context.span();
-        if !span.span_context().is_sampled() && !broken && !failed {
+        }
+        let span = self.context.span();
+        if pending.is_none() && !span.span_context().is_sampled() && !broken && !failed {
             return span.end();
         }
         let attributes = vec![
@@ -402,30 +417,35 @@ impl RequestSpan {
             body_bytes_sent: record.body_bytes_sent,
             unacked_bytes,
         };
-        write_outcome(
-            &span,
+        let ending = Ending::new(
             attributes,
             self.facts.client,
             record.end,
             failure,
             disconnect,
-            None,
         );
-        span.end();
+        match pending {
+            Some(Some((pending, ids))) => {
+                pending.build_ended(record.method.to_owned(), &ids, ending)
+            }
+            _ => {
+                ending.write(&span, None);
+                span.end();
+            }
+        }
     }
 
-    /// Writes the end of the request onto the span and ends it.
+    /// Writes the end of the request onto the span and ends it; `name` is
+    /// the span's (`{method} {route}`), for a span built only now.
     pub(crate) fn finish(
         mut self,
         route: &Arc<str>,
+        name: &str,
         record: &Record<'_>,
         unacked_bytes: Option<u64>,
     ) {
         let must_keep = matches!(record.end, End::Disconnect { .. }) || record.status >= 500;
-        let name = || format!("{} {}", record.method, route);
-        let Some(context) = self.span_for_end(name, must_keep) else {
-            return;
-        };
+        let pending = self.take_pending(must_keep);
         let path = self.facts.path.as_ref().map_or("/", PathAndQuery::path);
         let facts = SpanEnd {
             path,
@@ -434,7 +454,14 @@ impl RequestSpan {
             unacked_bytes,
             at: None,
         };
-        write_end(context.span(), route, record, facts);
+        match pending {
+            Some(None) => {}
+            Some(Some((pending, ids))) => {
+                let ending = request_ending(route, record, facts);
+                pending.build_ended(name.to_owned(), &ids, ending);
+            }
+            None => write_end(self.context.span(), route, record, facts),
+        }
     }
 }
 
@@ -452,7 +479,8 @@ struct SpanEnd<'a> {
 /// written once at its end — the one writer of both the layer's spans and
 /// [`export_request_span`]'s.
 fn write_end(span: SpanRef<'_>, route: &Arc<str>, record: &Record<'_>, facts: SpanEnd<'_>) {
-    let end = |span: SpanRef<'_>| match facts.at {
+    let at = facts.at;
+    let end = |span: SpanRef<'_>| match at {
         Some(at) => span.end_with_timestamp(at),
         None => span.end(),
     };
@@ -463,7 +491,13 @@ fn write_end(span: SpanRef<'_>, route: &Arc<str>, record: &Record<'_>, facts: Sp
         // will drop it: no attributes to build.
         return end(span);
     }
-    let mut attributes = Vec::with_capacity(8);
+    request_ending(route, record, facts).write(&span, at);
+    end(span)
+}
+
+/// The end of a request's span: its attributes, status and event.
+fn request_ending(route: &Arc<str>, record: &Record<'_>, facts: SpanEnd<'_>) -> Ending {
+    let mut attributes = Vec::with_capacity(9);
     attributes.extend([
         KeyValue::new("http.request.method", record.method),
         KeyValue::new("http.route", StringValue::from(Arc::clone(route))),
@@ -472,7 +506,7 @@ fn write_end(span: SpanRef<'_>, route: &Arc<str>, record: &Record<'_>, facts: Sp
         KeyValue::new("url.scheme", "http"),
         KeyValue::new("network.protocol.version", facts.version),
     ]);
-    let failure = failed.then(|| record.status.to_string().into());
+    let failure = (record.status >= 500).then(|| record.status.to_string().into());
     let disconnect = |phase, cause| Disconnect {
         phase,
         cause,
@@ -480,51 +514,68 @@ fn write_end(span: SpanRef<'_>, route: &Arc<str>, record: &Record<'_>, facts: Sp
         body_bytes_sent: record.body_bytes_sent,
         unacked_bytes: facts.unacked_bytes,
     };
-    write_outcome(
-        &span,
-        attributes,
-        facts.client,
-        record.end,
-        failure,
-        disconnect,
-        facts.at,
-    );
-    end(span)
+    Ending::new(attributes, facts.client, record.end, failure, disconnect)
 }
 
-/// What the end of every span writes after its own attributes —
-/// `client.address`, then the outcome: a break's Error status and
-/// `client.disconnect` event (at `at`, if not now), a failure's Error status
-/// and `error.type`, or nothing more. The one writer for requests and calls.
-fn write_outcome(
-    span: &SpanRef<'_>,
-    mut attributes: Vec<KeyValue>,
-    client: Option<Arc<str>>,
-    end: End,
-    failure: Option<opentelemetry::Value>,
-    disconnect: impl FnOnce(Phase, Cause) -> Disconnect,
-    at: Option<SystemTime>,
-) {
-    if let Some(client) = client {
-        attributes.push(KeyValue::new("client.address", StringValue::from(client)));
+/// What the end of every span writes: its own attributes, `client.address`,
+/// then the outcome — a break's Error status and `client.disconnect` event,
+/// a failure's Error status and `error.type`, or nothing more. The one
+/// description for requests and calls, written onto a span (`write`) or
+/// into the builder of one built at its end (`Pending::build_ended`).
+struct Ending {
+    attributes: Vec<KeyValue>,
+    status: Status,
+    event: Option<Vec<KeyValue>>,
+}
+
+impl Ending {
+    fn new(
+        mut attributes: Vec<KeyValue>,
+        client: Option<Arc<str>>,
+        end: End,
+        failure: Option<opentelemetry::Value>,
+        disconnect: impl FnOnce(Phase, Cause) -> Disconnect,
+    ) -> Ending {
+        if let Some(client) = client {
+            attributes.push(KeyValue::new("client.address", StringValue::from(client)));
+        }
+        match (end, failure) {
+            (End::Disconnect { phase, cause }, _) => {
+                attributes.push(KeyValue::new("error.type", "client_disconnect"));
+                Ending {
+                    attributes,
+                    status: Status::error("client disconnected"),
+                    event: Some(disconnect(phase, cause).attributes()),
+                }
+            }
+            (_, Some(error_type)) => {
+                attributes.push(KeyValue::new("error.type", error_type));
+                Ending {
+                    attributes,
+                    status: Status::error(""),
+                    event: None,
+                }
+            }
+            _ => Ending {
+                attributes,
+                status: Status::Unset,
+                event: None,
+            },
+        }
     }
-    match (end, failure) {
-        (End::Disconnect { phase, cause }, _) => {
-            attributes.push(KeyValue::new("error.type", "client_disconnect"));
-            span.set_attributes(attributes);
-            span.set_status(Status::error("client disconnected"));
-            let event = disconnect(phase, cause).attributes();
+
+    /// Onto a span built at the start; the event at `at`, if not now.
+    fn write(self, span: &SpanRef<'_>, at: Option<SystemTime>) {
+        span.set_attributes(self.attributes);
+        if self.status != Status::Unset {
+            span.set_status(self.status);
+        }
+        if let Some(event) = self.event {
             match at {
                 Some(at) => span.add_event_with_timestamp(DISCONNECT_EVENT, at, event),
                 None => span.add_event(DISCONNECT_EVENT, event),
             }
         }
-        (_, Some(error_type)) => {
-            attributes.push(KeyValue::new("error.type", error_type));
-            span.set_attributes(attributes);
-            span.set_status(Status::error(""));
-        }
-        _ => span.set_attributes(attributes),
     }
 }
 
@@ -717,7 +768,7 @@ mod tests {
             "nothing built at the start"
         );
         let route: Arc<str> = Arc::from("/items/{id}");
-        span.finish(&route, &record(end, status), None);
+        span.finish(&route, "GET /items/{id}", &record(end, status), None);
         (seen, recording)
     }
 
