@@ -74,6 +74,36 @@ impl Req {
     fn route(&self) -> &str {
         self.route.as_deref().unwrap_or(UNMATCHED_ROUTE)
     }
+
+    /// Reports this request's end (at `ts_ns`) to the sink: the one place
+    /// both a completion and a break build their record.
+    fn end(
+        &self,
+        port: u16,
+        status: u16,
+        end: End,
+        ts_ns: u64,
+        unacked: Option<u32>,
+        sink: &mut impl Sink,
+    ) {
+        sink.request_ended(
+            port,
+            &Record {
+                method: self.method,
+                route: self.route(),
+                status,
+                end,
+                elapsed: nanos(ts_ns.saturating_sub(self.start_ns)),
+                body_bytes_sent: self.body_sent,
+            },
+            &Ended {
+                path: &self.path,
+                version: self.version,
+                start_ns: self.start_ns,
+                unacked,
+            },
+        );
+    }
 }
 
 impl Exchange {
@@ -118,23 +148,9 @@ impl Exchange {
             BodyProgress::Failed
         };
         let phase = break_phase(body, req.resp.is_some());
-        sink.request_ended(
-            self.port,
-            &Record {
-                method: req.method,
-                route: req.route(),
-                status: recorded_status(Some(phase), req.resp.map(|(s, _)| s)),
-                end: End::Disconnect { phase, cause },
-                elapsed: nanos(ts_ns.saturating_sub(req.start_ns)),
-                body_bytes_sent: req.body_sent,
-            },
-            &Ended {
-                path: &req.path,
-                version: req.version,
-                start_ns: req.start_ns,
-                unacked: Some(unacked),
-            },
-        );
+        let status = recorded_status(Some(phase), req.resp.map(|(s, _)| s));
+        let end = End::Disconnect { phase, cause };
+        req.end(self.port, status, end, ts_ns, Some(unacked), sink);
     }
 
     /// Leaves this connection's requests out from now on.
@@ -317,23 +333,7 @@ impl Exchange {
         let Some(req) = self.req.take() else { return };
         let status = req.resp.map_or(500, |(s, _)| s);
         self.served_any = true;
-        sink.request_ended(
-            self.port,
-            &Record {
-                method: req.method,
-                route: req.route(),
-                status,
-                end: End::Completed,
-                elapsed: nanos(ts_ns.saturating_sub(req.start_ns)),
-                body_bytes_sent: req.body_sent,
-            },
-            &Ended {
-                path: &req.path,
-                version: req.version,
-                start_ns: req.start_ns,
-                unacked: None,
-            },
-        );
+        req.end(self.port, status, End::Completed, ts_ns, None, sink);
     }
 
     /// The server gave the connection up with a request in flight: its own

@@ -195,8 +195,7 @@ impl DeferredTracer {
         unacked_bytes: Option<u64>,
     ) {
         let trace_id = TraceId::from_bytes(random_nonzero(|| fastrand::u128(..).to_be_bytes()));
-        let must_keep = matches!(record.end, End::Disconnect { .. }) || record.status >= 500;
-        if !must_keep && !self.sampler.sampled(&Context::new(), trace_id) {
+        if !must_keep(record) && !self.sampler.sampled(&Context::new(), trace_id) {
             self.sampler.sampled_out();
             return;
         }
@@ -444,8 +443,7 @@ impl RequestSpan {
         record: &Record<'_>,
         unacked_bytes: Option<u64>,
     ) {
-        let must_keep = matches!(record.end, End::Disconnect { .. }) || record.status >= 500;
-        let pending = self.take_pending(must_keep);
+        let pending = self.take_pending(must_keep(record));
         let path = self.facts.path.as_ref().map_or("/", PathAndQuery::path);
         let facts = SpanEnd {
             path,
@@ -484,15 +482,19 @@ fn write_end(span: SpanRef<'_>, route: &Arc<str>, record: &Record<'_>, facts: Sp
         Some(at) => span.end_with_timestamp(at),
         None => span.end(),
     };
-    let broken = matches!(record.end, End::Disconnect { .. });
-    let failed = record.status >= 500;
-    if !span.span_context().is_sampled() && !broken && !failed {
+    if !span.span_context().is_sampled() && !must_keep(record) {
         // Recorded only in case it broke; it did not, and the pipeline
         // will drop it: no attributes to build.
         return end(span);
     }
     request_ending(route, record, facts).write(&span, at);
     end(span)
+}
+
+/// Whether a request's span is exported whatever the sampler said: it broke
+/// or failed.
+fn must_keep(record: &Record<'_>) -> bool {
+    matches!(record.end, End::Disconnect { .. }) || record.status >= 500
 }
 
 /// The end of a request's span: its attributes, status and event.
