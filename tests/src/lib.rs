@@ -24,6 +24,16 @@ pub use prom::{Labels, Scrape, scrape};
 /// condition holds, so it costs nothing when things work.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// A loopback port free now, for a server started afterwards (one not ours,
+/// which picks no port of its own).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
 /// Starts the demo on loopback, port 0, with default connection options.
 pub async fn start_demo() -> RunningDemo {
     start_demo_with(ConnectionOptions::default()).await

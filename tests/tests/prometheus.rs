@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clientgone_agent::traffic::{self, TrafficConfig};
-use clientgone_tests::{DEADLINE, prom, start_demo};
+use clientgone_tests::{DEADLINE, free_port, prom, start_demo};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -48,14 +48,6 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_prometheus(target: SocketAddr) -> Prometheus {

@@ -42,10 +42,7 @@ async fn start_traced(config: OtlpConfig) -> Traced {
 
 impl Traced {
     async fn flush(&self) -> Result<(), String> {
-        let pipeline = self.pipeline.clone();
-        tokio::task::spawn_blocking(move || pipeline.force_flush())
-            .await
-            .unwrap()
+        flush(&self.pipeline).await
     }
 
     /// A `/hello` that the client leaves with a FIN while the handler waits.
@@ -69,6 +66,15 @@ impl Traced {
         )
         .await;
     }
+}
+
+/// Exports what the pipeline queued, off the runtime's threads (the SDK's
+/// flush blocks).
+async fn flush(pipeline: &Arc<OtlpPipeline>) -> Result<(), String> {
+    let pipeline = pipeline.clone();
+    tokio::task::spawn_blocking(move || pipeline.force_flush())
+        .await
+        .unwrap()
 }
 
 fn is_broken_hello(s: &ReceivedSpan) -> bool {
@@ -266,11 +272,7 @@ async fn a_handlers_own_span_is_a_child_of_the_request_span_and_errors_are_marke
     let (status, body) = conn.request("GET", "/orders").await;
     assert_eq!((status, &body[..]), (200, &b"chunk 0\nchunk 1\n"[..]));
     conn.close().await;
-    let flusher = pipeline.clone();
-    tokio::task::spawn_blocking(move || flusher.force_flush())
-        .await
-        .unwrap()
-        .expect("flush");
+    flush(&pipeline).await.expect("flush");
 
     let mut seen = Vec::new();
     for name in ["GET /orders/{id}", "load order", "GET /fail", "GET /orders"] {
@@ -625,11 +627,7 @@ async fn deferred_spans_keep_their_children_and_downstream_headers_linked_at_rat
         value("http_server_client_disconnects_total") == 1.0
     })
     .await;
-    let flusher = pipeline.clone();
-    tokio::task::spawn_blocking(move || flusher.force_flush())
-        .await
-        .unwrap()
-        .expect("flush");
+    flush(&pipeline).await.expect("flush");
 
     let mut spans = Vec::new();
     for trace in [sampled, broken] {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 
 use clientgone_tests::client::{Http1Connection, close_fin, close_rst, read_until, send_raw};
 use clientgone_tests::prom::{Scrape, scrape};
-use clientgone_tests::{wait_for_value, wait_until};
+use clientgone_tests::{free_port, wait_for_value, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clientgone");
 const SERVER_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/watch/server.py");
@@ -37,13 +37,16 @@ fn python_server() -> (Killed, SocketAddr) {
 
 /// The same with `args` (`--tls CERT KEY`, a port).
 fn python_server_with(args: &[&str]) -> (Killed, SocketAddr) {
-    let mut child = Command::new("python3")
-        .arg(SERVER_PY)
-        .args(args)
+    server_on_printed_port(Command::new("python3").arg(SERVER_PY).args(args))
+}
+
+/// A server that prints the loopback port it listens on as its first line.
+fn server_on_printed_port(command: &mut Command) -> (Killed, SocketAddr) {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("spawn python3");
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -159,11 +162,7 @@ async fn nginx(dir: &Path, http: &str, server: &str) -> (Killed, SocketAddr) {
 
 /// The same with `listen` parameters (`ssl`).
 async fn nginx_listen(dir: &Path, listen: &str, http: &str, server: &str) -> (Killed, SocketAddr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let conf = format!(
         "user root; master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log;
          events {{ worker_connections 256; }}

@@ -39,15 +39,6 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A free loopback port (to start a server on after the agent).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One run of tests/watch/tls_client.py.
 struct TlsClient {
     _child: Killed,
@@ -106,6 +97,21 @@ fn requests(addr: SocketAddr, paths: &[String]) -> Vec<u16> {
     (0..paths.len())
         .map(|_| client.line().parse().expect("a status"))
         .collect()
+}
+
+/// A declared body sent in part over TLS to `path` (route `route`), then a
+/// FIN: a break in the request body.
+async fn half_body_then_fin(w: &Watch, addr: SocketAddr, path: &str, route: &str) {
+    let upload = format!(
+        "POST {path} HTTP/1.1\\r\\nHost: t\\r\\nContent-Length: 1000\\r\\n\\r\\n{}",
+        "a".repeat(100)
+    );
+    let client = TlsClient::hold(addr, "hold", &[&upload]);
+    w.wait(ACTIVE, &[("http_request_method", "POST")], 1.0)
+        .await;
+    client.close("fin");
+    w.wait(DISCONNECTS, &brk(route, "request_body", "closed"), 1.0)
+        .await;
 }
 
 /// What every TLS server test checks of the clients it broke: FIN and RST
@@ -192,20 +198,7 @@ async fn python_https_server_breaks_are_counted_exactly(capture: &'static str) {
     fin_and_rst_mid_handler(&w, addr, "/slow", "unmatched").await;
 
     // A declared body sent in part, then FIN.
-    let upload = format!(
-        "POST /upload HTTP/1.1\\r\\nHost: t\\r\\nContent-Length: 1000\\r\\n\\r\\n{}",
-        "a".repeat(100)
-    );
-    let client = TlsClient::hold(addr, "hold", &[&upload]);
-    w.wait(ACTIVE, &[("http_request_method", "POST")], 1.0)
-        .await;
-    client.close("fin");
-    w.wait(
-        DISCONNECTS,
-        &brk("unmatched", "request_body", "closed"),
-        1.0,
-    )
-    .await;
+    half_body_then_fin(&w, addr, "/upload", "unmatched").await;
 
     // RST in the middle of a 32 MiB response.
     TlsClient::hold(addr, "big", &["/big"]).close("rst");
@@ -325,20 +318,7 @@ async fn nginx_terminating_tls_in_front_of_a_slow_backend_is_counted_exactly(
 
     // A declared body sent in part, then FIN: nginx reads bodies before it
     // proxies, so the break is in the request body.
-    let upload = format!(
-        "POST /api/upload HTTP/1.1\\r\\nHost: t\\r\\nContent-Length: 1000\\r\\n\\r\\n{}",
-        "a".repeat(100)
-    );
-    let client = TlsClient::hold(addr, "hold", &[&upload]);
-    w.wait(ACTIVE, &[("http_request_method", "POST")], 1.0)
-        .await;
-    client.close("fin");
-    w.wait(
-        DISCONNECTS,
-        &brk("/api/{*rest}", "request_body", "closed"),
-        1.0,
-    )
-    .await;
+    half_body_then_fin(&w, addr, "/api/upload", "/api/{*rest}").await;
 
     // RST in the middle of the large file (written through SSL_write).
     TlsClient::hold(addr, "big", &["/big.bin"]).close("rst");
@@ -407,18 +387,8 @@ async fn a_go_tls_server_is_skipped_as_tls_and_its_connections_counted() {
         .status()
         .expect("run go build");
     assert!(built.success(), "go build failed");
-    let mut child = Command::new(&binary)
-        .args([path(&cert), path(&key)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the Go server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Killed(child);
-    let addr = SocketAddr::from(([127, 0, 0, 1], line.trim().parse::<u16>().unwrap()));
+    let (_server, addr) =
+        server_on_printed_port(Command::new(&binary).args([path(&cert), path(&key)]));
     let port_s = addr.port().to_string();
     let w = watch("socket", &["--port", &port_s]);
     let tls_line = w.startup.last().unwrap();
@@ -456,18 +426,11 @@ async fn a_go_tls_server_is_skipped_as_tls_and_its_connections_counted() {
 async fn an_asyncio_https_server_is_skipped_as_tls_unmapped() {
     let dir = scratch_dir("tls-asyncio", "socket");
     let (cert, key) = certificate(&dir);
-    let mut child = Command::new("python3")
-        .args([ASYNCIO_SERVER_PY, path(&cert), path(&key)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Killed(child);
-    let addr = SocketAddr::from(([127, 0, 0, 1], line.trim().parse::<u16>().unwrap()));
+    let (_server, addr) = server_on_printed_port(Command::new("python3").args([
+        ASYNCIO_SERVER_PY,
+        path(&cert),
+        path(&key),
+    ]));
     let w = watch("socket", &["--port", &addr.port().to_string()]);
     for _ in 0..2 {
         assert_eq!(requests(addr, &["/a".into(), "/b".into()]), [200, 200]);
