@@ -62,20 +62,12 @@ pub fn open_connections(ports: &BTreeSet<u16>) -> HashMap<u64, u16> {
 
 /// The ports process `pid` listens on.
 pub fn ports_of(pid: u32) -> Result<BTreeSet<u16>, String> {
-    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+    let inodes = socket_inodes(pid)
         .map_err(|e| format!("--pid {pid}: cannot read its descriptors ({e})"))?;
     let listening = listening(pid);
-    let mut ports = BTreeSet::new();
-    for fd in fds.flatten() {
-        let Ok(target) = fs::read_link(fd.path()) else {
-            continue;
-        };
-        let inode = socket_inode(&target.to_string_lossy());
-        if let Some(port) = inode.and_then(|i| listening.get(&i)) {
-            ports.insert(*port);
-        }
-    }
-    Ok(ports)
+    Ok(inodes
+        .filter_map(|inode| listening.get(&inode).copied())
+        .collect())
 }
 
 /// The processes with a listening socket on one of `ports`, in any network
@@ -84,16 +76,10 @@ pub fn ports_of(pid: u32) -> Result<BTreeSet<u16>, String> {
 /// (another user's, without CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH).
 pub fn servers(ports: &BTreeSet<u16>) -> (Vec<u32>, usize) {
     let mut hidden = 0;
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return (Vec::new(), hidden);
-    };
     // Network namespace → its listening sockets on the watched ports.
     let mut tables: HashMap<std::path::PathBuf, HashMap<u64, u16>> = HashMap::new();
     let mut found = Vec::new();
-    for pid in dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-    {
+    for pid in pids() {
         let Ok(ns) = fs::read_link(format!("/proc/{pid}/ns/net")) else {
             hidden += usize::from(!kernel_thread(pid));
             continue;
@@ -106,17 +92,11 @@ pub fn servers(ports: &BTreeSet<u16>) -> (Vec<u32>, usize) {
         if listening.is_empty() {
             continue;
         }
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        let Ok(mut inodes) = socket_inodes(pid) else {
             hidden += usize::from(!kernel_thread(pid));
             continue;
         };
-        let listens = fds.flatten().any(|fd| {
-            fs::read_link(fd.path())
-                .ok()
-                .and_then(|t| socket_inode(&t.to_string_lossy()))
-                .is_some_and(|inode| listening.contains_key(&inode))
-        });
-        if listens {
+        if inodes.any(|inode| listening.contains_key(&inode)) {
             found.push(pid);
         }
     }
@@ -128,12 +108,28 @@ fn kernel_thread(pid: u32) -> bool {
     fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty())
 }
 
-/// The inode of a descriptor's link target `socket:[N]`.
-fn socket_inode(target: &str) -> Option<u64> {
-    target
-        .strip_prefix("socket:[")
-        .and_then(|t| t.strip_suffix(']'))
-        .and_then(|t| t.parse::<u64>().ok())
+/// Every process's id, from `/proc`.
+fn pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+}
+
+/// The inodes of the sockets in process `pid`'s descriptor table (the
+/// descriptors' link targets `socket:[N]`).
+fn socket_inodes(pid: u32) -> std::io::Result<impl Iterator<Item = u64>> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))?;
+    Ok(fds.flatten().filter_map(|fd| {
+        let target = fs::read_link(fd.path()).ok()?;
+        target
+            .to_str()?
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()
+    }))
 }
 
 /// The command name of process `pid` (`?` if it is gone).
@@ -145,11 +141,7 @@ pub fn comm(pid: u32) -> String {
 
 /// The processes whose command name (`/proc/PID/comm`) is `name`.
 pub fn pids_named(name: &str) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    pids()
         .filter(|pid| {
             fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == name)
         })
