@@ -8,7 +8,7 @@
 use std::os::fd::AsRawFd;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::{BtfTracePoint, UProbe};
 use aya::{Btf, Ebpf, EbpfLoader};
 
@@ -306,49 +306,62 @@ fn attach_file(ebpf: &mut Ebpf, path: &std::path::Path) -> Result<(), String> {
     let mut links = Vec::new();
     let placed = placements(path);
     for (function, cookie) in FUNCTIONS {
-        let probes = match placed.get(function) {
-            Some(&Placement::Inside { enter, exit }) => [
-                ("cg_ssl_exit", UProbeAttachLocation::AbsoluteOffset(exit)),
-                ("cg_ssl_enter", UProbeAttachLocation::AbsoluteOffset(enter)),
-            ],
-            _ => [
-                ("cg_ssl_return", UProbeAttachLocation::Symbol(function)),
-                ("cg_ssl_enter", UProbeAttachLocation::Symbol(function)),
-            ],
+        let attached = match placed.get(function) {
+            Some(&Placement::Inside { enter, exit }) => attach_pair(
+                ebpf,
+                path,
+                [("cg_ssl_exit", exit), ("cg_ssl_enter", enter)],
+                cookie,
+            ),
+            Some(&Placement::Entry { at }) => attach_pair(
+                ebpf,
+                path,
+                [("cg_ssl_return", at), ("cg_ssl_enter", at)],
+                cookie,
+            ),
+            None => Err("not exported".to_owned()),
         };
-        let mut these = Vec::new();
-        let mut failed = None;
-        for (name, location) in probes {
-            let point = UProbeAttachPoint {
-                location,
-                cookie: Some(cookie),
-            };
-            match uprobe(ebpf, name)?.attach(point, path, UProbeScope::AllProcesses) {
-                Ok(link) => these.push((name, link)),
-                Err(e) => {
-                    failed = Some(chain(&e));
-                    break;
-                }
+        match attached {
+            Ok(pair) => links.extend(pair),
+            // The _ex forms, the handshake, early data and the peeks may be
+            // missing (OpenSSL before 1.1.1, a trimmed static build): the
+            // plaintext of the others is still whole.
+            Err(e) if REQUIRED.contains(&function) => {
+                detach(ebpf, links);
+                return Err(format!("{function}: {e}"));
             }
-        }
-        match failed {
-            None => links.extend(these),
-            Some(e) => {
-                detach(ebpf, these);
-                // The _ex forms, the handshake, early data and the peeks may
-                // be missing (OpenSSL before 1.1.1, a trimmed static build):
-                // the plaintext of the others is still whole.
-                if REQUIRED.contains(&function) {
-                    detach(ebpf, links);
-                    return Err(format!("{function}: {e}"));
-                }
-            }
+            Err(_) => {}
         }
     }
     Ok(())
 }
 
-fn detach(ebpf: &mut Ebpf, links: Vec<(&str, aya::programs::uprobe::UProbeLinkId)>) {
+/// Attaches a function's two probes (return side first) at their file
+/// offsets in `path`; on a failure, detaches what it attached.
+fn attach_pair(
+    ebpf: &mut Ebpf,
+    path: &std::path::Path,
+    probes: [(&'static str, u64); 2],
+    cookie: u64,
+) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
+    let mut pair = Vec::new();
+    for (name, offset) in probes {
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset),
+            cookie: Some(cookie),
+        };
+        match uprobe(ebpf, name)?.attach(point, path, UProbeScope::AllProcesses) {
+            Ok(link) => pair.push((name, link)),
+            Err(e) => {
+                detach(ebpf, pair);
+                return Err(chain(&e));
+            }
+        }
+    }
+    Ok(pair)
+}
+
+fn detach(ebpf: &mut Ebpf, links: Vec<(&str, UProbeLinkId)>) {
     for (name, link) in links {
         if let Ok(program) = uprobe(ebpf, name) {
             let _ = program.detach(link);

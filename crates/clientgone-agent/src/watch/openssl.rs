@@ -188,27 +188,27 @@ mod tests {
                 exit: 0x38
             }
         );
-        assert_eq!(place(&hex(SSL_READ_EX)), Placement::Entry);
+        assert_eq!(place(&hex(SSL_READ_EX)), Placement::Entry { at: 0 });
         // An argument register written before the first emulated
         // instruction, eax written after the last, a tail call, a jump back
         // to the call side, an exit whose taken side comes back, garbage.
         let mut clobbered = hex(SSL_READ);
         clobbered[0x14..0x16].copy_from_slice(&[0x31, 0xf6]); // test → xor %esi,%esi
-        assert_eq!(place(&clobbered), Placement::Entry);
+        assert_eq!(place(&clobbered), Placement::Entry { at: 0 });
         let mut late = hex(SSL_READ);
         late[0x3e..0x40].copy_from_slice(&[0x31, 0xc0]); // xor %edx → xor %eax
-        assert_eq!(place(&late), Placement::Entry);
+        assert_eq!(place(&late), Placement::Entry { at: 0 });
         let mut tail = hex(SSL_READ);
         tail[0x46] = 0xe9; // ret → jmp rel32 out of the function
-        assert_eq!(place(&tail[..0x4b]), Placement::Entry);
+        assert_eq!(place(&tail[..0x4b]), Placement::Entry { at: 0 });
         let mut again = hex(SSL_READ);
         again[0x7d] = 0x98; // the error path's jmp (at 0x7c) back to the js at 0x16
-        assert_eq!(place(&again), Placement::Entry);
+        assert_eq!(place(&again), Placement::Entry { at: 0 });
         let mut back = hex(SSL_READ);
         back[0x7e..0x83].copy_from_slice(&[0xe9, 0xd7, 0xff, 0xff, 0xff]); // call → jmp 0x5a
-        assert_eq!(place(&back), Placement::Entry);
-        assert_eq!(place(&[0xff; 40]), Placement::Entry);
-        assert_eq!(place(&[]), Placement::Entry);
+        assert_eq!(place(&back), Placement::Entry { at: 0 });
+        assert_eq!(place(&[0xff; 40]), Placement::Entry { at: 0 });
+        assert_eq!(place(&[]), Placement::Entry { at: 0 });
     }
 
     #[test]
@@ -249,8 +249,12 @@ mod tests {
 /// Where a function's two probes go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement {
-    /// A uprobe on the first instruction, a uretprobe for the return.
-    Entry,
+    /// A uprobe on the first instruction, a uretprobe for the return; `at`
+    /// is the function's file offset.
+    Entry {
+        /// File offset of the function's first instruction.
+        at: u64,
+    },
     /// Two uprobes at these offsets in the file, both on instructions the
     /// kernel emulates: `enter` where the arguments are still in their
     /// registers, `exit` where `eax` holds the return value, on every path
@@ -263,8 +267,9 @@ pub enum Placement {
     },
 }
 
-/// The placement of each of [`FUNCTIONS`] that `path` defines (x86-64 ELF);
-/// functions it cannot read are left out (attached at their entry).
+/// The placement of each of [`FUNCTIONS`] that `path` defines (x86-64 ELF),
+/// by file offset; the file is read and its symbols resolved here once, for
+/// every probe of it. A function not in the map is not there to probe.
 pub fn placements(path: &Path) -> HashMap<&'static str, Placement> {
     use object::{Object, ObjectSection, ObjectSymbol};
     let mut found = HashMap::new();
@@ -309,7 +314,7 @@ pub fn placements(path: &Path) -> HashMap<&'static str, Placement> {
                 enter: start + enter,
                 exit: start + exit,
             },
-            Placement::Entry => Placement::Entry,
+            Placement::Entry { at } => Placement::Entry { at: start + at },
         };
         found.insert(function, placement);
     }
@@ -357,9 +362,10 @@ fn writes(i: &iced_x86::Instruction) -> Result<Option<iced_x86::Register>, ()> {
     }
 }
 
-/// The placement for one function's machine code (x86-64).
+/// The placement for one function's machine code (x86-64), by offset from
+/// its start.
 fn place(code: &[u8]) -> Placement {
-    place_inside(code).unwrap_or(Placement::Entry)
+    place_inside(code).unwrap_or(Placement::Entry { at: 0 })
 }
 
 fn place_inside(code: &[u8]) -> Option<Placement> {
