@@ -375,32 +375,36 @@ impl RequestSpan {
         &self.context
     }
 
-    /// The deferred span, if any, and whether it is to be built: `None` for
-    /// a span built at the start; `Some(None)` for a deferred one that will
-    /// not be exported (counted as sampled out).
-    fn take_pending(&mut self, must_keep: bool) -> Option<Option<(Pending, SpanContext)>> {
-        let pending = self.pending.take()?;
+    /// What the span's end is to do: a span neither sampled, broken
+    /// (`must_keep`) nor failed is ended now, or — deferred — never built
+    /// (counted as sampled out); otherwise its end is written onto the span
+    /// built at the start, or the deferred span is built.
+    fn at_end(&mut self, must_keep: bool) -> AtEnd {
         let ids = self.context.span().span_context().clone();
-        if !ids.is_sampled() && !must_keep {
-            if let Tracing::Deferred(deferred) = &*pending.tracer {
-                deferred.sampler.sampled_out();
+        let keep = must_keep || ids.is_sampled();
+        match self.pending.take() {
+            None if keep => AtEnd::Write,
+            None => {
+                self.context.span().end();
+                AtEnd::Nothing
             }
-            return Some(None);
+            Some(pending) if keep => AtEnd::Build(pending, ids),
+            Some(pending) => {
+                if let Tracing::Deferred(deferred) = &*pending.tracer {
+                    deferred.sampler.sampled_out();
+                }
+                AtEnd::Nothing
+            }
         }
-        Some(Some((pending, ids)))
     }
 
     /// Writes the end of a gRPC call onto the span and ends it.
     pub(crate) fn finish_call(mut self, record: &CallRecord<'_>, unacked_bytes: Option<u64>) {
         let broken = matches!(record.end, End::Disconnect { .. });
         let failed = is_server_error(record.status);
-        let pending = self.take_pending(broken || failed);
-        if matches!(pending, Some(None)) {
+        let at_end = self.at_end(broken || failed);
+        if matches!(at_end, AtEnd::Nothing) {
             return;
-        }
-        let span = self.context.span();
-        if pending.is_none() && !span.span_context().is_sampled() && !broken && !failed {
-            return span.end();
         }
         let attributes = vec![
             KeyValue::new("rpc.system.name", "grpc"),
@@ -418,20 +422,12 @@ impl RequestSpan {
         };
         let ending = Ending::new(
             attributes,
-            self.facts.client,
+            self.facts.client.take(),
             record.end,
             failure,
             disconnect,
         );
-        match pending {
-            Some(Some((pending, ids))) => {
-                pending.build_ended(record.method.to_owned(), &ids, ending)
-            }
-            _ => {
-                ending.write(&span, None);
-                span.end();
-            }
-        }
+        self.end_with(at_end, || record.method.to_owned(), ending);
     }
 
     /// Writes the end of the request onto the span and ends it; `name` is
@@ -443,24 +439,45 @@ impl RequestSpan {
         record: &Record<'_>,
         unacked_bytes: Option<u64>,
     ) {
-        let pending = self.take_pending(must_keep(record));
+        let at_end = self.at_end(must_keep(record));
+        if matches!(at_end, AtEnd::Nothing) {
+            return;
+        }
         let path = self.facts.path.as_ref().map_or("/", PathAndQuery::path);
         let facts = SpanEnd {
             path,
             version: self.facts.version,
-            client: self.facts.client,
+            client: self.facts.client.take(),
             unacked_bytes,
             at: None,
         };
-        match pending {
-            Some(None) => {}
-            Some(Some((pending, ids))) => {
-                let ending = request_ending(route, record, facts);
-                pending.build_ended(name.to_owned(), &ids, ending);
+        let ending = request_ending(route, record, facts);
+        self.end_with(at_end, || name.to_owned(), ending);
+    }
+
+    /// Ends the span with `ending`: written onto the one built at the start,
+    /// or into the deferred one, built now with `name`.
+    fn end_with(&self, at_end: AtEnd, name: impl FnOnce() -> String, ending: Ending) {
+        match at_end {
+            AtEnd::Build(pending, ids) => pending.build_ended(name(), &ids, ending),
+            AtEnd::Write => {
+                let span = self.context.span();
+                ending.write(&span, None);
+                span.end();
             }
-            None => write_end(self.context.span(), route, record, facts),
+            AtEnd::Nothing => {}
         }
     }
+}
+
+/// What a request span's end is to do ([`RequestSpan::at_end`]).
+enum AtEnd {
+    /// Nothing more: ended already, or never to be built.
+    Nothing,
+    /// Write the end onto the span built at the start.
+    Write,
+    /// Build the deferred span, with these ids.
+    Build(Pending, SpanContext),
 }
 
 /// What the end of a span is written with, beside the [`Record`].
@@ -473,9 +490,9 @@ struct SpanEnd<'a> {
     at: Option<SystemTime>,
 }
 
-/// The attributes, status and `client.disconnect` event of a request's span,
-/// written once at its end — the one writer of both the layer's spans and
-/// [`export_request_span`]'s.
+/// The end of [`export_request_span`]'s span, built before it: written
+/// (with the layer's [`request_ending`]) only if it will be exported, and
+/// ended at `facts.at`.
 fn write_end(span: SpanRef<'_>, route: &Arc<str>, record: &Record<'_>, facts: SpanEnd<'_>) {
     let at = facts.at;
     let end = |span: SpanRef<'_>| match at {
