@@ -58,6 +58,7 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                 registry,
                 tracer: None,
                 buckets: a.buckets.buckets(),
+                tls: a.tls.files(),
             })
             .await
             .map_err(|e| e.to_string())?,
@@ -73,6 +74,7 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                         registry,
                         tracer: None,
                         buckets: a.buckets.buckets(),
+                        tls: a.tls.files(),
                     },
                     upstream,
                     routes,
@@ -90,6 +92,7 @@ pub fn serve(args: &AgentArgs) -> Result<(), String> {
                         None => None,
                     },
                     skip: a.skip_routes,
+                    upstream_ca: a.upstream_ca,
                 })
                 .await
                 .map_err(|e| e.to_string())?

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod netns;
 pub mod otlp;
 pub mod prom;
+pub mod tls;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -48,6 +49,7 @@ pub async fn start_demo_with(options: ConnectionOptions) -> RunningDemo {
         registry: prometheus::Registry::new(),
         tracer: None,
         buckets: Default::default(),
+        tls: None,
     })
     .await
     .expect("demo starts on loopback")

@@ -6,6 +6,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -15,6 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
 use tokio::sync::mpsc;
 
 pub use opentelemetry_proto::tonic::trace::v1;
@@ -143,33 +147,59 @@ pub async fn grpc_receiver() -> (String, Received) {
     (endpoint, Received(rx))
 }
 
+/// An OTLP/gRPC receiver on loopback behind TLS (`tls`, e.g. with the test
+/// PKI's server certificate); returns its endpoint (`https://127.0.0.1:P`).
+pub async fn grpc_receiver_tls(tls: clientgone::TlsAcceptor) -> (String, Received) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router = tonic::service::Routes::new(TraceServiceServer::new(Sink(tx))).into_axum_router();
+    (serve_tls(router, tls).await, Received(rx))
+}
+
+/// An OTLP/HTTP receiver behind TLS; returns its full traces URL.
+pub async fn http_receiver_tls(tls: clientgone::TlsAcceptor) -> (String, Received) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router = axum::Router::new()
+        .route("/v1/traces", axum::routing::post(http_export))
+        .with_state(tx);
+    let base = serve_tls(router, tls).await;
+    (format!("{base}/v1/traces"), Received(rx))
+}
+
+/// Serves `router` over HTTPS on loopback; its base URL.
+async fn serve_tls(router: axum::Router, tls: clientgone::TlsAcceptor) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    let listener = clientgone::TrackedListener::without_metrics(listener);
+    tokio::spawn(clientgone::serve(listener, router).tls(tls).into_future());
+    base
+}
+
+async fn http_export(
+    axum::extract::State(tx): axum::extract::State<
+        mpsc::UnboundedSender<ExportTraceServiceRequest>,
+    >,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, Vec<u8>) {
+    use prost::Message as _;
+    match ExportTraceServiceRequest::decode(body) {
+        Ok(request) => {
+            let _ = tx.send(request);
+            (
+                axum::http::StatusCode::OK,
+                ExportTraceServiceResponse::default().encode_to_vec(),
+            )
+        }
+        Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
+    }
+}
+
 /// An OTLP/HTTP (protobuf) receiver on loopback; returns its full traces URL.
 pub async fn http_receiver() -> (String, Received) {
-    use axum::extract::State;
-    use axum::http::StatusCode;
-    use prost::Message as _;
-
-    async fn export(
-        State(tx): State<mpsc::UnboundedSender<ExportTraceServiceRequest>>,
-        body: axum::body::Bytes,
-    ) -> (StatusCode, Vec<u8>) {
-        match ExportTraceServiceRequest::decode(body) {
-            Ok(request) => {
-                let _ = tx.send(request);
-                (
-                    StatusCode::OK,
-                    ExportTraceServiceResponse::default().encode_to_vec(),
-                )
-            }
-            Err(_) => (StatusCode::BAD_REQUEST, Vec::new()),
-        }
-    }
-
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let app = axum::Router::new()
-        .route("/v1/traces", axum::routing::post(export))
+        .route("/v1/traces", axum::routing::post(http_export))
         .with_state(tx);
     tokio::spawn(axum::serve(listener, app).into_future());
     (format!("http://{addr}/v1/traces"), Received(rx))
@@ -197,11 +227,7 @@ pub fn closed_port_endpoint() -> String {
 }
 
 /// What an OTLP metrics receiver got: every export request, in order.
-pub struct ReceivedMetrics(
-    mpsc::UnboundedReceiver<
-        opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
-    >,
-);
+pub struct ReceivedMetrics(mpsc::UnboundedReceiver<ExportMetricsServiceRequest>);
 
 /// One data point, flattened: the metric's name, its attributes as text
 /// (sorted), and its value — a counter's or gauge's number, a histogram's
@@ -247,9 +273,7 @@ fn text(v: &Option<AnyValue>) -> String {
     }
 }
 
-fn flatten_metrics(
-    request: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
-) -> Vec<Point> {
+fn flatten_metrics(request: &ExportMetricsServiceRequest) -> Vec<Point> {
     use opentelemetry_proto::tonic::metrics::v1::{metric::Data, number_data_point};
     let mut points = Vec::new();
     let attrs = |kvs: &[KeyValue]| {
@@ -298,11 +322,7 @@ fn flatten_metrics(
     points
 }
 
-struct MetricsSink(
-    mpsc::UnboundedSender<
-        opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
-    >,
-);
+struct MetricsSink(mpsc::UnboundedSender<ExportMetricsServiceRequest>);
 
 #[tonic::async_trait]
 impl opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsService
@@ -310,18 +330,30 @@ impl opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server:
 {
     async fn export(
         &self,
-        request: tonic::Request<
-            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
-        >,
-    ) -> Result<
-        tonic::Response<
-            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse,
-        >,
-        tonic::Status,
-    > {
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
         let _ = self.0.send(request.into_inner());
         Ok(tonic::Response::new(Default::default()))
     }
+}
+
+/// An OTLP/gRPC metrics receiver on loopback behind TLS; its endpoint.
+pub async fn grpc_metrics_receiver_tls(tls: clientgone::TlsAcceptor) -> (String, ReceivedMetrics) {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::MetricsServiceServer;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router =
+        tonic::service::Routes::new(MetricsServiceServer::new(MetricsSink(tx))).into_axum_router();
+    (serve_tls(router, tls).await, ReceivedMetrics(rx))
+}
+
+/// An OTLP/HTTP metrics receiver on loopback behind TLS; its full URL.
+pub async fn http_metrics_receiver_tls(tls: clientgone::TlsAcceptor) -> (String, ReceivedMetrics) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router = axum::Router::new()
+        .route("/v1/metrics", axum::routing::post(http_metrics_export))
+        .with_state(tx);
+    let base = serve_tls(router, tls).await;
+    (format!("{base}/v1/metrics"), ReceivedMetrics(rx))
 }
 
 /// An OTLP/gRPC metrics receiver on loopback; returns its endpoint.
@@ -340,41 +372,35 @@ pub async fn grpc_metrics_receiver() -> (String, ReceivedMetrics) {
 
 /// An OTLP/HTTP (protobuf) metrics receiver on loopback; returns its full URL.
 pub async fn http_metrics_receiver() -> (String, ReceivedMetrics) {
-    use axum::extract::State;
-    use axum::http::StatusCode;
-    use opentelemetry_proto::tonic::collector::metrics::v1::{
-        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-    };
-    use prost::Message as _;
-
-    async fn export(
-        State(tx): State<mpsc::UnboundedSender<ExportMetricsServiceRequest>>,
-        headers: axum::http::HeaderMap,
-        body: axum::body::Bytes,
-    ) -> (StatusCode, Vec<u8>) {
-        if headers.get("content-type").and_then(|v| v.to_str().ok())
-            != Some("application/x-protobuf")
-        {
-            return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new());
-        }
-        match ExportMetricsServiceRequest::decode(body) {
-            Ok(request) => {
-                let _ = tx.send(request);
-                (
-                    StatusCode::OK,
-                    ExportMetricsServiceResponse::default().encode_to_vec(),
-                )
-            }
-            Err(_) => (StatusCode::BAD_REQUEST, Vec::new()),
-        }
-    }
-
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let app = axum::Router::new()
-        .route("/v1/metrics", axum::routing::post(export))
+        .route("/v1/metrics", axum::routing::post(http_metrics_export))
         .with_state(tx);
     tokio::spawn(axum::serve(listener, app).into_future());
     (format!("http://{addr}/v1/metrics"), ReceivedMetrics(rx))
+}
+
+/// The OTLP/HTTP metrics route: protobuf bodies only.
+async fn http_metrics_export(
+    axum::extract::State(tx): axum::extract::State<
+        mpsc::UnboundedSender<ExportMetricsServiceRequest>,
+    >,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (axum::http::StatusCode, Vec<u8>) {
+    if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/x-protobuf") {
+        return (axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new());
+    }
+    match ExportMetricsServiceRequest::decode(body) {
+        Ok(request) => {
+            let _ = tx.send(request);
+            (
+                axum::http::StatusCode::OK,
+                ExportMetricsServiceResponse::default().encode_to_vec(),
+            )
+        }
+        Err(_) => (axum::http::StatusCode::BAD_REQUEST, Vec::new()),
+    }
 }

@@ -31,12 +31,14 @@ async fn start_proxy_with(upstream: &str, grpc: Option<clientgone::GrpcMethods>)
             registry: prometheus::Registry::new(),
             tracer: None,
             buckets: Default::default(),
+            tls: None,
         },
         upstream: Upstream::parse(upstream).unwrap(),
         routes: RouteTable::new(Vec::new()).unwrap(),
         upstream_timeout: Duration::from_secs(60),
         grpc,
         skip: Vec::new(),
+        upstream_ca: None,
     })
     .await
     .expect("proxy starts")

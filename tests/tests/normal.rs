@@ -434,6 +434,7 @@ async fn histogram_buckets_given_to_the_demo_are_the_ones_on_metrics() {
         options: Default::default(),
         registry: prometheus::Registry::new(),
         tracer: None,
+        tls: None,
         buckets: clientgone::Buckets {
             request_duration: vec![0.05, 0.5],
             disconnect_elapsed: vec![1.0, 30.0, 300.0],

@@ -138,6 +138,7 @@ async fn start_demo(registry: prometheus::Registry) -> RunningDemo {
         registry,
         tracer: None,
         buckets: Default::default(),
+        tls: None,
     })
     .await
     .expect("demo starts")

@@ -101,12 +101,14 @@ async fn start_proxy_skipping(
             registry: prometheus::Registry::new(),
             tracer: None,
             buckets: Default::default(),
+            tls: None,
         },
         upstream: Upstream::parse(upstream).unwrap(),
         routes,
         upstream_timeout: timeout,
         grpc: None,
         skip,
+        upstream_ca: None,
     })
     .await
     .expect("proxy starts")

@@ -34,6 +34,7 @@ async fn start_traced(config: OtlpConfig) -> Traced {
         registry,
         tracer: Some(pipeline.tracer()),
         buckets: Default::default(),
+        tls: None,
     })
     .await
     .expect("demo starts");

@@ -2,9 +2,11 @@
 """An upstream service that is not ours and not Rust, for the proxy tests and
 the README's "Watch a service in any language".
 
-Usage: upstream.py [PORT]   (default 0: any free port)
+Usage: upstream.py [PORT] [--tls CERT KEY]   (default 0: any free port)
 
-Binds 127.0.0.1:PORT and prints its port on the first line of stdout. It records
+Binds 127.0.0.1:PORT and prints its port on the first line of stdout. With
+--tls it serves HTTPS there (Python's ssl) and plain HTTP on a second port,
+printed after the first on the same line, for GET /__events. It records
 every connection and request, and notices when a client (the proxy) goes away
 while a request is being worked on — saying so on stderr. GET /__events returns
 all of it as JSON.
@@ -22,6 +24,7 @@ Routes:
 import json
 import select
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -48,6 +51,9 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            # The handshake here, on the connection's thread, not in accept().
+            self.request.do_handshake()
         super().setup()
         # Headers and body go out in two writes; without TCP_NODELAY, Nagle and
         # the peer's delayed ACK would add 40 ms to every keep-alive response.
@@ -73,6 +79,19 @@ class Handler(BaseHTTPRequestHandler):
         ready, _, _ = select.select([self.connection], [], [], timeout)
         if not ready:
             return False
+        if isinstance(self.connection, ssl.SSLSocket):
+            # No peeking through TLS: while a request waits for its answer the
+            # client sends nothing, so what arrives is its close_notify, FIN or
+            # reset.
+            self.connection.settimeout(0.05)
+            try:
+                return self.connection.recv(1) == b""
+            except socket.timeout:
+                return False
+            except (OSError, ssl.SSLError):
+                return True
+            finally:
+                self.connection.settimeout(None)
         try:
             return self.connection.recv(1, socket.MSG_PEEK) == b""
         except OSError:
@@ -162,13 +181,29 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
+    args = sys.argv[1:]
+    tls = None
+    if "--tls" in args:
+        i = args.index("--tls")
+        tls, args = args[i + 1:i + 3], args[:i] + args[i + 3:]
     try:
-        port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+        port = int(args[0]) if args else 0
     except ValueError:
-        sys.exit("usage: upstream.py [PORT]")
+        sys.exit("usage: upstream.py [PORT] [--tls CERT KEY]")
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
-    print(server.server_address[1], flush=True)
+    if tls is None:
+        print(server.server_address[1], flush=True)
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls[0], tls[1])
+        context.set_alpn_protocols(["http/1.1"])
+        server.socket = context.wrap_socket(server.socket, server_side=True,
+                                             do_handshake_on_connect=False)
+        events = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        events.daemon_threads = True
+        threading.Thread(target=events.serve_forever, daemon=True).start()
+        print(server.server_address[1], events.server_address[1], flush=True)
     server.serve_forever()
 
 

@@ -122,10 +122,15 @@ fn ring_mib(s: &str) -> Result<u32, String> {
 /// Flags of `clientgone proxy`.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// The service to proxy: http://host:port[/prefix], or h2c://… for HTTP/2
-    /// with prior knowledge.
+    /// The service to proxy: http://host:port[/prefix], h2c://… for HTTP/2
+    /// with prior knowledge, or https://… (HTTP/1.1 or HTTP/2 by ALPN; SNI
+    /// from the host, the system's trusted roots).
     #[arg(long, value_name = "URL")]
     pub upstream: String,
+    /// Also trust the CA certificates in this PEM file for an https://
+    /// upstream.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<std::path::PathBuf>,
     /// Address of the proxy (HTTP/1.1 and h2c on one port).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     pub listen: String,
@@ -155,12 +160,38 @@ pub struct ProxyArgs {
     /// upstream that fails is answered with a gRPC status (UNAVAILABLE).
     #[arg(long, value_name = "FILE")]
     pub grpc_descriptor: Option<std::path::PathBuf>,
+    /// HTTPS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Connection options.
     #[command(flatten)]
     pub connection: ConnectionArgs,
     /// Histogram buckets.
     #[command(flatten)]
     pub buckets: BucketArgs,
+}
+
+/// HTTPS on `--listen`, on `demo` and `proxy`.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate chain,
+    /// PEM, the server's own certificate first; needs --tls-key. Read again on
+    /// SIGHUP (a bad new file keeps the old certificate). /metrics stays plain.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files, when both are given (clap holds that they come together).
+    pub fn files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
 }
 
 /// The histograms' bucket bounds, on every server command.
@@ -227,7 +258,9 @@ them). Honoured variables:
   OTEL_BSP_MAX_QUEUE_SIZE (up to 1000000), OTEL_BSP_SCHEDULE_DELAY (ms),
   OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_SDK_DISABLED (true | false),
   OTEL_TRACES_EXPORTER (otlp | none). A malformed value stops the start (exit 2).
-  Endpoints are http:// (this build has no TLS).
+  https:// endpoints trust the system's roots plus OTEL_EXPORTER_OTLP_CERTIFICATE
+  (PEM); OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY
+  give a client certificate (mTLS); each also as …_TRACES_… and …_METRICS_….
 
 Metrics are pushed over OTLP too (beside /metrics) with OTEL_METRICS_EXPORTER=otlp:
   OTEL_EXPORTER_OTLP_METRICS_ENDPOINT (else OTEL_EXPORTER_OTLP_ENDPOINT, else
@@ -254,6 +287,9 @@ pub struct DemoArgs {
     /// Requests per second of `--traffic`.
     #[arg(long, default_value_t = 20.0, value_parser = parse_rate, value_name = "N")]
     pub traffic_rate: f64,
+    /// HTTPS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Connection options.
     #[command(flatten)]
     pub connection: ConnectionArgs,
@@ -367,16 +403,16 @@ fn parse_target(s: &str) -> Result<Target, String> {
                 .into(),
         );
     }
-    let port = port_or_80(authority)?;
+    let port = port_or(authority, 80)?;
     Ok(Target {
         authority: format!("{}:{port}", authority.host()),
     })
 }
 
-/// The port an `http://` URL names, 80 if none. `http` parses a port that is
-/// not a number (or too big) as no port at all; here it is an error, not a
-/// quiet :80.
-pub(crate) fn port_or_80(authority: &http::uri::Authority) -> Result<u16, String> {
+/// The port a URL names, `default` (80 for `http://`) if none. `http` parses
+/// a port that is not a number (or too big) as no port at all; here it is an
+/// error, not a quiet default.
+pub(crate) fn port_or(authority: &http::uri::Authority, default: u16) -> Result<u16, String> {
     let text = authority.as_str();
     let host_port = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
     // After an IPv6 literal's `]`, if any: its colons are not the port's.
@@ -384,7 +420,7 @@ pub(crate) fn port_or_80(authority: &http::uri::Authority) -> Result<u16, String
         .rsplit_once(']')
         .map_or(host_port, |(_, rest)| rest);
     match after_host.rsplit_once(':') {
-        None => Ok(80),
+        None => Ok(default),
         Some((_, port)) => match port.parse::<u16>() {
             Ok(port) if port > 0 => Ok(port),
             _ => Err(format!("port '{port}' is not a number from 1 to 65535")),

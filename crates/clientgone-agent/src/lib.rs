@@ -10,5 +10,6 @@ pub mod proxy;
 pub mod routes;
 pub mod runtime;
 pub mod server;
+pub mod tls;
 pub mod traffic;
 pub mod watch;

@@ -149,6 +149,13 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, registry: Registry, tracer: Option<DeferredTracer>) -> ExitCode {
     match cli.command {
         Command::Demo(args) => {
+            let tls = args.tls.files();
+            if tls.is_some() && args.traffic {
+                say!(
+                    "clientgone: --traffic speaks plaintext HTTP to the demo: leave out --tls-cert/--tls-key to use it"
+                );
+                return ExitCode::from(USAGE);
+            }
             let config = DemoConfig {
                 listen: args.listen,
                 metrics_listen: args.metrics_listen,
@@ -156,6 +163,7 @@ async fn run(cli: Cli, registry: Registry, tracer: Option<DeferredTracer>) -> Ex
                 registry,
                 tracer,
                 buckets: args.buckets.buckets(),
+                tls,
             };
             let running = match demo::start(config).await {
                 Ok(running) => running,
@@ -164,11 +172,19 @@ async fn run(cli: Cli, registry: Registry, tracer: Option<DeferredTracer>) -> Ex
                     return ExitCode::from(USAGE);
                 }
             };
-            say!(
-                "clientgone demo: serving http://{0}/hello and gRPC clientgone.demo.v1.Demo (h2c), metrics on http://{1}/metrics",
-                running.addr,
-                running.metrics_addr
-            );
+            if running.tls {
+                say!(
+                    "clientgone demo: serving https://{0}/hello and gRPC clientgone.demo.v1.Demo (h2 by ALPN), metrics on http://{1}/metrics; SIGHUP reads the certificate again",
+                    running.addr,
+                    running.metrics_addr
+                );
+            } else {
+                say!(
+                    "clientgone demo: serving http://{0}/hello and gRPC clientgone.demo.v1.Demo (h2c), metrics on http://{1}/metrics",
+                    running.addr,
+                    running.metrics_addr
+                );
+            }
             if args.traffic {
                 let mut config = TrafficConfig::new(running.addr);
                 config.rate = args.traffic_rate;
@@ -371,8 +387,10 @@ async fn run_proxy(
             registry,
             tracer,
             buckets: args.buckets.buckets(),
+            tls: args.tls.files(),
         },
         upstream,
+        upstream_ca: args.upstream_ca,
         routes,
         upstream_timeout: args.upstream_timeout,
         grpc,
@@ -390,7 +408,8 @@ async fn run_proxy(
         None => String::new(),
     };
     say!(
-        "clientgone proxy: http://{} -> {} ({}{grpc_line}), metrics on http://{}/metrics",
+        "clientgone proxy: {}://{} -> {} ({}{grpc_line}), metrics on http://{}/metrics",
+        if running.tls { "https" } else { "http" },
         running.addr,
         args.upstream,
         templates(count),

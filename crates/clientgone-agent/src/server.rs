@@ -13,6 +13,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::tls::TlsFiles;
+
 /// Where a server command listens, and with which options.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -29,6 +31,9 @@ pub struct ServerConfig {
     pub tracer: Option<DeferredTracer>,
     /// The histograms' bucket bounds.
     pub buckets: Buckets,
+    /// Serve HTTPS with these files (`--tls-cert`, `--tls-key`), read again
+    /// on `SIGHUP`; `None`: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Why a server could not start: one line, fit for stderr.
@@ -52,6 +57,8 @@ pub struct RunningServer {
     pub metrics_addr: SocketAddr,
     /// The registry the metrics live in.
     pub registry: Registry,
+    /// Whether it serves HTTPS.
+    pub tls: bool,
     shutdown: CancellationToken,
     server: JoinHandle<io::Result<()>>,
     metrics_server: JoinHandle<io::Result<()>>,
@@ -109,14 +116,24 @@ pub async fn start(
     };
     let addr = local_addr(&listener)?;
     let metrics_addr = local_addr(&metrics_listener)?;
+    let tls = match config.tls {
+        None => None,
+        Some(files) => Some(
+            crate::tls::acceptor(files)
+                .map_err(|e| StartError(format!("--tls-cert/--tls-key: {e}")))?,
+        ),
+    };
 
     let shutdown = CancellationToken::new();
     let listener = TrackedListener::from_tcp(listener, &metrics).with_options(config.options);
-    let server = tokio::spawn(
-        clientgone::serve(listener, make_app(layer))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
+    let mut serve = clientgone::serve(listener, make_app(layer))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let https = tls.is_some();
+    if let Some((acceptor, certificate)) = tls {
+        crate::tls::reload_on_sighup(certificate, shutdown.clone());
+        serve = serve.tls(acceptor);
+    }
+    let server = tokio::spawn(serve.into_future());
     let metrics_server = tokio::spawn(clientgone_exporter::serve_metrics(
         metrics_listener,
         registry.clone(),
@@ -126,6 +143,7 @@ pub async fn start(
         addr,
         metrics_addr,
         registry,
+        tls: https,
         shutdown,
         server,
         metrics_server,

@@ -48,6 +48,9 @@ mod metrics;
 pub mod names;
 mod record;
 mod serve;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 
 pub use classify::{
     BodyProgress, Cause, ClientEvent, CloseFacts, CloseReason, Direction, Outcome, PeerSignal,
@@ -69,6 +72,9 @@ pub use layer::{
 pub use metrics::{Buckets, Metrics, MetricsBuilder, UNMATCHED_ROUTE, check_buckets};
 pub use record::{CallRecord, End, Record};
 pub use serve::{Serve, serve};
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use tls::{TlsAcceptor, TrackedTlsStream};
 /// The token [`ClientGone::token`] hands out, re-exported so handlers can name
 /// it without a dependency on `tokio-util` of their own.
 pub use tokio_util::sync::CancellationToken;

@@ -26,30 +26,78 @@ use hyper_util::client::legacy::connect::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
 
-/// Connects like `HttpConnector` and keeps a [`SocketHandle`] for each connection.
+use crate::server::StartError;
+
+/// Connects like `HttpConnector` and keeps a [`SocketHandle`] for each
+/// connection; speaks TLS on it for an `https://` upstream.
 #[derive(Clone, Debug)]
 pub(crate) struct UpstreamConnector {
     inner: HttpConnector,
+    tls: Option<UpstreamTls>,
 }
 
 impl UpstreamConnector {
-    pub(crate) fn new(inner: HttpConnector) -> Self {
-        UpstreamConnector { inner }
+    pub(crate) fn new(inner: HttpConnector, tls: Option<UpstreamTls>) -> Self {
+        UpstreamConnector { inner, tls }
+    }
+}
+
+/// TLS to an `https://` upstream: the system's roots plus `--upstream-ca`,
+/// the server name (SNI, and the name the certificate must carry) from the
+/// upstream's host, ALPN `h2` and `http/1.1`.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamTls {
+    /// The TLS client for `upstream`, trusting `ca` besides the system.
+    pub fn new(
+        upstream: &super::Upstream,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, StartError> {
+        let mut config = clientgone::tls::client_config(ca, None)
+            .map_err(|e| StartError(format!("--upstream-ca {e}")))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let host = upstream.authority.host();
+        // An IPv6 literal comes bracketed in a URL, bare in a server name.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+            StartError(format!(
+                "--upstream: '{host}' cannot be a TLS server name: {e}"
+            ))
+        })?;
+        Ok(UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            name,
+        })
     }
 }
 
 impl tower::Service<Uri> for UpstreamConnector {
     type Response = UpstreamStream;
-    type Error = <HttpConnector as tower::Service<Uri>>::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<UpstreamStream, Self::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, dst: Uri) -> Self::Future {
         let connecting = self.inner.call(dst);
+        let tls = self.tls.clone();
         Box::pin(async move {
             let io = connecting.await?;
             // A second descriptor of the same socket: `shutdown` acts on the
@@ -62,10 +110,18 @@ impl tower::Service<Uri> for UpstreamConnector {
                 .try_clone_to_owned()
                 .ok()
                 .map(StdTcpStream::from);
-            Ok(UpstreamStream {
-                io,
-                handle: SocketHandle(Arc::new(Mutex::new(duplicate))),
-            })
+            let handle = SocketHandle(Arc::new(Mutex::new(duplicate)));
+            let io = match tls {
+                None => Io::Plain(io),
+                Some(tls) => {
+                    let tcp = io.into_inner();
+                    // A certificate that does not verify is an upstream
+                    // error like a refused connection: 502, `outcome="error"`.
+                    let stream = tls.connector.connect(tls.name.clone(), tcp).await?;
+                    Io::Tls(Box::new(TokioIo::new(stream)))
+                }
+            };
+            Ok(UpstreamStream { io, handle })
         })
     }
 }
@@ -214,8 +270,26 @@ impl<F: Future> Future for InFlight<F> {
 /// One upstream connection: hyper-util's stream and the handle on its socket.
 #[derive(Debug)]
 pub(crate) struct UpstreamStream {
-    io: TokioIo<TcpStream>,
+    io: Io,
     handle: SocketHandle,
+}
+
+/// The bytes of an upstream connection: the socket's, or TLS's above it
+
+#[derive(Debug)]
+enum Io {
+    Plain(TokioIo<TcpStream>),
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+/// One body for each I/O method: the same call on either kind of stream.
+macro_rules! each_io {
+    ($io:expr, $s:ident => $call:expr) => {
+        match $io {
+            Io::Plain($s) => $call,
+            Io::Tls($s) => $call,
+        }
+    };
 }
 
 impl Drop for UpstreamStream {
@@ -228,7 +302,20 @@ impl Drop for UpstreamStream {
 
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        self.io.connected().extra(self.handle.clone())
+        let connected = match &self.io {
+            Io::Plain(io) => io.connected(),
+            Io::Tls(io) => {
+                let (tcp, tls) = io.inner().get_ref();
+                // HTTP/2 when the upstream chose it by ALPN: hyper's pool
+                // then shares the connection between requests.
+                if tls.alpn_protocol() == Some(b"h2") {
+                    tcp.connected().negotiated_h2()
+                } else {
+                    tcp.connected()
+                }
+            }
+        };
+        connected.extra(self.handle.clone())
     }
 }
 
@@ -238,7 +325,7 @@ impl Read for UpstreamStream {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        each_io!(&mut self.io, io => Pin::new(io).poll_read(cx, buf))
     }
 }
 
@@ -248,7 +335,7 @@ impl Write for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        each_io!(&mut self.io, io => Pin::new(io).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -256,18 +343,18 @@ impl Write for UpstreamStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        each_io!(&mut self.io, io => Pin::new(io).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        each_io!(&self.io, io => io.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        each_io!(&mut self.io, io => Pin::new(io).poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        each_io!(&mut self.io, io => Pin::new(io).poll_shutdown(cx))
     }
 }

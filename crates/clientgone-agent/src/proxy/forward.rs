@@ -23,7 +23,7 @@ use opentelemetry::trace::TraceContextExt;
 use pin_project_lite::pin_project;
 
 use super::Upstream;
-use super::connector::{ClientSide, InFlight, UpstreamConnector};
+use super::connector::{ClientSide, InFlight, UpstreamConnector, UpstreamTls};
 use super::upstream::{UpstreamBody, UpstreamOutcome, UpstreamRoute};
 
 /// What the forwarding handler needs; cheap to clone.
@@ -42,17 +42,25 @@ struct Inner {
 }
 
 impl Forwarder {
-    pub(crate) fn new(upstream: Upstream, timeout: Duration, grpc: bool, skip: &[String]) -> Self {
+    pub(crate) fn new(
+        upstream: Upstream,
+        timeout: Duration,
+        grpc: bool,
+        skip: &[String],
+        tls: Option<UpstreamTls>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
+        // https:// URIs reach the connector, which speaks the TLS itself.
+        connector.enforce_http(false);
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             // `forward` always sets `Host` itself: no need for the client to
             // clone the URI and look the header up again on every request.
             .set_host(false)
             .http2_only(upstream.h2c)
-            .build(UpstreamConnector::new(connector));
+            .build(UpstreamConnector::new(connector, tls));
         Forwarder(Arc::new(Inner {
             client,
             upstream,
@@ -135,7 +143,11 @@ fn upstream_uri(upstream: &Upstream, client_uri: &Uri) -> Result<Uri, http::Erro
         }
     };
     Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(if upstream.tls {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        })
         .authority(upstream.authority.clone())
         .path_and_query(path_and_query)
         .build()

@@ -20,6 +20,7 @@ pub use crate::routes::{RouteError, RouteTable, openapi_paths};
 pub use upstream::{UpstreamMetrics, UpstreamOutcome};
 
 use crate::server::{self, RunningServer, ServerConfig, StartError};
+pub use connector::UpstreamTls;
 use forward::{Forwarder, forward};
 use upstream::UpstreamRoute;
 
@@ -34,20 +35,24 @@ pub struct Upstream {
     pub base_path: String,
     /// Speak HTTP/2 with prior knowledge (`h2c://` URLs).
     pub h2c: bool,
+    /// Speak TLS (`https://` URLs; HTTP/1.1 or HTTP/2 by ALPN).
+    pub tls: bool,
 }
 
 impl Upstream {
-    /// Parses `http://host:port[/prefix]` or `h2c://host:port[/prefix]`.
+    /// Parses `http://host:port[/prefix]`, `h2c://host:port[/prefix]` or
+    /// `https://host[:port][/prefix]`.
     pub fn parse(url: &str) -> Result<Self, String> {
         let uri: http::Uri = url
             .parse()
             .map_err(|e| format!("{e} (write it like http://127.0.0.1:8000)"))?;
-        let h2c = match uri.scheme_str() {
-            Some("http") => false,
-            Some("h2c") => true,
+        let (h2c, tls) = match uri.scheme_str() {
+            Some("http") => (false, false),
+            Some("h2c") => (true, false),
+            Some("https") => (false, true),
             Some(other) => {
                 return Err(format!(
-                    "scheme '{other}' is not supported; use http:// (or h2c:// for HTTP/2 prior knowledge)"
+                    "scheme '{other}' is not supported; use http://, https://, or h2c:// for HTTP/2 prior knowledge"
                 ));
             }
             None => return Err("no scheme; write it like http://127.0.0.1:8000".into()),
@@ -64,7 +69,7 @@ impl Upstream {
                 "an upstream URL takes no user or password: the proxy would not send them".into(),
             );
         }
-        let port = crate::cli::port_or_80(authority)?;
+        let port = crate::cli::port_or(authority, if tls { 443 } else { 80 })?;
         let host_port = format!("{}:{port}", authority.host());
         let bad = |e: &dyn std::fmt::Display| format!("bad host '{host_port}': {e}");
         Ok(Upstream {
@@ -72,6 +77,7 @@ impl Upstream {
             host: HeaderValue::from_str(&host_port).map_err(|e| bad(&e))?,
             base_path: uri.path().trim_end_matches('/').to_owned(),
             h2c,
+            tls,
         })
     }
 }
@@ -93,20 +99,22 @@ pub struct ProxyConfig {
     /// Route templates (in `routes` too) and gRPC methods forwarded but left
     /// out of every metric (`--skip-route`).
     pub skip: Vec<String>,
+    /// More trusted CA certificates (PEM) for an `https://` upstream
+    /// (`--upstream-ca`), beside the system's.
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
 
-/// The proxy's router: every template forwards, and so does the fallback (counted
-/// as `unmatched`), all inside the same `DisconnectLayer` as any instrumented app.
-pub fn app(
+/// The proxy's router: every template forwards through `forwarder`, and so
+/// does the fallback (counted as `unmatched`), all inside the same
+/// `DisconnectLayer` as any instrumented app.
+fn app(
     routes: &RouteTable,
     forwarder_metrics: UpstreamMetrics,
-    upstream: Upstream,
-    timeout: Duration,
+    forwarder: Forwarder,
     grpc: Option<GrpcMethods>,
     skip: Vec<String>,
     layer: DisconnectLayer,
 ) -> Router {
-    let forwarder = Forwarder::new(upstream, timeout, grpc.is_some(), &skip);
     let layer = match grpc {
         Some(methods) => layer.grpc(methods),
         None => layer,
@@ -141,7 +149,17 @@ pub async fn start(config: ProxyConfig) -> Result<RunningServer, StartError> {
         upstream_timeout,
         grpc,
         skip,
+        upstream_ca,
     } = config;
+    let upstream_tls = match (upstream.tls, upstream_ca) {
+        (true, ca) => Some(UpstreamTls::new(&upstream, ca.as_deref())?),
+        (false, Some(_)) => {
+            return Err(StartError(
+                "--upstream-ca is for an https:// upstream".into(),
+            ));
+        }
+        (false, None) => None,
+    };
     // A skipped template is a route too, so its requests match it; a name
     // without a leading '/' is a gRPC method.
     let (templates, methods): (Vec<&String>, Vec<&String>) =
@@ -157,16 +175,15 @@ pub async fn start(config: ProxyConfig) -> Result<RunningServer, StartError> {
     let routes = RouteTable::new(templates.into_iter().cloned())
         .and_then(|templates| routes.merge(templates))
         .map_err(|e| StartError(format!("--skip-route: {e}")))?;
+    let forwarder = Forwarder::new(
+        upstream,
+        upstream_timeout,
+        grpc.is_some(),
+        &skip,
+        upstream_tls,
+    );
     server::start(server, move |layer| {
-        app(
-            &routes,
-            upstream_metrics,
-            upstream,
-            upstream_timeout,
-            grpc,
-            skip,
-            layer,
-        )
+        app(&routes, upstream_metrics, forwarder, grpc, skip, layer)
     })
     .await
 }

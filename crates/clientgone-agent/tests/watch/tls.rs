@@ -1,16 +1,16 @@
 //! `clientgone watch` through TLS: servers that terminate TLS with OpenSSL
 //! (Python's `ssl`, Debian's nginx) are followed in their plaintext, read by
 //! uprobes on the library; a server with its own TLS (Go's `crypto/tls`) is
-//! skipped as `tls`. The clients are Python's `ssl` (tests/watch/tls_client.py).
+//! skipped as `tls`. The clients are Python's `ssl` (tests/tls/tls_client.py of the workspace).
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use clientgone_tests::tls::{TlsClient, requests};
 
 use super::*;
 
-const TLS_CLIENT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/watch/tls_client.py");
 const ASYNCIO_SERVER_PY: &str =
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/watch/asyncio_server.py");
 const TLS_SERVER_GO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/watch/tls_server.go");
@@ -37,66 +37,6 @@ fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// One run of tests/watch/tls_client.py.
-struct TlsClient {
-    _child: Killed,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl TlsClient {
-    fn start(addr: SocketAddr, mode: &str, args: &[&str]) -> Self {
-        let mut child = Command::new("python3")
-            .arg(TLS_CLIENT_PY)
-            .args([addr.ip().to_string(), addr.port().to_string()])
-            .arg(mode)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn python3");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        TlsClient {
-            _child: Killed(child),
-            stdin,
-            stdout,
-        }
-    }
-
-    /// Its next line of output ("" once it exited).
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("the client's output");
-        line.trim_end().to_owned()
-    }
-
-    /// Sends the request (or cuts the handshake), and returns once it is sent.
-    fn hold(addr: SocketAddr, mode: &str, args: &[&str]) -> Self {
-        let mut client = TlsClient::start(addr, mode, args);
-        let line = client.line();
-        assert!(line == "sent" || line == "reading", "client said {line:?}");
-        client
-    }
-
-    /// Ends the held connection: "fin" or "rst".
-    fn close(mut self, how: &str) {
-        writeln!(self.stdin, "{how}").unwrap();
-        assert_eq!(self.line(), "", "the client exits");
-    }
-}
-
-/// One keep-alive connection, a GET per path, then a FIN: the statuses.
-fn requests(addr: SocketAddr, paths: &[String]) -> Vec<u16> {
-    let args: Vec<&str> = paths.iter().map(String::as_str).collect();
-    let mut client = TlsClient::start(addr, "requests", &args);
-    (0..paths.len())
-        .map(|_| client.line().parse().expect("a status"))
-        .collect()
 }
 
 /// A declared body sent in part over TLS to `path` (route `route`), then a

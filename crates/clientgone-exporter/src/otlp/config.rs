@@ -3,6 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use super::tls::OtlpTls;
+
 /// The OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -48,6 +50,8 @@ pub struct OtlpConfig {
     /// `service.name`; `None`: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
     /// or `clientgone`.
     pub service_name: Option<String>,
+    /// TLS for an `https://` endpoint, beside the system's roots.
+    pub tls: OtlpTls,
 }
 
 /// The variables [`OtlpConfig::from_env`] honours, for `--help` texts.
@@ -73,6 +77,15 @@ pub const HONOURED_VARIABLES: &[&str] = &[
     "OTEL_METRIC_EXPORT_INTERVAL",
     "OTEL_METRIC_EXPORT_TIMEOUT",
     "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
 ];
 
 /// A variable with a value we cannot use.
@@ -101,12 +114,19 @@ impl OtlpConfig {
             max_queue_size: 2048,
             export_timeout: None,
             service_name: None,
+            tls: OtlpTls::default(),
         }
     }
 
     /// Sets the endpoint (used as given).
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// Sets the TLS files for an `https://` endpoint.
+    pub fn tls(mut self, tls: OtlpTls) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -216,6 +236,21 @@ impl OtlpConfig {
         check_exporter_variables(&get)?;
         let protocol = protocol(&get, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")?;
         let mut config = OtlpConfig::new(protocol);
+        // Resolved here, as the spec says, rather than by the exporter: an
+        // https:// endpoint needs a client built for it.
+        config.endpoint = Some(match get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            Some(endpoint) => endpoint,
+            None => signal_endpoint(
+                &get("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default(),
+                protocol,
+                "/v1/traces",
+            ),
+        });
+        config.tls = tls(&get, "TRACES")?;
+        if let Some(ms) = get("OTEL_EXPORTER_OTLP_TIMEOUT") {
+            let ms = whole_number("OTEL_EXPORTER_OTLP_TIMEOUT", &ms, 1..=u64::from(u32::MAX))?;
+            config.export_timeout = Some(Duration::from_millis(ms as u64));
+        }
         // The spec's sampler names; the ratio ones take the ratio from the ARG.
         // Breaks and errors are exported under every one of them.
         let sampler = get("OTEL_TRACES_SAMPLER");
@@ -268,6 +303,77 @@ impl OtlpConfig {
         }
         Ok(Some(config))
     }
+}
+
+/// The endpoint of one signal from `OTEL_EXPORTER_OTLP_ENDPOINT`: as it is
+/// for gRPC, with the signal's path (`/v1/traces`) for HTTP.
+fn signal_endpoint(base: &str, protocol: OtlpProtocol, path: &str) -> String {
+    match protocol {
+        OtlpProtocol::Grpc => base.to_owned(),
+        _ => format!("{}{path}", base.trim_end_matches('/')),
+    }
+}
+
+/// The TLS files of one signal (`TRACES`, `METRICS`): its own variable, else
+/// the general one. A client certificate needs its key and the other way round.
+fn tls(get: &impl Fn(&str) -> Option<String>, signal: &str) -> Result<OtlpTls, ConfigError> {
+    let pick = |name: &'static str, specific: &'static str| {
+        get(specific)
+            .map(|v| (specific, v))
+            .or_else(|| get(name).map(|v| (name, v)))
+    };
+    let (certificate, client_certificate, client_key) = match signal {
+        "TRACES" => (
+            pick(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            ),
+            pick(
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            ),
+            pick(
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            ),
+        ),
+        _ => (
+            pick(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE",
+            ),
+            pick(
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE",
+            ),
+            pick(
+                "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+                "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
+            ),
+        ),
+    };
+    let client = match (client_certificate, client_key) {
+        (None, None) => None,
+        (Some((_, cert)), Some((_, key))) => Some((cert.into(), key.into())),
+        (Some((variable, _)), None) => {
+            return Err(ConfigError {
+                variable,
+                message:
+                    "a client certificate needs its key: set OTEL_EXPORTER_OTLP_CLIENT_KEY too"
+                        .into(),
+            });
+        }
+        (None, Some((variable, _))) => {
+            return Err(ConfigError {
+                variable,
+                message: "a client key needs its certificate: set OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE too".into(),
+            });
+        }
+    };
+    Ok(OtlpTls {
+        certificate: certificate.map(|(_, path)| path.into()),
+        client,
+    })
 }
 
 /// The transport: the signal's own variable (`specific`) if set, else
@@ -334,10 +440,7 @@ pub(crate) fn metrics_from_lookup(
                 variable: "OTEL_EXPORTER_OTLP_ENDPOINT",
                 message,
             })?;
-            match protocol {
-                OtlpProtocol::Grpc => base,
-                _ => format!("{}/v1/metrics", base.trim_end_matches('/')),
-            }
+            signal_endpoint(&base, protocol, "/v1/metrics")
         }
         (None, None) => match protocol {
             OtlpProtocol::Grpc => "http://localhost:4317".to_owned(),
@@ -357,6 +460,7 @@ pub(crate) fn metrics_from_lookup(
         ms("OTEL_METRIC_EXPORT_INTERVAL", 60_000)?,
     );
     config.timeout = ms("OTEL_METRIC_EXPORT_TIMEOUT", 30_000)?;
+    config.tls = tls(&get, "METRICS")?;
     let (variable, list) = match get("OTEL_EXPORTER_OTLP_METRICS_HEADERS") {
         Some(list) => ("OTEL_EXPORTER_OTLP_METRICS_HEADERS", list),
         None => (
@@ -445,23 +549,17 @@ fn whole_number(
         })
 }
 
-/// An endpoint this build can export to: `http://host[:port][/path]`.
+/// An endpoint this build can export to: `http[s]://host[:port][/path]`.
 fn check_endpoint(endpoint: &str) -> Result<(), String> {
     let example = "write it like http://127.0.0.1:4317";
     let uri: axum::http::Uri = endpoint
         .parse()
         .map_err(|e| format!("'{endpoint}' is not a URL: {e} ({example})"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "'{endpoint}': https needs TLS, which this build of clientgone leaves out; \
-                 export to the collector over http:// (or through a local collector)"
-            ));
-        }
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(format!(
-                "'{endpoint}': scheme '{other}' is not http ({example})"
+                "'{endpoint}': scheme '{other}' is not http or https ({example})"
             ));
         }
         None => return Err(format!("'{endpoint}' has no scheme ({example})")),
@@ -597,9 +695,16 @@ mod tests {
             (
                 vec![
                     ("OTEL_METRICS_EXPORTER", "otlp"),
-                    ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "https://c"),
+                    ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "ftp://c"),
                 ],
                 "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            ),
+            (
+                vec![
+                    ("OTEL_METRICS_EXPORTER", "otlp"),
+                    ("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", "key.pem"),
+                ],
+                "OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY",
             ),
         ] {
             let err = metrics(&vars).unwrap_err();
@@ -643,7 +748,7 @@ mod tests {
         assert_eq!(c.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(c.sample_ratio, 0.25);
         assert_eq!(c.max_queue_size, 64);
-        assert_eq!(c.endpoint, None, "the exporter reads the endpoint itself");
+        assert_eq!(c.endpoint.as_deref(), Some("http://c:4318/v1/traces"));
         assert!(c.follow_parent, "parent-based unless told otherwise");
     }
 
@@ -686,7 +791,8 @@ mod tests {
             ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "notaurl"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://x:1"),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "client.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "key.pem"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:99999"),
             (
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -711,5 +817,39 @@ mod tests {
             ),
         ]);
         assert!(matches!(good, Ok(Some(_))), "{good:?}");
+    }
+
+    #[test]
+    fn https_endpoints_and_their_tls_files_per_signal() {
+        let c = from(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces-ca.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/client.pem"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/client-key.pem"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.endpoint.as_deref(),
+            Some("https://collector:4318/v1/traces")
+        );
+        assert_eq!(c.tls.certificate, Some("/traces-ca.pem".into()));
+        assert_eq!(
+            c.tls.client,
+            Some(("/client.pem".into(), "/client-key.pem".into()))
+        );
+        let m = metrics(&[
+            ("OTEL_METRICS_EXPORTER", "otlp"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces-ca.pem"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(m.endpoint, "https://collector:4317");
+        assert_eq!(m.tls.certificate, Some("/ca.pem".into()));
+        assert_eq!(m.tls.client, None);
     }
 }

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -60,6 +61,9 @@ pub struct MetricsConfig {
     /// Headers sent with every export, such as a collector's API key
     /// (`OTEL_EXPORTER_OTLP_METRICS_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`).
     pub headers: Vec<(String, String)>,
+    /// TLS for an `https://` endpoint, beside the system's roots
+    /// (`OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE`, … else the general ones).
+    pub tls: super::OtlpTls,
 }
 
 impl MetricsConfig {
@@ -74,6 +78,7 @@ impl MetricsConfig {
             timeout: Duration::from_secs(30),
             service_name: None,
             headers: Vec::new(),
+            tls: super::OtlpTls::default(),
         }
     }
 
@@ -163,7 +168,7 @@ struct GrpcTransport {
 }
 
 struct HttpTransport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: http::Uri,
     headers: http::HeaderMap,
 }
@@ -175,11 +180,8 @@ impl Transport {
         };
         Ok(match config.protocol {
             OtlpProtocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
-                    .map_err(|e| bad(&e))?
-                    .connect_timeout(config.timeout)
-                    .timeout(config.timeout)
-                    .connect_lazy();
+                let channel =
+                    super::tls::grpc_channel(&config.endpoint, &config.tls, config.timeout)?;
                 let mut metadata = tonic::metadata::MetadataMap::new();
                 for (key, value) in &config.headers {
                     let key = tonic::metadata::MetadataKey::from_bytes(key.as_bytes())
@@ -196,8 +198,7 @@ impl Transport {
             }
             _ => {
                 let uri = config.endpoint.parse().map_err(|e| bad(&e))?;
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(config.timeout));
+                let connector = super::tls::http_connector(&config.tls, config.timeout)?;
                 let client = Client::builder(TokioExecutor::new()).build(connector);
                 let mut headers = http::HeaderMap::new();
                 for (key, value) in &config.headers {

@@ -29,13 +29,14 @@ mod exporter;
 mod metrics;
 mod sampler;
 mod stats;
+mod tls;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
@@ -48,6 +49,7 @@ use tracing_subscriber::registry::LookupSpan;
 pub use config::{ConfigError, HONOURED_VARIABLES, OtlpConfig, OtlpProtocol};
 pub use metrics::{MetricsConfig, OtlpMetrics};
 pub use stats::OtlpStats;
+pub use tls::OtlpTls;
 
 use exporter::RuntimeExporter;
 use sampler::{AtStart, KeepBreaks, PresetIds, RatioOrRecord};
@@ -81,8 +83,7 @@ impl OtlpPipeline {
     pub fn start(config: OtlpConfig, registry: &Registry) -> Result<Self, StartError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| StartError("OTLP export needs a tokio runtime".into()))?;
-        let exporter = build_exporter(&config)
-            .map_err(|e| StartError(format!("cannot build the OTLP exporter: {e}")))?;
+        let exporter = build_exporter(&config)?;
         let stats = Arc::new(
             OtlpStats::new(registry)
                 .map_err(|e| StartError(format!("cannot register OTLP counters: {e}")))?,
@@ -188,30 +189,46 @@ impl OtlpPipeline {
     }
 }
 
-fn build_exporter(
-    config: &OtlpConfig,
-) -> Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError> {
+/// How long one export may take when nothing says: the SDK's default.
+const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn build_exporter(config: &OtlpConfig) -> Result<opentelemetry_otlp::SpanExporter, StartError> {
     let builder = opentelemetry_otlp::SpanExporter::builder();
+    let failed = |e: opentelemetry_otlp::ExporterBuildError| {
+        StartError(format!("cannot build the OTLP exporter: {e}"))
+    };
+    // An https:// endpoint gets a client built here, with the TLS files;
+    // an http:// one the exporter's own.
+    let https = config.endpoint.as_deref().filter(|e| tls::is_https(e));
+    let timeout = config.export_timeout.unwrap_or(DEFAULT_EXPORT_TIMEOUT);
     match config.protocol {
         OtlpProtocol::Grpc => {
             let mut b = builder.with_tonic();
-            if let Some(endpoint) = &config.endpoint {
+            if let Some(endpoint) = https {
+                b = b.with_channel(tls::grpc_channel(endpoint, &config.tls, timeout)?);
+            } else if let Some(endpoint) = &config.endpoint {
                 b = b.with_endpoint(endpoint);
             }
             if let Some(timeout) = config.export_timeout {
                 b = b.with_timeout(timeout);
             }
-            b.build()
+            b.build().map_err(failed)
         }
         OtlpProtocol::HttpProtobuf => {
             let mut b = builder.with_http().with_protocol(Protocol::HttpBinary);
             if let Some(endpoint) = &config.endpoint {
                 b = b.with_endpoint(endpoint);
             }
+            if https.is_some() {
+                let connector = tls::http_connector(&config.tls, timeout)?;
+                b = b.with_http_client(opentelemetry_http::hyper::HyperClient::new(
+                    connector, timeout, None,
+                ));
+            }
             if let Some(timeout) = config.export_timeout {
                 b = b.with_timeout(timeout);
             }
-            b.build()
+            b.build().map_err(failed)
         }
     }
 }

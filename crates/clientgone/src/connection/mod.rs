@@ -12,4 +12,6 @@ pub use hooks::ClientLeftHook;
 pub use listener::TrackedListener;
 pub use options::ConnectionOptions;
 pub use state::ConnectionState;
+#[cfg(feature = "tls")]
+pub(crate) use stream::PlaintextReader;
 pub use stream::{TrackedConnection, TrackedStream};

@@ -60,6 +60,8 @@ pub struct ConnectionState {
     /// The connection was handed over to another protocol (a `101` upgrade,
     /// `CONNECT`): what it reads from then on are no request heads.
     upgraded: AtomicBool,
+    /// A TLS handshake started on this connection and has not completed.
+    tls_pending: AtomicBool,
     /// HTTP/2 streams the client reset and no request has claimed yet (see
     /// `claim_stream_reset`).
     stream_resets: Mutex<VecDeque<Instant>>,
@@ -91,6 +93,7 @@ impl ConnectionState {
             client_asked_close: AtomicBool::new(false),
             tracked_by_server: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
+            tls_pending: AtomicBool::new(false),
             stream_resets: Mutex::new(VecDeque::new()),
             bytes_written: AtomicU64::new(0),
             unacked_at_event: AtomicU64::new(u64::MAX),
@@ -222,6 +225,18 @@ impl ConnectionState {
         }
     }
 
+    /// A TLS handshake starts: until [`tls_established`](Self::tls_established),
+    /// the connection closes as `tls_handshake`, whoever ends it.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn tls_started(&self) {
+        self.tls_pending.store(true, Ordering::Release);
+    }
+
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn tls_established(&self) {
+        self.tls_pending.store(false, Ordering::Release);
+    }
+
     pub(crate) fn mark_upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
     }
@@ -336,7 +351,7 @@ impl ConnectionState {
             partial_head: heads && self.partial_head.load(Ordering::Relaxed),
             served_any: self.requests() > 0,
             client_asked_close: self.client_asked_close.load(Ordering::Acquire),
-            tls_handshake_incomplete: false,
+            tls_handshake_incomplete: self.tls_pending.load(Ordering::Acquire),
         })
     }
 }

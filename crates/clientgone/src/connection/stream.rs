@@ -31,8 +31,38 @@ pub struct TrackedStream {
     inner: TcpStream,
     connection: TrackedConnection,
     metrics: Option<Metrics>,
+    /// Reads what the client sends, while it is the plaintext: under TLS the
+    /// TLS stream above holds it (see `take_plaintext`).
+    plaintext: Option<PlaintextReader>,
+}
+
+/// What the client's plaintext bytes tell the connection: the start of a
+/// request head, and the HTTP/2 frames that reset a stream. Reads the bytes
+/// of the socket itself, or those a TLS stream decrypted from them.
+#[derive(Debug, Default)]
+pub(crate) struct PlaintextReader {
     /// Reads what an HTTP/2 client sends for its stream resets.
     frames: FrameScanner,
+}
+
+impl PlaintextReader {
+    /// The client sent `bytes` (at least one), in order.
+    pub(crate) fn read(&mut self, state: &ConnectionState, bytes: &[u8]) {
+        if self.frames.is_on() {
+            self.frames.scan(bytes, |event| match event {
+                FrameEvent::Preface => state.mark_http2(),
+                // Stream 0 is the connection (a protocol error), and
+                // NO_ERROR ends a stream whose answer the client already
+                // has: neither is a cancel.
+                FrameEvent::StreamReset { stream, code } => {
+                    if stream != 0 && code != NO_ERROR {
+                        state.on_stream_reset();
+                    }
+                }
+            });
+        }
+        state.on_read();
+    }
 }
 
 /// What a request gets to know about its connection: the peer's address and the
@@ -137,7 +167,7 @@ impl TrackedStream {
         let local_addr = inner.local_addr().ok();
         TrackedStream {
             inner,
-            frames: FrameScanner::default(),
+            plaintext: Some(PlaintextReader::default()),
             connection: TrackedConnection {
                 remote_addr,
                 local_addr,
@@ -165,7 +195,16 @@ impl TrackedStream {
         }
     }
 
-    fn record_eof(&self) {
+    /// Hands the reading of the client's bytes to a TLS stream above this
+    /// one: what this stream reads from now on is ciphertext, whose bytes
+    /// are neither request heads nor frames. The TCP facts (FIN, reset,
+    /// errors, the send queue) stay here.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn take_plaintext(&mut self) -> PlaintextReader {
+        self.plaintext.take().unwrap_or_default()
+    }
+
+    pub(crate) fn record_eof(&self) {
         let first = self.connection.state.on_eof();
         self.after_client_event(first);
     }
@@ -224,22 +263,9 @@ impl AsyncRead for TrackedStream {
         let result = ready!(Pin::new(&mut this.inner).poll_read(cx, buf));
         match &result {
             Ok(()) if buf.filled().len() > before => {
-                let state = &this.connection.state;
-                if this.frames.is_on() {
-                    this.frames
-                        .scan(&buf.filled()[before..], |event| match event {
-                            FrameEvent::Preface => state.mark_http2(),
-                            // Stream 0 is the connection (a protocol error),
-                            // and NO_ERROR ends a stream whose answer the
-                            // client already has: neither is a cancel.
-                            FrameEvent::StreamReset { stream, code } => {
-                                if stream != 0 && code != NO_ERROR {
-                                    state.on_stream_reset();
-                                }
-                            }
-                        });
+                if let Some(plaintext) = &mut this.plaintext {
+                    plaintext.read(&this.connection.state, &buf.filled()[before..]);
                 }
-                state.on_read();
             }
             // A zero-byte read into a buffer with room is the peer's FIN.
             Ok(()) if wanted => this.record_eof(),

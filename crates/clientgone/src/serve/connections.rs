@@ -224,6 +224,59 @@ impl Drop for Registration {
     }
 }
 
+/// What a connection's [`Control`] asks of it at one poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Nothing,
+    /// No complete request head in time (already marked on the state).
+    HeadTimeout,
+    Graceful,
+    Force,
+}
+
+/// The connection's side of its [`Control`]: registers the task's waker and
+/// reads what is asked, once per poll.
+#[derive(Debug)]
+struct Obey {
+    control: Arc<Control>,
+    state: Arc<ConnectionState>,
+    // The waker last given to `control`: a connection's task keeps one
+    // waker for its life, so it is handed over (under a lock) only once.
+    registered: Option<Waker>,
+}
+
+impl Obey {
+    fn poll_asked(&mut self, cx: &Context<'_>) -> Asked {
+        // Registered before reading the reason, so a stop between the two is
+        // not lost.
+        if !self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            *self.control.waker() = Some(cx.waker().clone());
+            self.registered = Some(cx.waker().clone());
+        }
+        // Confirmed here, in the connection's own task: between the watcher's
+        // look and now, the head may have arrived.
+        // (A plain load first: the swap is a write, and almost every poll has
+        // nothing to swap.)
+        if self.control.head_overdue.load(Ordering::Acquire)
+            && self.control.head_overdue.swap(false, Ordering::AcqRel)
+            && self.state.is_waiting_for_head()
+        {
+            // Marked before the stream is dropped: its drop records the close.
+            self.state.mark_header_timeout();
+            return Asked::HeadTimeout;
+        }
+        match self.control.get() {
+            Stop::Running => Asked::Nothing,
+            Stop::Graceful => Asked::Graceful,
+            Stop::Force => Asked::Force,
+        }
+    }
+}
+
 pin_project! {
     /// A connection that obeys its [`Control`]: it ends at once on a head
     /// timeout or a forced stop, and starts hyper's graceful shutdown on a
@@ -231,12 +284,8 @@ pin_project! {
     pub(crate) struct Controlled<C> {
         #[pin]
         conn: C,
-        control: Arc<Control>,
-        state: Arc<ConnectionState>,
+        obey: Obey,
         graceful: bool,
-        // The waker last given to `control`: a connection's task keeps one
-        // waker for its life, so it is handed over (under a lock) only once.
-        registered: Option<Waker>,
     }
 }
 
@@ -244,10 +293,12 @@ impl<C> Controlled<C> {
     pub(crate) fn new(conn: C, control: Arc<Control>, state: Arc<ConnectionState>) -> Self {
         Controlled {
             conn,
-            control,
-            state,
+            obey: Obey {
+                control,
+                state,
+                registered: None,
+            },
             graceful: false,
-            registered: None,
         }
     }
 }
@@ -268,39 +319,59 @@ impl<C: GracefulConnection> Future for Controlled<C> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        // Registered before reading the reason, so a stop between the two is
-        // not lost.
-        if !this
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            *this.control.waker() = Some(cx.waker().clone());
-            *this.registered = Some(cx.waker().clone());
-        }
-        // Confirmed here, in the connection's own task: between the watcher's
-        // look and now, the head may have arrived.
-        // (A plain load first: the swap is a write, and almost every poll has
-        // nothing to swap.)
-        if this.control.head_overdue.load(Ordering::Acquire)
-            && this.control.head_overdue.swap(false, Ordering::AcqRel)
-            && this.state.is_waiting_for_head()
-        {
-            // Marked before the stream is dropped: its drop records the close.
-            this.state.mark_header_timeout();
-            return Poll::Ready(Ended::HeadTimeout);
-        }
-        match this.control.get() {
-            Stop::Running => {}
-            Stop::Graceful => {
+        match this.obey.poll_asked(cx) {
+            Asked::Nothing => {}
+            Asked::HeadTimeout => return Poll::Ready(Ended::HeadTimeout),
+            Asked::Graceful => {
                 if !*this.graceful {
                     *this.graceful = true;
                     this.conn.as_mut().graceful_shutdown();
                 }
             }
-            Stop::Force => return Poll::Ready(Ended::Forced),
+            Asked::Force => return Poll::Ready(Ended::Forced),
         }
         this.conn.poll(cx).map(Ended::Finished)
+    }
+}
+
+#[cfg(feature = "tls")]
+pin_project! {
+    /// A connection's TLS handshake under its [`Control`]: the header-read
+    /// timeout covers it (a client that never finishes its ClientHello is
+    /// cut like a slow head), and any stop of the server ends it — no
+    /// request has started, there is nothing to wait for.
+    pub(crate) struct ControlledHandshake<F> {
+        #[pin]
+        handshake: F,
+        obey: Obey,
+    }
+}
+
+#[cfg(feature = "tls")]
+impl<F> ControlledHandshake<F> {
+    pub(crate) fn new(handshake: F, control: Arc<Control>, state: Arc<ConnectionState>) -> Self {
+        ControlledHandshake {
+            handshake,
+            obey: Obey {
+                control,
+                state,
+                registered: None,
+            },
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+impl<F: Future> Future for ControlledHandshake<F> {
+    /// `None`: stopped before the handshake completed.
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if this.obey.poll_asked(cx) != Asked::Nothing {
+            return Poll::Ready(None);
+        }
+        this.handshake.poll(cx).map(Some)
     }
 }
 

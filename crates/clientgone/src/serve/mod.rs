@@ -20,7 +20,9 @@ use tokio_util::task::TaskTracker;
 use tower::Service;
 
 use crate::classify::request_asks_to_close;
-use crate::connection::{TrackedListener, TrackedStream};
+use crate::connection::{TrackedConnection, TrackedListener, TrackedStream};
+#[cfg(feature = "tls")]
+use connections::ControlledHandshake;
 use connections::{Connections, Controlled, Ended, Stop};
 use request::{InFlightMark, Served};
 
@@ -51,6 +53,8 @@ pub fn serve(listener: TrackedListener, router: Router) -> Serve {
         router,
         shutdown: None,
         grace_period: Duration::from_secs(30),
+        #[cfg(feature = "tls")]
+        tls: None,
     }
 }
 
@@ -61,6 +65,8 @@ pub struct Serve {
     router: Router,
     shutdown: Option<Signal>,
     grace_period: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsAcceptor>,
 }
 
 impl std::fmt::Debug for Serve {
@@ -91,12 +97,34 @@ impl Serve {
         self
     }
 
+    /// Serves HTTPS: every connection runs this TLS handshake first (HTTP/1.1
+    /// and HTTP/2 by ALPN). The header-read timeout covers the handshake; a
+    /// connection whose handshake does not complete closes with
+    /// `reason="tls_handshake"`. Causes keep their meaning: the TCP facts are
+    /// read beneath TLS, HTTP/2 stream resets in the plaintext above it.
+    ///
+    /// ```no_run
+    /// # async fn run(app: axum::Router, metrics: clientgone::Metrics) -> Result<(), Box<dyn std::error::Error>> {
+    /// let tls = clientgone::TlsAcceptor::from_pem_files("cert.pem", "key.pem")?;
+    /// let listener = clientgone::TrackedListener::bind("0.0.0.0:8443", &metrics).await?;
+    /// clientgone::serve(listener, app).tls(tls).await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(mut self, acceptor: crate::tls::TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
     async fn run(self) -> io::Result<()> {
         let Serve {
             listener,
             router,
             shutdown,
             grace_period,
+            #[cfg(feature = "tls")]
+            tls,
         } = self;
         // Handlers become routes once here, not on every request: a `Router`
         // called without its state converts each boxed handler (and every
@@ -120,10 +148,29 @@ impl Serve {
                 accepted = listener.accept_retrying() => accepted,
                 () = &mut shutdown => break,
             };
-            let (control, registration) = connections.register(stream.connection().state().clone());
-            let conn = serve_connection(stream, router.clone(), builder.clone(), control);
+            let state = stream.connection().state().clone();
+            let (control, registration) = connections.register(state.clone());
+            let (router, builder) = (router.clone(), builder.clone());
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &tls {
+                let tls = tls.clone();
+                tracker.spawn(async move {
+                    let handshake =
+                        ControlledHandshake::new(tls.accept(stream), control.clone(), state);
+                    match handshake.await {
+                        Some(Ok(stream)) => {
+                            serve_connection(stream, router, builder, control).await
+                        }
+                        // Dropped with its handshake pending: closed as `tls_handshake`.
+                        Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        None => tracing::debug!("TLS handshake cut off"),
+                    }
+                    drop(registration);
+                });
+                continue;
+            }
             tracker.spawn(async move {
-                conn.await;
+                serve_connection(stream, router, builder, control).await;
                 drop(registration);
             });
         }
@@ -163,8 +210,26 @@ fn builder() -> Builder<TokioExecutor> {
     builder
 }
 
+/// A stream `serve` serves: the tracked socket, or TLS above it.
+trait ServedStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
+    fn connection(&self) -> &TrackedConnection;
+}
+
+impl ServedStream for TrackedStream {
+    fn connection(&self) -> &TrackedConnection {
+        TrackedStream::connection(self)
+    }
+}
+
+#[cfg(feature = "tls")]
+impl ServedStream for crate::tls::TrackedTlsStream {
+    fn connection(&self) -> &TrackedConnection {
+        crate::tls::TrackedTlsStream::connection(self)
+    }
+}
+
 async fn serve_connection(
-    stream: TrackedStream,
+    stream: impl ServedStream,
     router: Router,
     builder: Arc<Builder<TokioExecutor>>,
     control: Arc<connections::Control>,

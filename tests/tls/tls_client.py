@@ -1,4 +1,4 @@
-"""A TLS client for the watch tests: Python's ssl module (OpenSSL), not ours.
+"""A TLS client for the tests (watch, HTTPS): Python's ssl module (OpenSSL), not ours.
 The server's certificate is not verified (the tests make their own).
 
   tls_client.py HOST PORT requests PATH...
