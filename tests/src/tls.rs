@@ -157,8 +157,21 @@ pub struct TlsClient {
 impl TlsClient {
     /// Starts `tls_client.py HOST PORT MODE ARGS…` (see the script).
     pub fn start(addr: std::net::SocketAddr, mode: &str, args: &[&str]) -> Self {
+        Self::start_with(addr, mode, args, None)
+    }
+
+    fn start_with(
+        addr: std::net::SocketAddr,
+        mode: &str,
+        args: &[&str],
+        ca: Option<&Path>,
+    ) -> Self {
         use std::process::{Command, Stdio};
-        let mut child = Command::new("python3")
+        let mut command = Command::new("python3");
+        if let Some(ca) = ca {
+            command.env("CLIENT_CA", ca);
+        }
+        let mut child = command
             .arg(TLS_CLIENT_PY)
             .args([addr.ip().to_string(), addr.port().to_string()])
             .arg(mode)
@@ -184,6 +197,26 @@ impl TlsClient {
             .read_line(&mut line)
             .expect("the client's output");
         line.trim_end().to_owned()
+    }
+
+    /// A keep-alive connection verified against `ca`, and the common name of
+    /// the certificate the server presented on it.
+    pub fn session(addr: std::net::SocketAddr, ca: &Path) -> (Self, String) {
+        let mut client = TlsClient::start_with(addr, "session", &[], Some(ca));
+        let line = client.line();
+        let cn = line
+            .strip_prefix("cn=")
+            .unwrap_or_else(|| panic!("the session did not start: {line:?}"))
+            .to_owned();
+        (client, cn)
+    }
+
+    /// One GET on a `session`'s connection: its status.
+    pub fn get(&mut self, path: &str) -> u16 {
+        self.tell(path);
+        let line = self.line();
+        line.parse()
+            .unwrap_or_else(|_| panic!("no status for {path}: {line:?}"))
     }
 
     /// Sends the request (or cuts the handshake), and returns once it is sent.

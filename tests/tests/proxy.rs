@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clientgone_agent::proxy::{self, ProxyConfig, RouteTable, Upstream};
 use clientgone_agent::server::{RunningServer, ServerConfig};
+use clientgone_agent::tls::TlsFiles;
 use clientgone_tests::client::{
     H2Connection, Http1Connection, close_fin, close_rst, read_to_close, read_until, send_raw,
 };
+use clientgone_tests::tls::{Pki, TlsClient};
 use clientgone_tests::{DEADLINE, scrape, wait_for_value, wait_until};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,13 +25,25 @@ const UPSTREAM: &str = "http_client_request_duration_seconds_count";
 struct PythonUpstream {
     child: Child,
     addr: SocketAddr,
+    /// Where `GET /__events` is served in plain HTTP (`addr` unless TLS).
+    events_addr: SocketAddr,
 }
 
 impl PythonUpstream {
     fn start() -> PythonUpstream {
+        Self::start_with(&[])
+    }
+
+    /// The upstream serving HTTPS with this certificate and key.
+    fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> PythonUpstream {
+        Self::start_with(&["--tls".as_ref(), cert.as_os_str(), key.as_os_str()])
+    }
+
+    fn start_with(args: &[&std::ffi::OsStr]) -> PythonUpstream {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/upstream/upstream.py");
         let mut child = Command::new("python3")
             .arg(script)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -41,16 +55,23 @@ impl PythonUpstream {
             &mut line,
         )
         .expect("the upstream prints its port");
-        let port: u16 = line.trim().parse().expect("a port");
+        let ports: Vec<u16> = line
+            .split_whitespace()
+            .map(|p| p.parse().expect("a port"))
+            .collect();
+        let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         PythonUpstream {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: at(ports[0]),
+            events_addr: at(*ports.last().expect("a port")),
         }
     }
 
     /// What the upstream saw: connections, requests, cancellations.
     async fn events(&self) -> Value {
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(self.events_addr)
+            .await
+            .unwrap();
         stream
             .write_all(b"GET /__events HTTP/1.0\r\nHost: t\r\n\r\n")
             .await
@@ -93,6 +114,18 @@ async fn start_proxy_skipping(
     timeout: Duration,
     skip: Vec<String>,
 ) -> RunningServer {
+    start_proxy_tls(upstream, routes, timeout, skip, None, None).await
+}
+
+/// The proxy with HTTPS in front (`tls`) and an upstream CA file.
+async fn start_proxy_tls(
+    upstream: &str,
+    routes: RouteTable,
+    timeout: Duration,
+    skip: Vec<String>,
+    tls: Option<TlsFiles>,
+    upstream_ca: Option<std::path::PathBuf>,
+) -> RunningServer {
     proxy::start(ProxyConfig {
         server: ServerConfig {
             listen: "127.0.0.1:0".into(),
@@ -101,14 +134,14 @@ async fn start_proxy_skipping(
             registry: prometheus::Registry::new(),
             tracer: None,
             buckets: Default::default(),
-            tls: None,
+            tls,
         },
         upstream: Upstream::parse(upstream).unwrap(),
         routes,
         upstream_timeout: timeout,
         grpc: None,
         skip,
-        upstream_ca: None,
+        upstream_ca,
     })
     .await
     .expect("proxy starts")
@@ -704,4 +737,116 @@ async fn skipped_routes_are_forwarded_and_in_no_metric() {
     );
     assert_eq!(s.value(UPSTREAM, &[]), 1.0, "nor on the upstream side");
     assert!(!s.text.contains("/echo"), "{}", s.text);
+}
+
+fn routes() -> RouteTable {
+    RouteTable::new(ROUTES.iter().map(|r| r.to_string())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_in_front_a_break_is_counted_and_cancels_the_plain_upstream() {
+    let pki = Pki::new("proxy-front");
+    let upstream = PythonUpstream::start();
+    let files = TlsFiles {
+        cert: pki.cert.clone(),
+        key: pki.key.clone(),
+    };
+    let proxy = start_proxy_tls(
+        &format!("http://{}", upstream.addr),
+        routes(),
+        DEADLINE,
+        Vec::new(),
+        Some(files),
+        None,
+    )
+    .await;
+    let statuses =
+        clientgone_tests::tls::requests(proxy.addr, &["/echo/1".into(), "/users/2".into()]);
+    assert_eq!(statuses, [200, 200]);
+    let path = "/users/7?delay_ms=30000";
+    let client = TlsClient::hold(
+        proxy.addr,
+        "hold",
+        &[&format!("GET {path} HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")],
+    );
+    wait_until("the upstream got the request", || upstream.requested(path)).await;
+    client.close("fin");
+    upstream_cancelled_at(&upstream, path).await;
+    let labels = [
+        ("http_route", "/users/{id}"),
+        ("phase", "handler"),
+        ("cause", "closed"),
+    ];
+    let s = wait_for_value(proxy.metrics_addr, DISCONNECTS, &labels, 1.0).await;
+    s.assert_value(UPSTREAM, &[("outcome", "cancelled")], 1.0);
+    s.assert_value(UPSTREAM, &[("outcome", "completed")], 2.0);
+    s.assert_value(
+        "http_server_connection_closes_total",
+        &[("reason", "tls_handshake")],
+        0.0,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_reached_with_upstream_ca_and_cancelled_over_tls() {
+    let pki = Pki::new("proxy-upstream");
+    let upstream = PythonUpstream::start_tls(&pki.cert, &pki.key);
+    let proxy = start_proxy_tls(
+        &format!("https://localhost:{}", upstream.addr.port()),
+        routes(),
+        DEADLINE,
+        Vec::new(),
+        None,
+        Some(pki.ca.clone()),
+    )
+    .await;
+    let mut conn = Http1Connection::open(proxy.addr).await;
+    let (status, body) = conn.request("GET", "/echo/1").await;
+    assert_eq!((status, &body[..]), (200, &b"echo 1\necho 1\n"[..]));
+    conn.close().await;
+
+    let path = "/users/3?delay_ms=30000";
+    let stream = send_raw(
+        proxy.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+    )
+    .await;
+    wait_until("the upstream got the request", || upstream.requested(path)).await;
+    close_fin(stream);
+    upstream_cancelled_at(&upstream, path).await;
+    let labels = [
+        ("http_route", "/users/{id}"),
+        ("phase", "handler"),
+        ("cause", "closed"),
+    ];
+    let s = wait_for_value(proxy.metrics_addr, DISCONNECTS, &labels, 1.0).await;
+    s.assert_value(UPSTREAM, &[("outcome", "cancelled")], 1.0);
+    s.assert_value(UPSTREAM, &[("outcome", "completed")], 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_certificate_that_does_not_verify_is_a_502_and_the_upstreams_error() {
+    let pki = Pki::new("proxy-untrusted");
+    let upstream = PythonUpstream::start_tls(&pki.untrusted_cert, &pki.untrusted_key);
+    let proxy = start_proxy_tls(
+        &format!("https://localhost:{}", upstream.addr.port()),
+        routes(),
+        DEADLINE,
+        Vec::new(),
+        None,
+        Some(pki.ca.clone()),
+    )
+    .await;
+    let mut conn = Http1Connection::open(proxy.addr).await;
+    let (status, body) = conn.request("GET", "/echo/1").await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("certificate"),
+        "the 502 says why: {}",
+        String::from_utf8_lossy(&body)
+    );
+    conn.close().await;
+    let s = scrape(proxy.metrics_addr).await;
+    s.assert_value(UPSTREAM, &[("outcome", "error")], 1.0);
+    s.assert_value(DISCONNECTS, &[], 0.0);
 }

@@ -17,7 +17,13 @@ The server's certificate is not verified (the tests make their own).
   tls_client.py HOST PORT h2
       Negotiates HTTP/2 by ALPN, sends the connection preface and an empty
       SETTINGS frame, reads the server's first frame, prints "h2", closes.
+  tls_client.py HOST PORT session
+      Verifies the server against the CA file in $CLIENT_CA, prints
+      "cn=<the common name of its certificate>", then GETs each path read
+      from stdin on the same keep-alive connection, printing each status;
+      closes at the end of stdin.
 """
+import os
 import socket
 import ssl
 import struct
@@ -26,7 +32,10 @@ import sys
 host, port, mode, args = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 context.check_hostname = False
-context.verify_mode = ssl.CERT_NONE
+if os.environ.get("CLIENT_CA"):
+    context.load_verify_locations(os.environ["CLIENT_CA"])
+else:
+    context.verify_mode = ssl.CERT_NONE
 
 
 def connect():
@@ -57,21 +66,32 @@ def read_head(sock):
     return data
 
 
-if mode == "requests":
+def get(sock, path):
+    """One GET on a keep-alive connection; its status."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    data = read_head(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split(b" ")[1])
+
+
+if mode == "session":
+    sock = connect()
+    subject = dict(item[0] for item in sock.getpeercert()["subject"])
+    print("cn=" + subject["commonName"], flush=True)
+    for line in sys.stdin:
+        print(get(sock, line.strip()), flush=True)
+    sock.close()
+elif mode == "requests":
     sock = connect()
     for path in args:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        data = read_head(sock)
-        head, _, body = data.partition(b"\r\n\r\n")
-        status = int(head.split(b" ")[1])
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while len(body) < length:
-            body += sock.recv(65536)
-        print(status, flush=True)
+        print(get(sock, path), flush=True)
     sock.close()
 elif mode == "hold":
     sock = connect()

@@ -375,3 +375,186 @@ async fn the_demo_binary_counts_a_curl_style_break_and_stops_on_sigterm() {
     .await;
     terminate(&mut demo);
 }
+
+/// Bad TLS files and flags: one line naming the file or the flag, exit 2.
+#[test]
+fn bad_tls_files_and_flags_are_one_line_and_exit_2() {
+    let pki = clientgone_tests::tls::Pki::new("cli");
+    let empty = pki.path("empty.pem");
+    std::fs::write(&empty, "no PEM here\n").unwrap();
+    let (cert, key, client_key) = (
+        pki.cert.to_str().unwrap(),
+        pki.key.to_str().unwrap(),
+        pki.client_key.to_str().unwrap(),
+    );
+    let empty = empty.to_str().unwrap();
+    let demo = |extra: &[&str]| -> Vec<String> {
+        DEMO_ON_ANY_PORT
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    for (args, says) in [
+        (demo(&["--tls-cert", cert]), "--tls-key"),
+        (demo(&["--tls-key", key]), "--tls-cert"),
+        (
+            demo(&["--tls-cert", "/nonexistent.pem", "--tls-key", key]),
+            "/nonexistent.pem: cannot read it",
+        ),
+        (
+            demo(&["--tls-cert", empty, "--tls-key", key]),
+            "holds no certificate",
+        ),
+        (
+            demo(&["--tls-cert", cert, "--tls-key", empty]),
+            "holds no private key",
+        ),
+        (
+            demo(&["--tls-cert", cert, "--tls-key", client_key]),
+            "is not the key of the certificate",
+        ),
+        (
+            demo(&["--tls-cert", cert, "--tls-key", key, "--traffic"]),
+            "--traffic",
+        ),
+        (
+            vec![
+                "proxy".into(),
+                "--upstream".into(),
+                "https://localhost:1".into(),
+                "--upstream-ca".into(),
+                empty.into(),
+            ],
+            "--upstream-ca",
+        ),
+        (
+            vec![
+                "proxy".into(),
+                "--upstream".into(),
+                "http://localhost:1".into(),
+                "--upstream-ca".into(),
+                pki.ca.to_str().unwrap().into(),
+            ],
+            "https://",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stderr) = run_to_end(&args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("clientgone: "), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "{args:?} should say {says:?}: {stderr}"
+        );
+    }
+}
+
+/// `clientgone demo --tls-cert … --tls-key …` as a user runs it, its stderr
+/// lines kept for the test.
+struct TlsDemo {
+    child: Child,
+    addr: SocketAddr,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl TlsDemo {
+    fn start(pki: &clientgone_tests::tls::Pki) -> TlsDemo {
+        let mut child = Command::new(BIN)
+            .args(DEMO_ON_ANY_PORT)
+            .arg("--tls-cert")
+            .arg(&pki.cert)
+            .arg("--tls-key")
+            .arg(&pki.key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn clientgone demo");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut demo = TlsDemo {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lines,
+        };
+        let line = demo.line_containing(" serving ");
+        // "clientgone demo: serving https://A/hello and gRPC …, metrics on http://B/metrics; …"
+        let https = line.split("https://").nth(1).expect("an https:// address");
+        demo.addr = https.split('/').next().unwrap().parse().expect("address");
+        demo
+    }
+
+    /// The next stderr line containing `text` (with the deadline).
+    fn line_containing(&self, text: &str) -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no line containing {text:?}"));
+            if line.contains(text) {
+                return line;
+            }
+        }
+    }
+
+    fn hangup(&self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+impl Drop for TlsDemo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sighup_serves_a_new_certificate_to_new_connections_and_keeps_open_ones() {
+    use clientgone_tests::tls::{Pki, TlsClient};
+    let pki = Pki::new("sighup");
+    let demo = TlsDemo::start(&pki);
+    let (mut open, cn) = TlsClient::session(demo.addr, &pki.ca);
+    assert_eq!(cn, "clientgone test server 1");
+    assert_eq!(open.get("/items/1"), 200);
+
+    pki.rotate("clientgone test server 2");
+    demo.hangup();
+    demo.line_containing("SIGHUP: serving the certificate in");
+    let (mut fresh, cn) = TlsClient::session(demo.addr, &pki.ca);
+    assert_eq!(
+        cn, "clientgone test server 2",
+        "a new connection gets the new certificate"
+    );
+    assert_eq!(fresh.get("/items/2"), 200);
+    assert_eq!(
+        open.get("/items/3"),
+        200,
+        "the connection opened before still serves"
+    );
+
+    // A bad new file: the old certificate stays, and the log says why.
+    std::fs::write(&pki.cert, "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    demo.hangup();
+    let line = demo.line_containing("SIGHUP: kept the old certificate");
+    assert!(line.contains(pki.cert.to_str().unwrap()), "{line}");
+    let (mut after, cn) = TlsClient::session(demo.addr, &pki.ca);
+    assert_eq!(cn, "clientgone test server 2");
+    assert_eq!(after.get("/items/4"), 200);
+}
