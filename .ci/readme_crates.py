@@ -221,7 +221,55 @@ def run_grpc():
     )
 
 
-RUNS = {"axum": run_axum, "grpc": run_grpc}
+def prepare_https(directory):
+    """The certificate and key the program reads, made as the README says."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", "key.pem", "-out", "cert.pem"],
+        cwd=directory, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return os.path.join(directory, "cert.pem")
+
+
+def run_https(cert):
+    """A client that verifies the certificate leaves mid-handler: one handler/closed break."""
+    import ssl
+
+    wait_for("the metrics port", lambda: scrape() is not None, 30)
+    context = ssl.create_default_context(cafile=cert)
+    raw = socket.create_connection(("127.0.0.1", 8443), timeout=5)
+    client = context.wrap_socket(raw, server_hostname="localhost")
+    client.sendall(b"GET /hello HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    wait_for(
+        "GET /hello in flight",
+        lambda: series(scrape(), "http_server_active_requests", http_route="/hello") == 1,
+        10,
+    )
+    # A FIN while the handler sleeps its 5 s. Shut down first: closing with
+    # bytes unread (the session tickets a TLS 1.3 server sends) would be a RST.
+    socket.socket.shutdown(client, socket.SHUT_WR)
+    client.close()
+    wait_for(
+        "the break on /metrics",
+        lambda: series(
+            scrape(),
+            "http_server_client_disconnects_total",
+            http_route="/hello",
+            phase="handler",
+            cause="closed",
+        )
+        == 1,
+        10,
+    )
+    closes = series(scrape(), "http_server_connection_closes_total", reason="tls_handshake")
+    if closes != 0:
+        raise CheckError(f"a completed handshake counted as tls_handshake: {closes}")
+
+
+RUNS = {"axum": run_axum, "grpc": run_grpc, "https": run_https}
+# What a run needs made first, in the program's directory; its result goes to the run.
+PREPARE = {"https": prepare_https}
 
 
 def main():
@@ -249,9 +297,10 @@ def main():
                 continue
             exe = os.path.join(env["CARGO_TARGET_DIR"], "debug", f"readme-{name}")
             print(f"readme: {name}: run", flush=True)
+            prepared = PREPARE[c["run"]](d) if c["run"] in PREPARE else None
             proc = subprocess.Popen([exe], cwd=d)
             try:
-                RUNS[c["run"]]()
+                RUNS[c["run"]](*([prepared] if prepared is not None else []))
                 if proc.poll() is not None:
                     raise CheckError(f"{name} exited early with {proc.returncode}")
             finally:
