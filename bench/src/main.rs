@@ -23,6 +23,7 @@ mod proxy;
 mod receiver;
 mod scrape;
 mod servers;
+mod tls;
 mod wrk;
 
 use std::process::ExitCode;
@@ -62,6 +63,10 @@ enum Command {
     /// clientgone's gRPC layer, and through `clientgone proxy` (needs h2load,
     /// and valgrind for the instruction counts).
     Grpc(grpc::Args),
+    /// HTTPS: clientgone beside bare axum on the same rustls stack (keep-alive
+    /// and a handshake per request), and `clientgone proxy` terminating TLS
+    /// beside nginx (needs wrk and nginx).
+    Tls(tls::Args),
     /// Runs overhead, detect, scrape, memory, breaks and proxy in that order.
     All(AllArgs),
     /// Runs one server configuration (the bench re-executes itself with this).
@@ -110,6 +115,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(&args).map(|t| print!("{t}")),
         Command::Instructions(args) => instructions::run(&args).map(|t| print!("{t}")),
         Command::Grpc(args) => grpc::run(&args).map(|t| print!("{t}")),
+        Command::Tls(args) => tls::run(&args).map(|t| print!("{t}")),
         Command::GrpcServe(args) => grpc::serve(&args),
         Command::All(args) => all(&args),
         Command::Serve(args) => servers::serve(&args),

@@ -511,11 +511,11 @@ async fn wait_for(
 /// nginx as our own process: a generated config in a temporary directory,
 /// `daemon off`, one worker, pinned with `taskset`. Stopped with SIGTERM (the
 /// master then stops its worker) and the directory removed when dropped.
-struct Nginx {
+pub(crate) struct Nginx {
     // Field order is drop order: stop nginx before removing its directory.
-    guard: ChildGuard,
+    pub(crate) guard: ChildGuard,
     _dir: TempDir,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 struct TempDir(PathBuf);
@@ -528,12 +528,21 @@ impl Drop for TempDir {
 
 impl Nginx {
     fn start(cpu: u32, upstream: SocketAddr) -> Result<Self, String> {
+        Self::start_tls(cpu, upstream, None)
+    }
+
+    /// nginx terminating TLS with this certificate and key when given.
+    pub(crate) fn start_tls(
+        cpu: u32,
+        upstream: SocketAddr,
+        tls: Option<(&Path, &Path)>,
+    ) -> Result<Self, String> {
         let dir = TempDir(
             std::env::temp_dir().join(format!("clientgone-bench-nginx-{}", std::process::id())),
         );
         std::fs::create_dir_all(&dir.0)
             .map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
-        let (addr, nginx_args) = nginx_setup(&dir.0, upstream, "")?;
+        let (addr, nginx_args) = nginx_setup_tls(&dir.0, upstream, "", tls)?;
         let mut command = Command::new("taskset");
         command
             .arg("-c")
@@ -587,13 +596,33 @@ pub(crate) fn nginx_setup(
     upstream: SocketAddr,
     extra: &str,
 ) -> Result<(SocketAddr, Vec<OsString>), String> {
+    nginx_setup_tls(dir, upstream, extra, None)
+}
+
+/// [`nginx_setup`], terminating TLS with `tls` (certificate, key) when given.
+pub(crate) fn nginx_setup_tls(
+    dir: &Path,
+    upstream: SocketAddr,
+    extra: &str,
+    tls: Option<(&Path, &Path)>,
+) -> Result<(SocketAddr, Vec<OsString>), String> {
     // A free port: bind, read it, let go. nginx binds it a moment later.
     let addr = StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| format!("cannot find a free port: {e}"))?;
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, nginx_conf(dir, addr, upstream, extra))
-        .map_err(|e| format!("cannot write the nginx config: {e}"))?;
+    let mut text = nginx_conf(dir, addr, upstream, extra);
+    if let Some((cert, key)) = tls {
+        text = text.replace(
+            &format!("listen {addr};"),
+            &format!(
+                "listen {addr} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};",
+                cert.display(),
+                key.display()
+            ),
+        );
+    }
+    std::fs::write(&conf, text).map_err(|e| format!("cannot write the nginx config: {e}"))?;
     let args = vec![
         "-c".into(),
         conf.into_os_string(),

@@ -19,6 +19,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use clap::ValueEnum;
+use clientgone::tls::rustls;
 use clientgone::{ConnectionOptions, DisconnectLayer, Metrics, TrackedConnection, TrackedListener};
 use clientgone_exporter::otlp::{OtlpConfig, OtlpPipeline, OtlpProtocol};
 use opentelemetry::trace::TracerProvider as _;
@@ -54,6 +55,13 @@ pub enum Config {
     /// accept loop as (a), so the difference to (a) is clientgone's own
     /// (`TrackedStream`, `ConnectionState`, the layer). Not in the default set.
     MetricsAxumServe,
+    /// (a-tls) bare axum over HTTPS: tokio-rustls (the `ring` provider, as
+    /// clientgone's) and hyper-util's auto server, `TCP_NODELAY`. Needs
+    /// `--tls-dir`. The `tls` part's baseline; not in the default set.
+    BareTls,
+    /// (b-tls) (b) over HTTPS: `clientgone::serve(…).tls(TlsAcceptor)` with
+    /// the same certificate. Needs `--tls-dir`; not in the default set.
+    MetricsTls,
 }
 
 impl Config {
@@ -85,6 +93,8 @@ impl Config {
             Config::EarlyDrop => "(f) OnEarlyDropLayer + counter",
             Config::MetricsAxumServe => "(b′) clientgone metrics under axum::serve",
             Config::TracesSampled => "(c′) clientgone metrics + OTLP traces (ratio 0.01)",
+            Config::BareTls => "(a-tls) bare axum over rustls",
+            Config::MetricsTls => "(b-tls) clientgone metrics over rustls",
         }
     }
 
@@ -115,6 +125,9 @@ pub struct ServeArgs {
     /// launcher starts a discarding receiver in a process of its own).
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
+    /// HTTPS configurations: the directory holding `cert.pem` and `key.pem`.
+    #[arg(long)]
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 /// The fixed 4 KiB JSON body of `GET /json`: an array of small objects, padded
@@ -186,6 +199,7 @@ async fn serve_clientgone(
     options: ConnectionOptions,
     addr: SocketAddr,
     tracer: Option<clientgone::DeferredTracer>,
+    tls: Option<clientgone::TlsAcceptor>,
 ) -> Result<(), String> {
     let metrics = Metrics::new(registry).map_err(|e| e.to_string())?;
     let mut layer = DisconnectLayer::new(metrics.clone());
@@ -195,9 +209,11 @@ async fn serve_clientgone(
     let app = app.layer(layer);
     let listener = TrackedListener::from_tcp(listener, &metrics).with_options(options);
     announce(addr);
-    clientgone::serve(listener, app)
-        .await
-        .map_err(|e| e.to_string())
+    let mut serve = clientgone::serve(listener, app);
+    if let Some(tls) = tls {
+        serve = serve.tls(tls);
+    }
+    serve.await.map_err(|e| e.to_string())
 }
 
 async fn serve_async(args: &ServeArgs) -> Result<(), String> {
@@ -220,14 +236,38 @@ async fn serve_async(args: &ServeArgs) -> Result<(), String> {
     let mut _pipeline = None;
     let mut _provider = None;
 
+    let tls_files = || {
+        let dir = args
+            .tls_dir
+            .as_ref()
+            .ok_or_else(|| format!("{} needs --tls-dir", args.config.name()))?;
+        Ok::<_, String>((dir.join("cert.pem"), dir.join("key.pem")))
+    };
+
     match args.config {
         Config::Bare => {
             announce(addr);
             serve_axum(listener, app).await
         }
+        Config::BareTls => {
+            let (cert, key) = tls_files()?;
+            let key = clientgone::tls::load_certified_key(cert, key).map_err(|e| e.to_string())?;
+            let resolver = rustls::sign::SingleCertAndKey::from(std::sync::Arc::new(key));
+            let mut config = clientgone::tls::server_config(std::sync::Arc::new(resolver));
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            announce(addr);
+            serve_bare_tls(listener, app, std::sync::Arc::new(config)).await
+        }
+        Config::MetricsTls => {
+            let (cert, key) = tls_files()?;
+            let tls =
+                clientgone::TlsAcceptor::from_pem_files(cert, key).map_err(|e| e.to_string())?;
+            let registry = prometheus::Registry::new();
+            serve_clientgone(listener, &registry, app, options, addr, None, Some(tls)).await
+        }
         Config::Metrics => {
             let registry = prometheus::Registry::new();
-            serve_clientgone(listener, &registry, app, options, addr, None).await
+            serve_clientgone(listener, &registry, app, options, addr, None, None).await
         }
         Config::Traces | Config::TracesSampled => {
             let endpoint = otlp_endpoint()?;
@@ -248,7 +288,7 @@ async fn serve_async(args: &ServeArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
             let tracer = pipeline.tracer();
             _pipeline = Some(pipeline);
-            serve_clientgone(listener, &registry, app, options, addr, Some(tracer)).await
+            serve_clientgone(listener, &registry, app, options, addr, Some(tracer), None).await
         }
         Config::MetricsAxumServe => {
             let registry = prometheus::Registry::new();
@@ -348,6 +388,33 @@ async fn serve_axum(listener: TcpListener, app: Router) -> Result<(), String> {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, app).await.map_err(|e| e.to_string())
+}
+
+/// (a-tls): the accept loop a user writes for HTTPS without clientgone —
+/// tokio-rustls's handshake on the connection's task, then hyper-util's auto
+/// server (HTTP/1.1 or HTTP/2 by ALPN), the router as a hyper service.
+async fn serve_bare_tls(
+    listener: TcpListener,
+    app: Router,
+    config: std::sync::Arc<rustls::ServerConfig>,
+) -> Result<(), String> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let builder = std::sync::Arc::new(Builder::new(TokioExecutor::new()));
+    let service = TowerToHyperService::new(app.with_state::<()>(()));
+    loop {
+        let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, builder, service) = (acceptor.clone(), builder.clone(), service.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+        });
+    }
 }
 
 /// Ends this child process when its launcher goes away. The launcher holds

@@ -42,6 +42,12 @@ impl WrkResult {
 
 /// Runs wrk against `url` and parses its report.
 pub fn run(url: &str, load: Load) -> Result<WrkResult, String> {
+    run_with(url, load, &[])
+}
+
+/// [`run`] with more wrk arguments (`-H "Connection: close"`: a new
+/// connection, and over HTTPS a new handshake, for every request).
+pub fn run_with(url: &str, load: Load, extra: &[&str]) -> Result<WrkResult, String> {
     let mut command = match load.cpu {
         Some(cpu) => {
             let mut c = Command::new("taskset");
@@ -55,6 +61,7 @@ pub fn run(url: &str, load: Load) -> Result<WrkResult, String> {
         .arg(format!("-c{}", load.connections))
         .arg(format!("-d{}s", load.seconds))
         .arg("--latency")
+        .args(extra)
         .arg(url);
     let output = command.output().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {

@@ -260,7 +260,10 @@ them). Honoured variables:
   OTEL_TRACES_EXPORTER (otlp | none). A malformed value stops the start (exit 2).
   https:// endpoints trust the system's roots plus OTEL_EXPORTER_OTLP_CERTIFICATE
   (PEM); OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY
-  give a client certificate (mTLS); each also as …_TRACES_… and …_METRICS_….
+  give a client certificate (mTLS). Per signal, winning over those:
+  OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE, OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE,
+  OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY, OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE,
+  OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE, OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY.
 
 Metrics are pushed over OTLP too (beside /metrics) with OTEL_METRICS_EXPORTER=otlp:
   OTEL_EXPORTER_OTLP_METRICS_ENDPOINT (else OTEL_EXPORTER_OTLP_ENDPOINT, else

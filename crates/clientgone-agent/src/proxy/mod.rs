@@ -204,9 +204,13 @@ mod tests {
             (u.authority.as_str(), u.base_path.as_str(), u.h2c),
             ("svc:80", "/api", true)
         );
+        let u = Upstream::parse("https://x/base").unwrap();
+        assert_eq!(
+            (u.authority.as_str(), u.base_path.as_str(), u.h2c, u.tls),
+            ("x:443", "/base", false, true)
+        );
         for bad in [
             "127.0.0.1:8000",
-            "https://x",
             "http://x/?q=1",
             "ftp://x",
             "http://127.0.0.1:80800",
