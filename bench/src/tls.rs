@@ -134,7 +134,7 @@ pub fn run(args: &Args) -> Result<String, String> {
     let proxy_args: Vec<&str> = proxy_args.iter().map(String::as_str).collect();
     let proxy = AgentProcess::spawn(0, &proxy_args)?;
     let (cert, key) = (certs.cert(), certs.key());
-    let nginx = Nginx::start_tls(0, upstream, Some((cert.as_path(), key.as_path())))?;
+    let mut nginx = Nginx::start_tls(0, upstream, Some((cert.as_path(), key.as_path())))?;
     // Plain HTTP to a TLS port is refused by all four: they really speak TLS.
     for (name, addr) in [
         ("bare", bare.addr),
