@@ -392,7 +392,8 @@ async fn serve_axum(listener: TcpListener, app: Router) -> Result<(), String> {
 
 /// (a-tls): the accept loop a user writes for HTTPS without clientgone —
 /// tokio-rustls's handshake on the connection's task, then hyper-util's auto
-/// server (HTTP/1.1 or HTTP/2 by ALPN), the router as a hyper service.
+/// server (HTTP/1.1 or HTTP/2 by ALPN) as `axum::serve` runs it, the router
+/// as a hyper service.
 async fn serve_bare_tls(
     listener: TcpListener,
     app: Router,
@@ -412,7 +413,10 @@ async fn serve_bare_tls(
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
-            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+            // With upgrades, as `axum::serve` and `clientgone::serve` do.
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await;
         });
     }
 }
