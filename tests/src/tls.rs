@@ -255,3 +255,58 @@ pub fn requests(addr: std::net::SocketAddr, paths: &[String]) -> Vec<u16> {
         .map(|_| client.line().parse().expect("a status"))
         .collect()
 }
+
+/// tests/tls/h2_tls_client.py: Python's `h2` over `ssl`.
+pub const H2_TLS_CLIENT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tls/h2_tls_client.py");
+
+/// An HTTP/2 client over TLS (ALPN `h2`) that has sent a GET and waits to
+/// reset it; killed when dropped.
+pub struct H2TlsClient {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl H2TlsClient {
+    /// Connects to `addr` (verified against `ca`, or not at all with `None`)
+    /// and GETs `slow` on stream 1; returns once it is sent.
+    pub fn start(addr: std::net::SocketAddr, ca: Option<&Path>, slow: &str, fast: &str) -> Self {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("python3")
+            .arg(H2_TLS_CLIENT_PY)
+            .args([addr.ip().to_string(), addr.port().to_string()])
+            .arg(ca.map_or_else(|| "-".into(), |p| p.as_os_str().to_owned()))
+            .args([slow, fast])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the h2 client");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(
+            line.trim(),
+            "sent",
+            "the h2 client could not send its request"
+        );
+        H2TlsClient { child, stdout }
+    }
+
+    /// Resets the first stream, GETs the second path on the same connection,
+    /// and returns its status once the client has closed.
+    pub fn reset_then_get(mut self) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.child.stdin.take().unwrap(), "reset").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        assert!(self.child.wait().unwrap().success(), "the h2 client failed");
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for H2TlsClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

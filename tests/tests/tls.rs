@@ -15,7 +15,7 @@ use clientgone_exporter::otlp::{
     MetricsConfig, OtlpConfig, OtlpMetrics, OtlpPipeline, OtlpProtocol, OtlpTls,
 };
 use clientgone_tests::otlp::{self, ReceivedSpan};
-use clientgone_tests::tls::{Pki, TlsClient};
+use clientgone_tests::tls::{H2TlsClient, Pki, TlsClient};
 use clientgone_tests::{DEADLINE, wait_for_registry_value, wait_for_value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -24,7 +24,6 @@ const DISCONNECTS: &str = "http_server_client_disconnects_total";
 const DURATION_COUNT: &str = "http_server_request_duration_seconds_count";
 const ACTIVE: &str = "http_server_active_requests";
 const CLOSES: &str = "http_server_connection_closes_total";
-const H2_TLS_CLIENT_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tls/h2_tls_client.py");
 
 async fn start_tls_demo(
     pki: &Pki,
@@ -66,8 +65,8 @@ fn brk<'a>(route: &'a str, phase: &'a str, cause: &'a str) -> [(&'a str, &'a str
     [("http_route", route), ("phase", phase), ("cause", cause)]
 }
 
-/// The HTTP/2 client over TLS: GETs `slow`, resets it once told, then GETs
-/// `fast` on the same connection; the status of `fast`.
+/// The HTTP/2 client over TLS: GETs `slow`, resets it once `in_flight`
+/// resolves, then GETs `fast` on the same connection; the status of `fast`.
 async fn h2_reset_then_get(
     pki: &Pki,
     addr: SocketAddr,
@@ -75,30 +74,11 @@ async fn h2_reset_then_get(
     slow: &str,
     fast: &str,
 ) -> String {
-    use std::io::{BufRead, Write};
-    let mut child = std::process::Command::new("python3")
-        .arg(H2_TLS_CLIENT_PY)
-        .args([addr.ip().to_string(), addr.port().to_string()])
-        .arg(&pki.ca)
-        .args([slow, fast])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs the h2 client");
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert_eq!(
-        line.trim(),
-        "sent",
-        "the h2 client could not start its request"
-    );
+    let client = H2TlsClient::start(addr, Some(&pki.ca), slow, fast);
     in_flight.await;
-    writeln!(child.stdin.take().unwrap(), "reset").unwrap();
-    line.clear();
-    stdout.read_line(&mut line).unwrap();
-    assert!(child.wait().unwrap().success(), "the h2 client failed");
-    line.trim().to_owned()
+    tokio::task::spawn_blocking(move || client.reset_then_get())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

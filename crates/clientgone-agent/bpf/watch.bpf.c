@@ -76,7 +76,10 @@ struct conn_state {
 	 * its ssl_conns entry, deleted when the connection closes). */
 	__u64 ssl;
 	__u32 tgid;
-	__u32 pad;
+	/* The client's first bytes were the HTTP/2 preface: its transfers are
+	 * captured whole (up to CG_H2_CAP). */
+	__u8 h2;
+	__u8 pad[3];
 };
 
 enum conn_mode { MODE_PLAIN = 0, MODE_TLS = 1 };
@@ -286,6 +289,90 @@ static __always_inline int head_run(__u32 *run, __u8 *last_dir, __u8 dir, __u32 
 	return head;
 }
 
+/* ---- HTTP/2: whole transfers ------------------------------------------- */
+
+/* Whether an event's bytes begin with the HTTP/2 client preface ("PRI * ..."). */
+static __always_inline int starts_preface(const struct cg_event *e)
+{
+	return e->cap_len >= 4 && e->data[0] == 'P' && e->data[1] == 'R' && e->data[2] == 'I' &&
+	       e->data[3] == ' ';
+}
+
+/* Copies n (at most CG_CAP) bytes from offset `start` of a transfer over an
+ * iovec array into the event. */
+static __always_inline void copy_iov_range(struct cg_event *e, __u64 iov, __u64 count, __u32 start,
+					   __u32 n)
+{
+	__u32 seen = 0, copied = 0;
+	for (int i = 0; i < MAX_IOV; i++) {
+		if (i >= count || copied >= n)
+			break;
+		struct cg_iovec v;
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(v))))
+			break;
+		__u32 piece = v.len > 0x7fffffff ? 0x7fffffff : v.len;
+		__u32 at = start + copied; /* the next byte wanted, in the transfer */
+		if (at < seen + piece) {
+			__u32 from = at - seen;
+			__u32 k = piece - from < n - copied ? piece - from : n - copied;
+			if (bpf_probe_read_user(e->data + bounded(copied, CG_CAP - 1),
+						bounded(k, 2 * CG_CAP - 1), (void *)(v.base + from)))
+				break;
+			copied += k;
+		}
+		seen += piece;
+	}
+	e->cap_len = copied;
+}
+
+/* What one CG_MORE piece needs: the transfer, and where its bytes are. */
+struct more_ctx {
+	__u64 id;
+	__u64 buf; /* a contiguous buffer, or 0 */
+	__u64 iov; /* else an iovec array */
+	__u64 count;
+	__u32 len;
+	__u16 port;
+};
+
+/* One CG_MORE piece of the transfer, the (i+1)-th CG_CAP of it: a bpf_loop
+ * callback, so the verifier walks it once, not once per piece. Returns 1 to
+ * stop (the transfer's end, or a piece that could not be read). */
+static long more_piece(__u32 i, void *arg)
+{
+	struct more_ctx *m = arg;
+	__u32 off = (i + 1) * CG_CAP;
+	if (off >= m->len || off >= CG_H2_CAP)
+		return 1;
+	struct cg_event *e = new_event(m->id, m->port, CG_MORE);
+	if (!e)
+		return 1;
+	__u32 n = m->len - off < CG_CAP ? m->len - off : CG_CAP;
+	e->len = m->len;
+	e->unacked = off;
+	if (m->buf) {
+		if (bpf_probe_read_user(e->data, bounded(n, 2 * CG_CAP - 1), (void *)(m->buf + off)) == 0)
+			e->cap_len = n;
+	} else {
+		copy_iov_range(e, m->iov, m->count, off, n);
+	}
+	__u32 got = e->cap_len;
+	send(e, BPF_RB_NO_WAKEUP);
+	return got != n;
+}
+
+/* The rest of an HTTP/2 connection's transfer of `len` bytes after the
+ * CG_CAP its RECV/SEND event holds, CG_CAP a CG_MORE event, up to CG_H2_CAP.
+ * `buf` is a contiguous buffer, or (iov, count) an iovec array. */
+static __always_inline void send_more(__u64 id, __u16 port, __u32 len, __u64 buf, __u64 iov,
+				      __u64 count)
+{
+	struct more_ctx m = {
+		.id = id, .buf = buf, .iov = iov, .count = count, .len = len, .port = port
+	};
+	bpf_loop(CG_H2_CAP / CG_CAP - 1, more_piece, &m, 0);
+}
+
 /* ---- TLS (OpenSSL) ---------------------------------------------------- */
 
 /* Which OpenSSL function a uprobe is attached to: its attach cookie. */
@@ -333,7 +420,7 @@ struct ssl_conn {
 	__u32 run;
 	__u16 port;
 	__u8 last_dir;
-	__u8 pad;
+	__u8 h2; /* as conn_state's, for the plaintext */
 };
 
 struct {
@@ -416,26 +503,39 @@ static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 
 		if (bpf_map_lookup_elem(&ssl_procs, &tgid))
 			flags = CG_F_SSL_PROC;
 	}
-	int head = head_run(&cs->run, &cs->last_dir, dir, ret);
+	int first = cs->last_dir == DIR_NONE;
+	int head = head_run(&cs->run, &cs->last_dir, dir, ret) || cs->h2;
 	struct cg_event *e = new_event(cs->id, cs->port, kind);
 	if (!e)
 		return 0;
 	e->len = ret;
 	e->flags = flags;
+	__u64 buf = 0, iov = 0, count = 0;
 	if (c && c->dir == dir && c->kind != CALL_NOBUF) {
 		if (c->kind == CALL_BUF) {
-			capture_buf(e, c->arg, ret, head);
+			buf = c->arg;
+			capture_buf(e, buf, ret, head);
 		} else if (c->kind == CALL_IOV) {
-			capture_iov(e, c->arg, c->count, ret, head);
+			iov = c->arg;
+			count = c->count;
+			capture_iov(e, iov, count, ret, head);
 		} else if (c->kind == CALL_MSG) {
 			struct cg_user_msghdr m;
-			if (bpf_probe_read_user(&m, sizeof(m), (void *)c->arg) == 0)
-				capture_iov(e, m.msg_iov, m.msg_iovlen, ret, head);
+			if (bpf_probe_read_user(&m, sizeof(m), (void *)c->arg) == 0) {
+				iov = m.msg_iov;
+				count = m.msg_iovlen;
+				capture_iov(e, iov, count, ret, head);
+			}
 		}
 	}
 	if (e->cap_len == 0)
 		e->flags |= CG_F_NOBUF;
+	if (first && kind == CG_RECV && starts_preface(e))
+		cs->h2 = 1;
+	__u32 captured = e->cap_len;
 	send(e, BPF_RB_NO_WAKEUP);
+	if (cs->h2 && captured == CG_CAP && (buf || iov))
+		send_more(cs->id, cs->port, ret, buf, iov, count);
 	return 0;
 }
 
@@ -757,14 +857,20 @@ static __always_inline int ssl_return(struct pt_regs *ctx)
 		return 0;
 	__u8 kind = fn == SSL_FN_WRITE || fn == SSL_FN_WRITE_EX ? CG_SEND : CG_RECV;
 	__u8 dir = kind == CG_RECV ? DIR_RECV : DIR_SEND;
-	int head = head_run(&sc->run, &sc->last_dir, dir, n);
+	int first = sc->last_dir == DIR_NONE;
+	int head = head_run(&sc->run, &sc->last_dir, dir, n) || sc->h2;
 	struct cg_event *e = new_event(sc->id, sc->port, kind);
 	if (!e)
 		return 0;
 	e->len = n;
 	e->flags = CG_F_TLS;
 	capture_buf(e, call.buf, n, head);
+	if (first && kind == CG_RECV && starts_preface(e))
+		sc->h2 = 1;
+	__u32 captured = e->cap_len;
 	send(e, BPF_RB_NO_WAKEUP);
+	if (sc->h2 && captured == CG_CAP && call.buf)
+		send_more(sc->id, sc->port, n, call.buf, 0, 0);
 	return 0;
 }
 

@@ -17,6 +17,12 @@
  * longest head): beyond them in one direction, only lengths and tails are
  * captured. */
 #define CG_RUN_CAP 16384
+/* An HTTP/2 connection (its client's first bytes are the preface) needs every
+ * frame header and header block: each transfer is captured whole up to this
+ * many bytes, CG_CAP at a time (the first in the RECV/SEND event, the rest in
+ * CG_MORE events right after it). Beyond them only DATA payloads may lie;
+ * user space skips a connection where they do not. */
+#define CG_H2_CAP 16384
 
 enum cg_kind {
 	CG_OPEN = 1,  /* a connection was established on a watched port */
@@ -34,6 +40,8 @@ enum cg_kind {
 		       * returned without completing it */
 	CG_TLS_WRITING = 8, /* an SSL_write moved its first bytes to the socket:
 			     * its plaintext SEND comes at the call's return */
+	CG_MORE = 9,  /* more bytes of the HTTP/2 transfer just reported: len is
+		       * the transfer's, unacked the offset of data in it */
 };
 
 /* The bytes moved but none were captured: sendfile, splice, io_uring, or a

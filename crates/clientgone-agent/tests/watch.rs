@@ -944,3 +944,6 @@ fn without_privileges_watch_says_so_and_exits_2() {
 
 #[path = "watch/tls.rs"]
 mod tls;
+
+#[path = "watch/h2.rs"]
+mod h2;

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use clientgone::{Cause, ClientEvent, CloseFacts, close_reason};
 
-use super::event::{Event, Kind, tcp};
+use super::event::{CAPTURE, Event, H2_CAPTURE, Kind, tcp};
 use super::exchange::{Adopting, Exchange};
+use super::http2::{H2Exchange, PREFACE};
 use super::sink::Sink;
 use super::skip::Skip;
 use crate::routes::RouteMatcher;
@@ -112,6 +113,11 @@ impl Tracker {
         let Some(conn) = self.conns.get_mut(&ev.conn) else {
             return;
         };
+        // An HTTP/2 transfer's pieces come right after it: any other event
+        // of the connection means it has all there is.
+        if !matches!(ev.kind, Kind::More { .. }) {
+            conn.flush(&self.routes, sink);
+        }
         match ev.kind {
             Kind::Open | Kind::Adopt { .. } => {}
             Kind::Tls {
@@ -123,12 +129,26 @@ impl Tracker {
                 tls.explicit |= explicit;
             }
             Kind::TlsWriting => conn.writing = true,
-            Kind::Recv if conn.follows(ev) => conn.exchange.on_recv(ev, &self.routes, sink),
-            Kind::Send if conn.follows(ev) => {
-                conn.exchange.on_send(ev, sink);
-                conn.writing = false;
-                conn.release(sink);
+            Kind::Recv if conn.follows(ev) => {
+                if conn.h2.is_none() && conn.starts_http2(ev) {
+                    conn.h2 = Some(H2Exchange::new(conn.port));
+                }
+                if conn.h2.is_some() {
+                    conn.h2_transfer(true, ev, &self.routes, sink);
+                } else {
+                    conn.exchange.on_recv(ev, &self.routes, sink);
+                }
             }
+            Kind::Send if conn.follows(ev) => {
+                if conn.h2.is_some() {
+                    conn.h2_transfer(false, ev, &self.routes, sink);
+                } else {
+                    conn.exchange.on_send(ev, sink);
+                    conn.writing = false;
+                    conn.release(sink);
+                }
+            }
+            Kind::More { offset } => conn.more(offset, ev, &self.routes, sink),
             Kind::Recv | Kind::Send => {}
             Kind::Reset => conn.client_left(Cause::Reset, ev.ts_ns, ev.unacked, sink),
             Kind::State { old, new, error } => {
@@ -169,6 +189,20 @@ struct Conn {
     /// The client's first sign, held until that plaintext came.
     held: Option<Held>,
     exchange: Exchange,
+    /// The HTTP/2 exchange, once the client's first bytes were its preface:
+    /// it follows the connection from then on, in the HTTP/1 one's place.
+    h2: Option<H2Exchange>,
+    /// An HTTP/2 transfer whose further pieces (`Kind::More`) are coming.
+    pending: Option<Pending>,
+}
+
+/// An HTTP/2 transfer being put together from its pieces.
+#[derive(Debug)]
+struct Pending {
+    recv: bool,
+    ts_ns: u64,
+    len: usize,
+    data: Vec<u8>,
 }
 
 /// A client's first sign of leaving that came while an `SSL_write` was
@@ -205,6 +239,8 @@ impl Conn {
             writing: false,
             held: None,
             exchange: Exchange::new(port),
+            h2: None,
+            pending: None,
         }
     }
 
@@ -232,7 +268,120 @@ impl Conn {
 
     fn forget(mut self, sink: &mut impl Sink) {
         self.exchange.lose_request(sink);
+        if let Some(h2) = &mut self.h2 {
+            h2.lose_requests(sink);
+        }
         sink.connection_lost(self.port);
+    }
+
+    /// The client's first bytes on a connection seen from its start are the
+    /// HTTP/2 preface (or its beginning). One adopted mid-way cannot be
+    /// followed: its header tables are unknown (the HTTP/1 exchange skips it).
+    fn starts_http2(&self, ev: &Event<'_>) -> bool {
+        self.opened_ns.is_some()
+            && !self.exchange.served_any
+            && !self.exchange.has_request()
+            && self.exchange.head.is_empty()
+            && ev.data.len() >= 4
+            && (ev.data.starts_with(PREFACE) || PREFACE.starts_with(ev.data))
+    }
+
+    /// A transfer of an HTTP/2 connection: followed at once if captured
+    /// whole, else held for the pieces that follow it.
+    fn h2_transfer(
+        &mut self,
+        recv: bool,
+        ev: &Event<'_>,
+        routes: &RouteMatcher,
+        sink: &mut impl Sink,
+    ) {
+        let len = ev.len as usize;
+        if ev.data.len() == CAPTURE && len > CAPTURE {
+            self.pending = Some(Pending {
+                recv,
+                ts_ns: ev.ts_ns,
+                len,
+                data: ev.data.to_vec(),
+            });
+            return;
+        }
+        self.h2_feed(recv, ev.data, len, ev.ts_ns, routes, sink);
+    }
+
+    /// A piece of the pending transfer; the transfer is followed once all
+    /// that was captured of it is here.
+    fn more(&mut self, offset: u32, ev: &Event<'_>, routes: &RouteMatcher, sink: &mut impl Sink) {
+        let Some(p) = &mut self.pending else { return };
+        if offset as usize == p.data.len() {
+            p.data.extend_from_slice(ev.data);
+        }
+        if p.data.len() >= p.len.min(H2_CAPTURE) || ev.data.len() < CAPTURE {
+            self.flush(routes, sink);
+        }
+    }
+
+    /// Follows the pending transfer with what was captured of it.
+    fn flush(&mut self, routes: &RouteMatcher, sink: &mut impl Sink) {
+        if let Some(p) = self.pending.take() {
+            self.h2_feed(p.recv, &p.data, p.len, p.ts_ns, routes, sink);
+        }
+    }
+
+    fn h2_feed(
+        &mut self,
+        recv: bool,
+        data: &[u8],
+        len: usize,
+        ts_ns: u64,
+        routes: &RouteMatcher,
+        sink: &mut impl Sink,
+    ) {
+        let Some(h2) = &mut self.h2 else { return };
+        if recv {
+            h2.on_recv(data, len, ts_ns, routes, sink);
+        } else {
+            h2.on_send(data, len, ts_ns, sink);
+            self.writing = false;
+            self.release(sink);
+        }
+    }
+
+    /// Whether a request is in flight (for the close reason).
+    fn in_flight(&self) -> bool {
+        self.h2
+            .as_ref()
+            .map_or_else(|| self.exchange.in_flight(), H2Exchange::in_flight)
+    }
+
+    /// Whether a followed request is in flight.
+    fn has_request(&self) -> bool {
+        self.h2
+            .as_ref()
+            .map_or_else(|| self.exchange.has_request(), H2Exchange::in_flight)
+    }
+
+    /// Bytes of an HTTP/1 request head arrived and it is not complete.
+    fn partial_head(&self) -> bool {
+        self.h2.is_none() && !self.exchange.head.is_empty()
+    }
+
+    fn served_any(&self) -> bool {
+        self.h2
+            .as_ref()
+            .map_or(self.exchange.served_any, |h| h.served_any)
+    }
+
+    fn asked_close(&self) -> bool {
+        self.h2
+            .as_ref()
+            .map_or(self.exchange.asked_close, |h| h.asked_close)
+    }
+
+    fn server_ended(&mut self, ts_ns: u64, sink: &mut impl Sink) {
+        match &mut self.h2 {
+            Some(h2) => h2.server_ended(ts_ns, sink),
+            None => self.exchange.server_ended(ts_ns, sink),
+        }
     }
 
     /// Applies a client's sign held for an `SSL_write`'s plaintext.
@@ -250,7 +399,7 @@ impl Conn {
         if self.client_event.is_some() || self.server_closed || self.held.is_some() {
             return;
         }
-        if self.writing && self.exchange.has_request() {
+        if self.writing && self.has_request() {
             self.held = Some(Held {
                 cause,
                 ts_ns,
@@ -262,10 +411,13 @@ impl Conn {
         // flight for the connection's close reason; it is no break counted.
         self.client_event = Some(ClientEvent {
             cause,
-            in_flight: self.exchange.in_flight(),
-            partial_head: !self.exchange.head.is_empty(),
+            in_flight: self.in_flight(),
+            partial_head: self.partial_head(),
         });
-        self.exchange.client_left(cause, ts_ns, unacked, sink);
+        match &mut self.h2 {
+            Some(h2) => h2.client_left(cause, ts_ns, unacked, sink),
+            None => self.exchange.client_left(cause, ts_ns, unacked, sink),
+        }
     }
 
     /// Returns whether the connection is gone.
@@ -281,7 +433,7 @@ impl Conn {
             tcp::CLOSE_WAIT => self.client_left(Cause::Closed, ev.ts_ns, ev.unacked, sink),
             tcp::FIN_WAIT1 | tcp::LAST_ACK if !self.server_closed => {
                 if self.client_event.is_none() {
-                    self.exchange.server_ended(ev.ts_ns, sink);
+                    self.server_ended(ev.ts_ns, sink);
                 }
                 self.server_closed = true;
             }
@@ -298,24 +450,26 @@ impl Conn {
                     // sent, say, closing with unread data) — the server's.
                     _ => {
                         if old == tcp::ESTABLISHED && self.client_event.is_none() {
-                            self.exchange.server_ended(ev.ts_ns, sink);
+                            self.server_ended(ev.ts_ns, sink);
                             self.server_closed = true;
                         }
                     }
                 }
-                if self.exchange.has_request() {
+                if self.has_request() {
                     // Gone with no client sign and no server close seen.
-                    self.exchange.server_ended(ev.ts_ns, sink);
+                    self.server_ended(ev.ts_ns, sink);
                 }
                 let reason = close_reason(CloseFacts {
                     client_event: self.client_event,
                     // The server closed a connection on which no whole head
                     // came (its own header timeout): the client's doing.
+                    // (HTTP/2 has no heads to wait for.)
                     header_timeout: self.server_closed
-                        && (!self.exchange.head.is_empty() || !self.exchange.served_any),
-                    partial_head: !self.exchange.head.is_empty(),
-                    served_any: self.exchange.served_any,
-                    client_asked_close: self.exchange.asked_close,
+                        && self.h2.is_none()
+                        && (self.partial_head() || !self.served_any()),
+                    partial_head: self.partial_head(),
+                    served_any: self.served_any(),
+                    client_asked_close: self.asked_close(),
                     // Adopted ones were past their handshake.
                     tls_handshake_incomplete: self.tls.is_some_and(|tls| tls.explicit && !tls.done)
                         && self.opened_ns.is_some(),
@@ -815,7 +969,6 @@ mod tests {
                 &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
                 "skip tls",
             ),
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "skip http2"),
             (b"\x00\x01garbage\r\n\r\n", "skip unparsed"),
         ] {
             let mut s = Script::new();
@@ -823,6 +976,20 @@ mod tests {
             assert_eq!(s.log()[1], why, "{bytes:?}");
             assert_eq!(s.log().len(), 3, "{:?}", s.log());
         }
+        // HTTP/2 from the connection's start is followed; one adopted
+        // mid-way cannot be (its header tables are unknown): its frames are
+        // no request head, and it is skipped once a turn shows it.
+        let mut s = Script::new();
+        s.recv(super::PREFACE).closed();
+        assert!(
+            s.log().iter().all(|l| !l.starts_with("skip")),
+            "{:?}",
+            s.log()
+        );
+        let settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        let mut s = Script::adopted(5);
+        s.recv(settings).send(settings).recv(settings).closed();
+        assert!(s.log().contains(&"skip unparsed"), "{:?}", s.log());
         // Pipelined: the second head arrives before the first answer.
         let mut s = Script::new();
         s.recv(GET).recv(GET).send(OK);
@@ -1038,5 +1205,233 @@ mod tests {
             "{routes:?}"
         );
         assert!(tracker.len() <= 4);
+    }
+
+    /// HTTP/2 frames for the scripts: header blocks encoded by a real HPACK
+    /// encoder, which indexes what it sends (so later blocks depend on
+    /// earlier ones, as between real peers).
+    struct H2 {
+        client: loona_hpack::Encoder<'static>,
+        server: loona_hpack::Encoder<'static>,
+    }
+
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+
+    impl H2 {
+        fn new() -> Self {
+            H2 {
+                client: loona_hpack::Encoder::new(),
+                server: loona_hpack::Encoder::new(),
+            }
+        }
+
+        /// The preface and the client's SETTINGS.
+        fn preface() -> Vec<u8> {
+            let mut b = super::PREFACE.to_vec();
+            b.extend(frame(4, 0, 0, &[]));
+            b
+        }
+
+        fn request(&mut self, stream: u32, method: &str, path: &str, end_stream: bool) -> Vec<u8> {
+            let block = self.client.encode([
+                (&b":method"[..], method.as_bytes()),
+                (b":scheme", b"http"),
+                (b":path", path.as_bytes()),
+                (b":authority", b"a"),
+            ]);
+            let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+            frame(1, flags, stream, &block)
+        }
+
+        fn response(&mut self, stream: u32, status: &str, end_stream: bool) -> Vec<u8> {
+            let block = self.server.encode([
+                (&b":status"[..], status.as_bytes()),
+                (b"content-type", b"text/plain"),
+            ]);
+            let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+            frame(1, flags, stream, &block)
+        }
+    }
+
+    fn data(stream: u32, body: &[u8], end_stream: bool) -> Vec<u8> {
+        frame(0, if end_stream { END_STREAM } else { 0 }, stream, body)
+    }
+
+    fn rst_stream(stream: u32, code: u32) -> Vec<u8> {
+        frame(3, 0, stream, &code.to_be_bytes())
+    }
+
+    #[test]
+    fn http2_streams_are_requests_and_a_goaway_then_fin_closes_idle() {
+        let (mut s, mut h2) = (Script::new(), H2::new());
+        let mut first = H2::preface();
+        first.extend(h2.request(1, "GET", "/users/7?x=1", true));
+        s.recv(&first);
+        let mut answer = frame(4, 0, 0, &[]);
+        answer.extend(h2.response(1, "200", false));
+        answer.extend(data(1, b"hello", true));
+        s.send(&answer);
+        // The second request reuses the encoder's table: an indexed block.
+        s.recv(&h2.request(3, "GET", "/users/8", true));
+        let mut answer = h2.response(3, "404", false);
+        answer.extend(data(3, b"", true));
+        s.send(&answer);
+        s.recv(&frame(7, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 0])).fin();
+        s.state(tcp::CLOSE_WAIT, tcp::LAST_ACK, 0).closed();
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "start GET /users/{id}",
+                "end GET /users/{id} 200 completed sent=5 unacked=0 ms=1",
+                "start GET /users/{id}",
+                "end GET /users/{id} 404 completed sent=0 unacked=0 ms=1",
+                "close idle"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_http2_stream_reset_breaks_that_stream_and_the_connection_lives_on() {
+        let (mut s, mut h2) = (Script::new(), H2::new());
+        let mut first = H2::preface();
+        first.extend(h2.request(1, "GET", "/slow", true));
+        s.recv(&first).recv(&rst_stream(1, 8));
+        s.recv(&h2.request(3, "GET", "/users/1", true));
+        let mut answer = h2.response(3, "200", false);
+        answer.extend(data(3, b"ok", true));
+        s.send(&answer);
+        // A response streaming, then reset: response_body, with its status.
+        s.recv(&h2.request(5, "GET", "/users/2", true));
+        let mut part = h2.response(5, "200", false);
+        part.extend(data(5, b"chunk", false));
+        s.send(&part).recv(&rst_stream(5, 8));
+        // A request body under way, then reset: request_body.
+        s.recv(&h2.request(7, "POST", "/users/3", false))
+            .recv(&data(7, b"part", false))
+            .recv(&rst_stream(7, 0));
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "start GET unmatched",
+                "end GET unmatched 499 handler stream_reset sent=0 unacked=0 ms=1",
+                "start GET /users/{id}",
+                "end GET /users/{id} 200 completed sent=2 unacked=0 ms=1",
+                "start GET /users/{id}",
+                "end GET /users/{id} 200 response_body stream_reset sent=5 unacked=0 ms=2",
+                "start POST /users/{id}",
+                "end POST /users/{id} 499 request_body stream_reset sent=0 unacked=0 ms=2",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fin_breaks_every_http2_stream_in_flight_and_a_server_goaway_refuses_later_ones() {
+        let (mut s, mut h2) = (Script::new(), H2::new());
+        let mut first = H2::preface();
+        first.extend(h2.request(1, "GET", "/a", true));
+        first.extend(h2.request(3, "GET", "/b", true));
+        first.extend(h2.request(5, "GET", "/c", true));
+        s.recv(&first);
+        // The server will process streams up to 3: stream 5 is its refusal.
+        s.send(&frame(7, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 0])).fin();
+        s.state(tcp::CLOSE_WAIT, tcp::LAST_ACK, 0).closed();
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "start GET unmatched",
+                "start GET unmatched",
+                "start GET unmatched",
+                "lost GET unmatched",
+                "end GET unmatched 499 handler closed sent=0 unacked=77 ms=2",
+                "end GET unmatched 499 handler closed sent=0 unacked=77 ms=2",
+                "close client_abort"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_http2_header_block_not_captured_whole_is_skipped_never_misread() {
+        let (mut s, mut h2) = (Script::new(), H2::new());
+        let mut first = H2::preface();
+        first.extend(h2.request(1, "GET", "/users/1", true));
+        s.recv(&first);
+        // The response's header block is cut from the capture.
+        let answer = h2.response(1, "200", true);
+        s.event(Kind::Send, answer.len(), &answer[..12], b"");
+        // Later streams are not followed (the table is lost).
+        s.recv(&h2.request(3, "GET", "/users/2", true)).fin();
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "start GET /users/{id}",
+                "lost GET /users/{id}",
+                "skip http2"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rapid_reset_flood_keeps_no_state_and_counts_each_reset() {
+        let (mut s, mut h2) = (Script::new(), H2::new());
+        s.recv(&H2::preface());
+        let mut burst = Vec::new();
+        for i in 0..2000u32 {
+            let id = 1 + 2 * i;
+            burst.extend(h2.request(id, "GET", &format!("/random/{i}"), true));
+            burst.extend(rst_stream(id, 8));
+        }
+        for chunk in burst.chunks(1000) {
+            s.recv(chunk);
+        }
+        let conn = s.tracker.conns.get(&1).unwrap();
+        assert!(!conn.h2.as_ref().unwrap().in_flight(), "no stream kept");
+        let resets = s
+            .log()
+            .iter()
+            .filter(|l| l.contains("handler stream_reset"))
+            .count();
+        assert_eq!(resets, 2000);
+        assert!(
+            s.log().iter().all(|l| !l.starts_with("start GET /random")),
+            "unmatched only"
+        );
+    }
+
+    #[test]
+    fn random_bytes_after_the_preface_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(26);
+        for _ in 0..500 {
+            let (mut s, mut h2) = (Script::new(), H2::new());
+            let mut first = H2::preface();
+            first.extend(h2.request(1, "GET", "/users/1", rng.bool()));
+            s.recv(&first);
+            for _ in 0..rng.usize(1..6) {
+                let len = rng.usize(0..300);
+                let bytes: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                if rng.bool() {
+                    s.recv(&bytes);
+                } else {
+                    s.send(&bytes);
+                }
+            }
+            if rng.bool() {
+                s.fin()
+            } else {
+                s.rst()
+            };
+        }
     }
 }

@@ -4,6 +4,9 @@
 
 /// Bytes the BPF side captures from the start of each transfer (`CG_CAP`).
 pub const CAPTURE: usize = 1024;
+/// Bytes of an HTTP/2 connection's transfer it captures at most, in
+/// [`CAPTURE`]-sized pieces (`CG_H2_CAP`).
+pub const H2_CAPTURE: usize = 16384;
 /// Bytes it captures from the end of each transfer (`CG_TAIL`).
 pub const TAIL: usize = 8;
 const HEADER: usize = 48;
@@ -46,6 +49,13 @@ pub enum Kind {
     /// An `SSL_write` moved its first bytes to the socket: its plaintext
     /// `Send` comes at the call's return.
     TlsWriting,
+    /// More bytes of the HTTP/2 connection's `Recv` or `Send` just before
+    /// it: `data` is the transfer's bytes from `offset` (`len` is the
+    /// transfer's).
+    More {
+        /// Where `data` starts in the transfer.
+        offset: u32,
+    },
 }
 
 /// Flag bits of `struct cg_event` (`CG_F_*` in `bpf/watch.h`).
@@ -136,6 +146,7 @@ impl<'a> Event<'a> {
                 explicit: *b.get(31)? & flag::EXPLICIT != 0,
             },
             8 => Kind::TlsWriting,
+            9 => Kind::More { offset: unacked },
             _ => return None,
         };
         let flags = *b.get(31)?;
@@ -146,7 +157,11 @@ impl<'a> Event<'a> {
         }
         let data = b.get(HEADER..HEADER + cap_len)?;
         let mut tail = b.get(40..40 + tail_len)?;
-        if tail.is_empty() && cap_len > 0 && cap_len == len as usize {
+        if tail.is_empty()
+            && cap_len > 0
+            && cap_len == len as usize
+            && !matches!(kind, Kind::More { .. })
+        {
             // The whole transfer was captured: its tail is the end of it.
             tail = &data[cap_len.saturating_sub(TAIL)..];
         }
@@ -155,7 +170,7 @@ impl<'a> Event<'a> {
             ts_ns,
             port,
             kind,
-            len: if matches!(kind, Kind::Recv | Kind::Send) {
+            len: if matches!(kind, Kind::Recv | Kind::Send | Kind::More { .. }) {
                 len
             } else {
                 0
@@ -187,6 +202,7 @@ pub(crate) mod tests {
             Kind::Adopt { .. } => (6, 0, 0, 0),
             Kind::Tls { .. } => (7, 0, 0, 0),
             Kind::TlsWriting => (8, 0, 0, 0),
+            Kind::More { .. } => (9, e.len, 0, 0),
         };
         b[31] = match e.kind {
             Kind::Tls {
@@ -264,7 +280,7 @@ pub(crate) mod tests {
         // Too short, a wrong kind, and a capture longer than the record.
         assert_eq!(Event::parse(&b[..40]), None);
         let mut bad = b.clone();
-        bad[30] = 9;
+        bad[30] = 10;
         assert_eq!(Event::parse(&bad), None);
         assert_eq!(Event::parse(&b[..b.len() - 1]), None);
         let mut long = b.clone();

@@ -28,6 +28,7 @@ pub mod conn;
 pub mod event;
 mod exchange;
 pub mod http1;
+mod http2;
 pub mod openssl;
 pub mod privileges;
 pub mod procfs;

@@ -16,7 +16,9 @@ pub enum Skip {
     /// could not be tied to its SSL object (the library reads and writes
     /// through memory buffers, as asyncio's `ssl` does, not the socket).
     TlsUnmapped,
-    /// HTTP/2 (h2c prior knowledge): streams are not followed.
+    /// HTTP/2 whose header compression could not be kept in step: a header
+    /// block not captured whole or not decodable, or more streams open at
+    /// once than are followed. Never decoded wrongly.
     Http2,
     /// The bytes are not HTTP/1, or a head was not captured whole (longer than
     /// the capture, or moved by sendfile/splice/io_uring before its head).
