@@ -1,6 +1,6 @@
 //! Decides whether the `watch` tests (real eBPF programs in the kernel) can run
-//! here: they need root and kernel BTF, the nginx ones Debian's nginx, and
-//! the one of a Go TLS server Go.
+//! here: they need root and kernel BTF, the nginx ones Debian's nginx, the
+//! one of a Go TLS server Go, the gRPC one Python's grpcio.
 //! The silent-break test also needs iproute2 and iptables. Where any is missing those tests compile as `#[ignore]`d with the reason,
 //! counted as skipped; `.ci/run` runs as root with nginx installed.
 
@@ -11,6 +11,7 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(nginx)");
     println!("cargo::rustc-check-cfg=cfg(netns)");
     println!("cargo::rustc-check-cfg=cfg(go)");
+    println!("cargo::rustc-check-cfg=cfg(grpcio)");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=CLIENTGONE_NO_EBPF");
     let root = Command::new("id")
@@ -45,5 +46,15 @@ fn main() {
     // A server with its own TLS (Go's crypto/tls), which watch cannot read.
     if runs("go", "version") {
         println!("cargo::rustc-cfg=go");
+    }
+    // Python's grpcio: a gRPC server and client not written here.
+    let grpcio = Command::new("python3")
+        .args(["-c", "import grpc"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if grpcio {
+        println!("cargo::rustc-cfg=grpcio");
     }
 }

@@ -76,13 +76,16 @@ struct conn_state {
 	 * its ssl_conns entry, deleted when the connection closes). */
 	__u64 ssl;
 	__u32 tgid;
-	/* The client's first bytes were the HTTP/2 preface: its transfers are
-	 * captured whole (up to CG_H2_CAP). */
+	/* H2_UNKNOWN until the client's first bytes arrive; H2_YES when they
+	 * were the HTTP/2 preface: its transfers are then captured whole (up
+	 * to CG_H2_CAP). A server may write first (an HTTP/2 server's SETTINGS,
+	 * say): the client's first read decides, not the connection's. */
 	__u8 h2;
 	__u8 pad[3];
 };
 
 enum conn_mode { MODE_PLAIN = 0, MODE_TLS = 1 };
+enum h2_state { H2_UNKNOWN = 0, H2_YES = 1, H2_NO = 2 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -298,79 +301,169 @@ static __always_inline int starts_preface(const struct cg_event *e)
 	       e->data[3] == ' ';
 }
 
-/* Copies n (at most CG_CAP) bytes from offset `start` of a transfer over an
- * iovec array into the event. */
-static __always_inline void copy_iov_range(struct cg_event *e, __u64 iov, __u64 count, __u32 start,
-					   __u32 n)
+/* Decides, at the client's first bytes (`e`, a RECV), whether the connection
+ * speaks HTTP/2; returns whether it does. */
+static __always_inline int h2_decided(__u8 *h2, const struct cg_event *e)
 {
-	__u32 seen = 0, copied = 0;
-	for (int i = 0; i < MAX_IOV; i++) {
-		if (i >= count || copied >= n)
-			break;
-		struct cg_iovec v;
-		if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(v))))
-			break;
-		__u32 piece = v.len > 0x7fffffff ? 0x7fffffff : v.len;
-		__u32 at = start + copied; /* the next byte wanted, in the transfer */
-		if (at < seen + piece) {
-			__u32 from = at - seen;
-			__u32 k = piece - from < n - copied ? piece - from : n - copied;
-			if (bpf_probe_read_user(e->data + bounded(copied, CG_CAP - 1),
-						bounded(k, 2 * CG_CAP - 1), (void *)(v.base + from)))
-				break;
-			copied += k;
-		}
-		seen += piece;
-	}
-	e->cap_len = copied;
+	if (*h2 == H2_UNKNOWN && e->kind == CG_RECV)
+		*h2 = starts_preface(e) ? H2_YES : H2_NO;
+	return *h2 == H2_YES;
 }
 
-/* What one CG_MORE piece needs: the transfer, and where its bytes are. */
-struct more_ctx {
+/* Iovecs of one transfer an HTTP/2 capture walks at most: gRPC's C core
+ * writes a frame's header, its header block and each message in pieces of
+ * their own, up to hundreds a sendmsg. */
+#define CG_H2_IOV 256
+
+/* An HTTP/2 transfer being cut into CG_MORE pieces: where its bytes are
+ * (a contiguous buffer, or an iovec array walked one piece of user memory
+ * at a time) and how far the copy got. */
+struct more_walk {
 	__u64 id;
-	__u64 buf; /* a contiguous buffer, or 0 */
-	__u64 iov; /* else an iovec array */
+	__u64 buf;   /* a contiguous buffer, or 0 */
+	__u64 iov;   /* else an iovec array of count entries */
 	__u64 count;
-	__u32 len;
+	__u64 base;  /* the part of the current iovec not yet walked */
+	__u32 left;
+	__u32 iov_i; /* the next iovec to read */
+	__u32 len;   /* the transfer's length (at most CG_H2_CAP is captured) */
+	__u32 start; /* the first byte not in the RECV/SEND event */
+	__u32 off;   /* the next byte to walk */
+	__u32 piece; /* bytes in the piece being filled */
 	__u16 port;
 };
 
-/* One CG_MORE piece of the transfer, the (i+1)-th CG_CAP of it: a bpf_loop
- * callback, so the verifier walks it once, not once per piece. Returns 1 to
- * stop (the transfer's end, or a piece that could not be read). */
-static long more_piece(__u32 i, void *arg)
+/* The walk lives in a map, not on the stack: read back from memory at each
+ * step, its fields are unknown to the verifier, so every step verifies alike
+ * and the loop's verification converges at once (on the stack, each step's
+ * exact offsets would be a new state to walk). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct more_walk);
+} walks SEC(".maps");
+
+/* Sends the piece being filled (its bytes in the per-CPU scratch event). */
+static __always_inline void more_flush(struct more_walk *w)
 {
-	struct more_ctx *m = arg;
-	__u32 off = (i + 1) * CG_CAP;
-	if (off >= m->len || off >= CG_H2_CAP)
+	__u32 zero = 0;
+	struct cg_event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (!e || w->piece == 0)
+		return;
+	e->cap_len = w->piece;
+	send(e, BPF_RB_NO_WAKEUP);
+	w->piece = 0;
+}
+
+/* One step of the walk: a bpf_loop callback, so the verifier walks one step,
+ * not every piece and iovec. A step reads the next iovec, skips what the
+ * RECV/SEND event already holds, or copies the next run of bytes into the
+ * piece being filled (sent when full). Returns 1 when the walk is over. */
+static long more_step(__u32 i, void *arg)
+{
+	__u32 zero0 = 0;
+	struct more_walk *w = bpf_map_lookup_elem(&walks, &zero0);
+	if (!w)
 		return 1;
-	struct cg_event *e = new_event(m->id, m->port, CG_MORE);
+	__u32 end = w->len < CG_H2_CAP ? w->len : CG_H2_CAP;
+	if (w->off >= end) {
+		more_flush(w);
+		return 1;
+	}
+	if (w->left == 0) {
+		if (w->buf) {
+			/* A contiguous buffer is one iovec. */
+			if (w->iov_i++ > 0) {
+				more_flush(w);
+				return 1;
+			}
+			w->base = w->buf;
+			w->left = end;
+			return 0;
+		}
+		if (w->iov_i >= w->count || w->iov_i >= CG_H2_IOV) {
+			more_flush(w);
+			return 1;
+		}
+		struct cg_iovec v;
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(w->iov + w->iov_i * sizeof(v)))) {
+			more_flush(w);
+			return 1;
+		}
+		w->iov_i++;
+		w->base = v.base;
+		w->left = v.len < end - w->off ? v.len : end - w->off;
+		return 0;
+	}
+	if (w->off < w->start) {
+		__u32 k = w->left < w->start - w->off ? w->left : w->start - w->off;
+		w->base += k;
+		w->left -= k;
+		w->off += k;
+		return 0;
+	}
+	__u32 zero = 0;
+	struct cg_event *e = bpf_map_lookup_elem(&scratch, &zero);
 	if (!e)
 		return 1;
-	__u32 n = m->len - off < CG_CAP ? m->len - off : CG_CAP;
-	e->len = m->len;
-	e->unacked = off;
-	if (m->buf) {
-		if (bpf_probe_read_user(e->data, bounded(n, 2 * CG_CAP - 1), (void *)(m->buf + off)) == 0)
-			e->cap_len = n;
-	} else {
-		copy_iov_range(e, m->iov, m->count, off, n);
+	if (w->piece == 0) {
+		e->conn = w->id;
+		e->ts_ns = bpf_ktime_get_ns();
+		e->tgid = 0;
+		e->len = w->len;
+		e->unacked = w->off;
+		e->port = w->port;
+		e->kind = CG_MORE;
+		e->flags = 0;
+		e->old_state = 0;
+		e->new_state = 0;
+		e->cap_len = 0;
+		e->tail_len = 0;
+		e->pad = 0;
 	}
-	__u32 got = e->cap_len;
-	send(e, BPF_RB_NO_WAKEUP);
-	return got != n;
+	__u32 k = CG_CAP - w->piece;
+	if (k > w->left)
+		k = w->left;
+	if (bpf_probe_read_user(e->data + bounded(w->piece, CG_CAP - 1), bounded(k, 2 * CG_CAP - 1),
+				(void *)w->base)) {
+		more_flush(w);
+		return 1;
+	}
+	w->piece += k;
+	w->base += k;
+	w->left -= k;
+	w->off += k;
+	if (w->piece >= CG_CAP)
+		more_flush(w);
+	return 0;
 }
 
 /* The rest of an HTTP/2 connection's transfer of `len` bytes after the
- * CG_CAP its RECV/SEND event holds, CG_CAP a CG_MORE event, up to CG_H2_CAP.
- * `buf` is a contiguous buffer, or (iov, count) an iovec array. */
-static __always_inline void send_more(__u64 id, __u16 port, __u32 len, __u64 buf, __u64 iov,
-				      __u64 count)
+ * `start` its RECV/SEND event holds, up to CG_H2_CAP, in CG_MORE events of
+ * CG_CAP bytes. `buf` is a contiguous buffer, or (iov, count) an iovec array. */
+static __always_inline void send_more(__u64 id, __u16 port, __u32 len, __u32 start, __u64 buf,
+				      __u64 iov, __u64 count)
 {
-	struct more_ctx m = {
-		.id = id, .buf = buf, .iov = iov, .count = count, .len = len, .port = port
-	};
-	bpf_loop(CG_H2_CAP / CG_CAP - 1, more_piece, &m, 0);
+	if (start >= len || start >= CG_H2_CAP)
+		return;
+	__u32 zero = 0;
+	struct more_walk *w = bpf_map_lookup_elem(&walks, &zero);
+	if (!w)
+		return;
+	w->id = id;
+	w->buf = buf;
+	w->iov = iov;
+	w->count = count;
+	w->base = 0;
+	w->left = 0;
+	w->iov_i = 0;
+	w->len = len;
+	w->start = start;
+	w->off = 0;
+	w->piece = 0;
+	w->port = port;
+	bpf_loop(CG_H2_IOV + 2 * (CG_H2_CAP / CG_CAP) + 4, more_step, 0, 0);
 }
 
 /* ---- TLS (OpenSSL) ---------------------------------------------------- */
@@ -420,7 +513,7 @@ struct ssl_conn {
 	__u32 run;
 	__u16 port;
 	__u8 last_dir;
-	__u8 h2; /* as conn_state's, for the plaintext */
+	__u8 h2; /* enum h2_state, as conn_state's, for the plaintext */
 };
 
 struct {
@@ -503,8 +596,7 @@ static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 
 		if (bpf_map_lookup_elem(&ssl_procs, &tgid))
 			flags = CG_F_SSL_PROC;
 	}
-	int first = cs->last_dir == DIR_NONE;
-	int head = head_run(&cs->run, &cs->last_dir, dir, ret) || cs->h2;
+	int head = head_run(&cs->run, &cs->last_dir, dir, ret) || cs->h2 == H2_YES;
 	struct cg_event *e = new_event(cs->id, cs->port, kind);
 	if (!e)
 		return 0;
@@ -530,12 +622,11 @@ static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 
 	}
 	if (e->cap_len == 0)
 		e->flags |= CG_F_NOBUF;
-	if (first && kind == CG_RECV && starts_preface(e))
-		cs->h2 = 1;
+	int h2 = h2_decided(&cs->h2, e);
 	__u32 captured = e->cap_len;
 	send(e, BPF_RB_NO_WAKEUP);
-	if (cs->h2 && captured == CG_CAP && (buf || iov))
-		send_more(cs->id, cs->port, ret, buf, iov, count);
+	if (h2 && (buf || iov))
+		send_more(cs->id, cs->port, ret, captured, buf, iov, count);
 	return 0;
 }
 
@@ -857,20 +948,18 @@ static __always_inline int ssl_return(struct pt_regs *ctx)
 		return 0;
 	__u8 kind = fn == SSL_FN_WRITE || fn == SSL_FN_WRITE_EX ? CG_SEND : CG_RECV;
 	__u8 dir = kind == CG_RECV ? DIR_RECV : DIR_SEND;
-	int first = sc->last_dir == DIR_NONE;
-	int head = head_run(&sc->run, &sc->last_dir, dir, n) || sc->h2;
+	int head = head_run(&sc->run, &sc->last_dir, dir, n) || sc->h2 == H2_YES;
 	struct cg_event *e = new_event(sc->id, sc->port, kind);
 	if (!e)
 		return 0;
 	e->len = n;
 	e->flags = CG_F_TLS;
 	capture_buf(e, call.buf, n, head);
-	if (first && kind == CG_RECV && starts_preface(e))
-		sc->h2 = 1;
+	int h2 = h2_decided(&sc->h2, e);
 	__u32 captured = e->cap_len;
 	send(e, BPF_RB_NO_WAKEUP);
-	if (sc->h2 && captured == CG_CAP && call.buf)
-		send_more(sc->id, sc->port, n, call.buf, 0, 0);
+	if (h2 && call.buf)
+		send_more(sc->id, sc->port, n, captured, call.buf, 0, 0);
 	return 0;
 }
 

@@ -19,8 +19,8 @@
 #define CG_RUN_CAP 16384
 /* An HTTP/2 connection (its client's first bytes are the preface) needs every
  * frame header and header block: each transfer is captured whole up to this
- * many bytes, CG_CAP at a time (the first in the RECV/SEND event, the rest in
- * CG_MORE events right after it). Beyond them only DATA payloads may lie;
+ * many bytes — what the RECV/SEND event holds, the rest in CG_MORE events of
+ * CG_CAP bytes (the last one shorter) right after it. Beyond them only DATA payloads may lie;
  * user space skips a connection where they do not. */
 #define CG_H2_CAP 16384
 

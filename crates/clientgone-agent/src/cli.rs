@@ -90,6 +90,11 @@ pub struct WatchArgs {
     /// Read route templates from an OpenAPI 3 document's `paths` (YAML or JSON).
     #[arg(long, value_name = "FILE")]
     pub openapi: Option<std::path::PathBuf>,
+    /// Count gRPC calls per method: a protobuf FileDescriptorSet naming the
+    /// watched servers' services (`protoc --descriptor_set_out`, `buf build
+    /// -o`). Without it, gRPC calls count under _OTHER.
+    #[arg(long, value_name = "FILE")]
+    pub grpc_descriptor: Option<std::path::PathBuf>,
     /// Address of the metrics listener (GET /metrics, GET /healthz).
     #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR")]
     pub metrics_listen: String,

@@ -241,12 +241,24 @@ async fn run_watch(
             return ExitCode::from(USAGE);
         }
     };
+    let grpc = match args.grpc_descriptor.as_deref() {
+        None => clientgone::GrpcMethods::new(),
+        Some(path) => match grpc_methods(path) {
+            Ok(methods) => methods,
+            Err(e) => {
+                say!("clientgone: --grpc-descriptor {}: {e}", path.display());
+                return ExitCode::from(USAGE);
+            }
+        },
+    };
     let count = routes.templates().len();
+    let grpc_count = grpc.len();
     let config = WatchConfig {
         ports: args.ports,
         pids: args.pids,
         comms: args.comms,
         routes,
+        grpc,
         metrics_listen: args.metrics_listen,
         user: args.user,
         ring_bytes: args.ring_buffer_mib << 20,
@@ -264,10 +276,14 @@ async fn run_watch(
     };
     let ports: Vec<String> = running.ports.iter().map(u16::to_string).collect();
     say!(
-        "clientgone watch: watching port{} {} ({}), metrics on http://{}/metrics",
+        "clientgone watch: watching port{} {} ({}{}), metrics on http://{}/metrics",
         if ports.len() == 1 { "" } else { "s" },
         ports.join(", "),
         templates(count),
+        match grpc_count {
+            0 => String::new(),
+            n => format!(", {n} gRPC method{}", if n == 1 { "" } else { "s" }),
+        },
         running.metrics_addr
     );
     say!(

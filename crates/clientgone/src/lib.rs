@@ -63,7 +63,8 @@ pub use connection::{
     TrackedStream,
 };
 pub use grpc::{
-    GrpcMethods, GrpcMethodsError, GrpcStatus, OTHER_METHOD, RpcType, grpc_timeout, is_grpc_request,
+    GrpcMethods, GrpcMethodsError, GrpcStatus, OTHER_METHOD, RpcType, call_status,
+    deadline_reached, grpc_timeout, grpc_timeout_value, is_grpc_request,
 };
 pub use layer::{
     DISCONNECT_EVENT, DeferredTracer, DisconnectLayer, DisconnectService, RequestBody,

@@ -181,6 +181,21 @@ impl Metrics {
             .record(record);
     }
 
+    /// Takes a call begun with [`call_started`](Self::call_started) out of
+    /// the active-calls gauge without observing it anywhere: its source lost
+    /// track of it (as [`request_lost`](Self::request_lost) for requests).
+    ///
+    /// ```
+    /// use clientgone::{Metrics, RpcType};
+    ///
+    /// let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+    /// metrics.call_started("helloworld.Greeter/SayHello", RpcType::Unary);
+    /// metrics.call_lost("helloworld.Greeter/SayHello", RpcType::Unary);
+    /// ```
+    pub fn call_lost(&self, method: &str, rpc_type: RpcType) {
+        self.rpc_method(&method.into(), rpc_type).call_lost();
+    }
+
     fn read_routes(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Arc<RouteMetrics>>> {
         // A panic while holding the lock cannot leave the map half-written in a
         // way that matters (insert is the only write), so poisoning is ignored.
@@ -617,6 +632,10 @@ impl RpcMethodMetrics {
 
     pub(crate) fn call_started(&self) {
         self.series.active.inc();
+    }
+
+    fn call_lost(&self) {
+        self.series.active.dec();
     }
 
     /// Hands one finished call to the instruments.

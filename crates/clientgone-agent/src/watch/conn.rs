@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
-use clientgone::{Cause, ClientEvent, CloseFacts, close_reason};
+use clientgone::{Cause, ClientEvent, CloseFacts, GrpcMethods, close_reason};
 
 use super::event::{CAPTURE, Event, H2_CAPTURE, Kind, tcp};
 use super::exchange::{Adopting, Exchange};
-use super::http2::{H2Exchange, PREFACE};
+use super::http2::{H2Exchange, Names, PREFACE};
 use super::sink::Sink;
 use super::skip::Skip;
 use crate::routes::RouteMatcher;
@@ -48,6 +48,8 @@ impl Hasher for IdHasher {
 pub struct Tracker {
     conns: HashMap<u64, Conn, BuildHasherDefault<IdHasher>>,
     routes: RouteMatcher,
+    /// The gRPC methods of `--grpc-descriptor` (empty: every call `_OTHER`).
+    grpc: GrpcMethods,
     /// Connections found open at start (socket inode → port), already counted
     /// as open, not yet adopted.
     seeded: HashMap<u64, u16>,
@@ -56,9 +58,16 @@ pub struct Tracker {
 impl Tracker {
     /// A tracker counting paths under `routes`' templates (others `unmatched`).
     pub fn new(routes: RouteMatcher) -> Self {
+        Self::with_grpc(routes, GrpcMethods::new())
+    }
+
+    /// The same, counting gRPC calls of `grpc`'s methods under their names
+    /// (others `_OTHER`).
+    pub fn with_grpc(routes: RouteMatcher, grpc: GrpcMethods) -> Self {
         Tracker {
             conns: HashMap::default(),
             routes,
+            grpc,
             seeded: HashMap::new(),
         }
     }
@@ -116,7 +125,13 @@ impl Tracker {
         // An HTTP/2 transfer's pieces come right after it: any other event
         // of the connection means it has all there is.
         if !matches!(ev.kind, Kind::More { .. }) {
-            conn.flush(&self.routes, sink);
+            conn.flush(
+                Names {
+                    routes: &self.routes,
+                    grpc: &self.grpc,
+                },
+                sink,
+            );
         }
         match ev.kind {
             Kind::Open | Kind::Adopt { .. } => {}
@@ -134,21 +149,35 @@ impl Tracker {
                     conn.h2 = Some(H2Exchange::new(conn.port));
                 }
                 if conn.h2.is_some() {
-                    conn.h2_transfer(true, ev, &self.routes, sink);
+                    let names = Names {
+                        routes: &self.routes,
+                        grpc: &self.grpc,
+                    };
+                    conn.h2_transfer(true, ev, names, sink);
                 } else {
                     conn.exchange.on_recv(ev, &self.routes, sink);
                 }
             }
             Kind::Send if conn.follows(ev) => {
                 if conn.h2.is_some() {
-                    conn.h2_transfer(false, ev, &self.routes, sink);
+                    let names = Names {
+                        routes: &self.routes,
+                        grpc: &self.grpc,
+                    };
+                    conn.h2_transfer(false, ev, names, sink);
                 } else {
                     conn.exchange.on_send(ev, sink);
                     conn.writing = false;
                     conn.release(sink);
                 }
             }
-            Kind::More { offset } => conn.more(offset, ev, &self.routes, sink),
+            Kind::More { offset } => {
+                let names = Names {
+                    routes: &self.routes,
+                    grpc: &self.grpc,
+                };
+                conn.more(offset, ev, names, sink);
+            }
             Kind::Recv | Kind::Send => {}
             Kind::Reset => conn.client_left(Cause::Reset, ev.ts_ns, ev.unacked, sink),
             Kind::State { old, new, error } => {
@@ -288,15 +317,11 @@ impl Conn {
 
     /// A transfer of an HTTP/2 connection: followed at once if captured
     /// whole, else held for the pieces that follow it.
-    fn h2_transfer(
-        &mut self,
-        recv: bool,
-        ev: &Event<'_>,
-        routes: &RouteMatcher,
-        sink: &mut impl Sink,
-    ) {
+    fn h2_transfer(&mut self, recv: bool, ev: &Event<'_>, names: Names<'_>, sink: &mut impl Sink) {
         let len = ev.len as usize;
-        if ev.data.len() == CAPTURE && len > CAPTURE {
+        // The kernel sends the rest of an HTTP/2 transfer (up to
+        // H2_CAPTURE) in pieces right after it.
+        if !ev.data.is_empty() && ev.data.len() < len.min(H2_CAPTURE) {
             self.pending = Some(Pending {
                 recv,
                 ts_ns: ev.ts_ns,
@@ -305,25 +330,26 @@ impl Conn {
             });
             return;
         }
-        self.h2_feed(recv, ev.data, len, ev.ts_ns, routes, sink);
+        self.h2_feed(recv, ev.data, len, ev.ts_ns, names, sink);
     }
 
     /// A piece of the pending transfer; the transfer is followed once all
     /// that was captured of it is here.
-    fn more(&mut self, offset: u32, ev: &Event<'_>, routes: &RouteMatcher, sink: &mut impl Sink) {
+    fn more(&mut self, offset: u32, ev: &Event<'_>, names: Names<'_>, sink: &mut impl Sink) {
         let Some(p) = &mut self.pending else { return };
         if offset as usize == p.data.len() {
             p.data.extend_from_slice(ev.data);
         }
+        // Pieces are CAPTURE bytes but the last.
         if p.data.len() >= p.len.min(H2_CAPTURE) || ev.data.len() < CAPTURE {
-            self.flush(routes, sink);
+            self.flush(names, sink);
         }
     }
 
     /// Follows the pending transfer with what was captured of it.
-    fn flush(&mut self, routes: &RouteMatcher, sink: &mut impl Sink) {
+    fn flush(&mut self, names: Names<'_>, sink: &mut impl Sink) {
         if let Some(p) = self.pending.take() {
-            self.h2_feed(p.recv, &p.data, p.len, p.ts_ns, routes, sink);
+            self.h2_feed(p.recv, &p.data, p.len, p.ts_ns, names, sink);
         }
     }
 
@@ -333,12 +359,12 @@ impl Conn {
         data: &[u8],
         len: usize,
         ts_ns: u64,
-        routes: &RouteMatcher,
+        names: Names<'_>,
         sink: &mut impl Sink,
     ) {
         let Some(h2) = &mut self.h2 else { return };
         if recv {
-            h2.on_recv(data, len, ts_ns, routes, sink);
+            h2.on_recv(data, len, ts_ns, names, sink);
         } else {
             h2.on_send(data, len, ts_ns, sink);
             self.writing = false;
@@ -537,6 +563,27 @@ mod tests {
         }
         fn request_lost(&mut self, _: u16, method: &'static str, route: &str) {
             self.0.push(format!("lost {method} {route}"));
+        }
+        fn call_started(&mut self, _: u16, method: &str, rpc_type: clientgone::RpcType) {
+            self.0.push(format!("call {method} {}", rpc_type.as_str()));
+        }
+        fn call_ended(&mut self, _: u16, r: &clientgone::CallRecord<'_>) {
+            let end = match r.end {
+                End::Completed => "completed".to_owned(),
+                End::Disconnect { phase, cause } => {
+                    format!("{} {}", phase.as_str(), cause.as_str())
+                }
+                _ => "other".to_owned(),
+            };
+            self.0.push(format!(
+                "call-end {} {} {end} sent={}",
+                r.method,
+                r.status.as_str(),
+                r.body_bytes_sent
+            ));
+        }
+        fn call_lost(&mut self, _: u16, method: &str, _: clientgone::RpcType) {
+            self.0.push(format!("call-lost {method}"));
         }
         fn skipped(&mut self, _: u16, why: Skip) {
             self.0.push(format!("skip {}", why.as_str()));
@@ -1252,6 +1299,44 @@ mod tests {
             frame(1, flags, stream, &block)
         }
 
+        fn grpc_call(&mut self, stream: u32, method: &str, timeout: Option<&str>) -> Vec<u8> {
+            let mut fields: Vec<(&[u8], &[u8])> = vec![
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", method.as_bytes()),
+                (b":authority", b"a"),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+            ];
+            if let Some(t) = timeout {
+                fields.push((b"grpc-timeout", t.as_bytes()));
+            }
+            let block = self.client.encode(fields);
+            frame(1, END_HEADERS, stream, &block)
+        }
+
+        /// A gRPC response head, or (`trailers_only`) a whole answer in one
+        /// header block with its `grpc-status`.
+        fn grpc_head(&mut self, stream: u32, trailers_only: Option<&str>) -> Vec<u8> {
+            let mut fields: Vec<(&[u8], &[u8])> =
+                vec![(b":status", b"200"), (b"content-type", b"application/grpc")];
+            if let Some(code) = trailers_only {
+                fields.push((b"grpc-status", code.as_bytes()));
+            }
+            let block = self.server.encode(fields);
+            let end = if trailers_only.is_some() {
+                END_STREAM
+            } else {
+                0
+            };
+            frame(1, END_HEADERS | end, stream, &block)
+        }
+
+        fn grpc_trailers(&mut self, stream: u32, code: &str) -> Vec<u8> {
+            let block = self.server.encode([(&b"grpc-status"[..], code.as_bytes())]);
+            frame(1, END_HEADERS | END_STREAM, stream, &block)
+        }
+
         fn response(&mut self, stream: u32, status: &str, end_stream: bool) -> Vec<u8> {
             let block = self.server.encode([
                 (&b":status"[..], status.as_bytes()),
@@ -1433,5 +1518,72 @@ mod tests {
                 s.rst()
             };
         }
+    }
+
+    fn grpc_script() -> Script {
+        let methods = clientgone::GrpcMethods::new()
+            .with("demo.Svc/Wait", clientgone::RpcType::Unary)
+            .with("demo.Svc/Ticks", clientgone::RpcType::ServerStreaming);
+        let routes = RouteTable::new(["/users/{id}".to_owned()]).unwrap();
+        let mut s = Script::new();
+        s.tracker = Tracker::with_grpc(routes.matcher(), methods);
+        s.event(Kind::Open, 0, b"", b"");
+        s.log.0.clear();
+        s
+    }
+
+    #[test]
+    fn grpc_calls_over_http2_are_calls_with_their_status_cause_and_deadline() {
+        let (mut s, mut h2) = (grpc_script(), H2::new());
+        let message = [0u8, 0, 0, 0, 0];
+        // A unary call answered OK: head, message, trailers.
+        let mut first = H2::preface();
+        first.extend(h2.grpc_call(1, "/demo.Svc/Wait", Some("10S")));
+        first.extend(data(1, &message, true));
+        s.recv(&first);
+        let mut answer = h2.grpc_head(1, None);
+        answer.extend(data(1, &message, false));
+        answer.extend(h2.grpc_trailers(1, "0"));
+        s.send(&answer);
+        // Cancelled before its deadline: CANCELLED, stream_reset.
+        s.recv(&h2.grpc_call(3, "/demo.Svc/Wait", Some("10S")))
+            .recv(&data(3, &message, true))
+            .recv(&rst_stream(3, 8));
+        // Reset at its deadline (1 ms; the script's clock moves 1 ms an
+        // event): DEADLINE_EXCEEDED, deadline_exceeded.
+        s.recv(&h2.grpc_call(5, "/demo.Svc/Wait", Some("1m")))
+            .recv(&data(5, &message, true))
+            .recv(&rst_stream(5, 8));
+        // The server ends a call at its deadline (trailers-only): the same.
+        s.recv(&h2.grpc_call(7, "/demo.Svc/Wait", Some("1m")))
+            .recv(&data(7, &message, true));
+        s.send(&h2.grpc_head(7, Some("4")));
+        // A server stream cancelled after a message: response_body.
+        s.recv(&h2.grpc_call(9, "/demo.Svc/Ticks", None))
+            .recv(&data(9, &message, true));
+        let mut part = h2.grpc_head(9, None);
+        part.extend(data(9, &message, false));
+        s.send(&part).recv(&rst_stream(9, 8));
+        // An invented method: _OTHER, type unknown, its status as sent.
+        s.recv(&h2.grpc_call(11, "/demo.Svc/Invented", None))
+            .recv(&data(11, &message, true));
+        s.send(&h2.grpc_head(11, Some("12")));
+        assert_eq!(
+            s.log(),
+            [
+                "call demo.Svc/Wait unary",
+                "call-end demo.Svc/Wait OK completed sent=5",
+                "call demo.Svc/Wait unary",
+                "call-end demo.Svc/Wait CANCELLED handler stream_reset sent=0",
+                "call demo.Svc/Wait unary",
+                "call-end demo.Svc/Wait DEADLINE_EXCEEDED handler deadline_exceeded sent=0",
+                "call demo.Svc/Wait unary",
+                "call-end demo.Svc/Wait DEADLINE_EXCEEDED handler deadline_exceeded sent=0",
+                "call demo.Svc/Ticks server_streaming",
+                "call-end demo.Svc/Ticks CANCELLED response_body stream_reset sent=5",
+                "call _OTHER unknown",
+                "call-end _OTHER UNIMPLEMENTED completed sent=0",
+            ]
+        );
     }
 }

@@ -19,7 +19,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use clientgone::{BodyProgress, Cause, End, Record, UNMATCHED_ROUTE, break_phase, recorded_status};
+use std::time::Duration;
+
+use clientgone::{
+    BodyProgress, CallRecord, Cause, End, GrpcMethods, GrpcStatus, OTHER_METHOD, Record, RpcType,
+    UNMATCHED_ROUTE, break_phase, call_status, deadline_reached, grpc_timeout_value,
+    recorded_status,
+};
 
 use super::conn::nanos;
 use super::sink::{Ended, Sink};
@@ -66,9 +72,10 @@ enum Side {
     Server,
 }
 
-/// The bytes could not be followed: the connection is skipped.
+/// The bytes could not be followed (and why, for the debug log): the
+/// connection is skipped.
 #[derive(Debug)]
-struct Desync;
+struct Desync(&'static str);
 
 /// One complete frame, as far as it is needed: the payload of the kinds
 /// whose content matters, only the length of the others.
@@ -141,7 +148,7 @@ impl Frames {
                 let start = PREFACE.len() - self.preface;
                 let n = self.preface.min(bytes.len());
                 if bytes[..n] != PREFACE[start..start + n] {
-                    return Err(Desync);
+                    return Err(Desync("not the preface"));
                 }
                 self.preface -= n;
                 bytes = &bytes[n..];
@@ -190,7 +197,7 @@ impl Frames {
         let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
         let keep = kept(kind);
         if keep && len > MAX_HEADER_BLOCK {
-            return Err(Desync);
+            return Err(Desync("a frame longer than the header-block limit"));
         }
         if !keep {
             // Its header says all that is needed: tell it now.
@@ -246,7 +253,7 @@ impl Frames {
                 Ok(())
             }
             _ if n == 0 => Ok(()),
-            _ => Err(Desync),
+            _ => Err(Desync("bytes not captured outside a DATA payload")),
         }
     }
 }
@@ -293,6 +300,27 @@ struct Fields {
     method: Option<http::Method>,
     path: Option<String>,
     status: Option<u16>,
+    /// `content-type: application/grpc…`.
+    grpc: bool,
+    grpc_timeout: Option<Duration>,
+    grpc_status: Option<GrpcStatus>,
+}
+
+/// What the routes and methods of the watched port are: request paths to
+/// route templates, gRPC paths to methods.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Names<'a> {
+    pub(super) routes: &'a RouteMatcher,
+    pub(super) grpc: &'a GrpcMethods,
+}
+
+/// A gRPC call's own facts.
+#[derive(Debug)]
+struct Call {
+    method: Arc<str>,
+    rpc_type: RpcType,
+    timeout: Option<Duration>,
+    status: Option<GrpcStatus>,
 }
 
 /// One request: a client-initiated stream.
@@ -307,6 +335,8 @@ struct Stream {
     /// The response's status, once its HEADERS were written.
     status: Option<u16>,
     body_sent: u64,
+    /// `Some` for a gRPC call, counted in the `rpc_server_*` metrics.
+    call: Option<Call>,
 }
 
 impl Stream {
@@ -319,6 +349,21 @@ impl Stream {
         unacked: Option<u32>,
         sink: &mut impl Sink,
     ) {
+        let elapsed = nanos(ts_ns.saturating_sub(self.start_ns));
+        if let Some(call) = &self.call {
+            sink.call_ended(
+                port,
+                &CallRecord {
+                    method: &call.method,
+                    rpc_type: call.rpc_type,
+                    status: call_status(end, call.status, self.status),
+                    end,
+                    elapsed,
+                    body_bytes_sent: self.body_sent,
+                },
+            );
+            return;
+        }
         sink.request_ended(
             port,
             &Record {
@@ -326,7 +371,7 @@ impl Stream {
                 route: self.route.as_deref().unwrap_or(UNMATCHED_ROUTE),
                 status,
                 end,
-                elapsed: nanos(ts_ns.saturating_sub(self.start_ns)),
+                elapsed,
                 body_bytes_sent: self.body_sent,
             },
             &Ended {
@@ -338,7 +383,30 @@ impl Stream {
         );
     }
 
-    /// The break of this stream by the client (`cause`) at `ts_ns`.
+    /// Out of the gauges uncounted: its end cannot be known.
+    fn lost(&self, port: u16, sink: &mut impl Sink) {
+        match &self.call {
+            Some(call) => sink.call_lost(port, &call.method, call.rpc_type),
+            None => sink.request_lost(
+                port,
+                self.method,
+                self.route.as_deref().unwrap_or(UNMATCHED_ROUTE),
+            ),
+        }
+    }
+
+    /// Whether a gRPC call ending at `ts_ns` had reached its client's deadline.
+    fn at_deadline(&self, ts_ns: u64) -> bool {
+        let elapsed = nanos(ts_ns.saturating_sub(self.start_ns));
+        self.call
+            .as_ref()
+            .and_then(|c| c.timeout)
+            .is_some_and(|timeout| deadline_reached(elapsed, timeout))
+    }
+
+    /// The break of this stream by the client (`cause`) at `ts_ns`; a call
+    /// broken at its client's deadline is `deadline_exceeded`, whatever
+    /// came first (the client's reset, the server's enforcement).
     fn broken(
         &self,
         port: u16,
@@ -347,6 +415,11 @@ impl Stream {
         unacked: Option<u32>,
         sink: &mut impl Sink,
     ) {
+        let cause = if self.at_deadline(ts_ns) {
+            Cause::DeadlineExceeded
+        } else {
+            cause
+        };
         let body = if self.body_done {
             BodyProgress::Done
         } else {
@@ -412,10 +485,10 @@ impl H2Exchange {
         data: &[u8],
         len: usize,
         ts_ns: u64,
-        routes: &RouteMatcher,
+        names: Names<'_>,
         sink: &mut impl Sink,
     ) {
-        self.bytes(Side::Client, data, len, ts_ns, Some(routes), sink);
+        self.bytes(Side::Client, data, len, ts_ns, Some(names), sink);
     }
 
     /// The server sent `len` bytes, of which `data` were captured.
@@ -429,7 +502,7 @@ impl H2Exchange {
         data: &[u8],
         len: usize,
         ts_ns: u64,
-        routes: Option<&RouteMatcher>,
+        names: Option<Names<'_>>,
         sink: &mut impl Sink,
     ) {
         if self.done {
@@ -440,11 +513,19 @@ impl H2Exchange {
             std::mem::replace(&mut self.frames[index(side)], Frames::new(Side::Server));
         let result = frames
             .feed(data, &mut |frame| {
-                self.on_frame(side, frame, ts_ns, routes, sink)
+                self.on_frame(side, frame, ts_ns, names, sink)
             })
             .and_then(|()| frames.skip(len - data.len()));
         self.frames[index(side)] = frames;
-        if result.is_err() {
+        if let Err(Desync(why)) = result {
+            tracing::debug!(
+                port = self.port,
+                from = ?side,
+                len,
+                captured = data.len(),
+                why,
+                "HTTP/2 connection skipped"
+            );
             self.skip(Skip::Http2, sink);
         }
     }
@@ -454,7 +535,7 @@ impl H2Exchange {
         side: Side,
         frame: Frame<'_>,
         ts_ns: u64,
-        routes: Option<&RouteMatcher>,
+        names: Option<Names<'_>>,
         sink: &mut impl Sink,
     ) -> Result<(), Desync> {
         if self.done {
@@ -462,11 +543,11 @@ impl H2Exchange {
         }
         // Only a CONTINUATION may follow a header block that has not ended.
         if self.headers[index(side)].block.is_some() && frame.kind != kind::CONTINUATION {
-            return Err(Desync);
+            return Err(Desync("a frame inside a header block"));
         }
         match frame.kind {
             kind::HEADERS | kind::PUSH_PROMISE => {
-                let fragment = header_fragment(&frame).ok_or(Desync)?;
+                let fragment = header_fragment(&frame).ok_or(Desync("bad padding"))?;
                 let block = Block {
                     kind: frame.kind,
                     stream: frame.stream,
@@ -475,19 +556,22 @@ impl H2Exchange {
                 };
                 self.headers[index(side)].block = Some(block);
                 if frame.flags & flag::END_HEADERS != 0 {
-                    self.end_block(side, ts_ns, routes, sink)?;
+                    self.end_block(side, ts_ns, names, sink)?;
                 }
             }
             kind::CONTINUATION => {
-                let block = self.headers[index(side)].block.as_mut().ok_or(Desync)?;
+                let block = self.headers[index(side)]
+                    .block
+                    .as_mut()
+                    .ok_or(Desync("a CONTINUATION without HEADERS"))?;
                 if block.stream != frame.stream
                     || block.bytes.len() + frame.payload.len() > MAX_HEADER_BLOCK
                 {
-                    return Err(Desync);
+                    return Err(Desync("a CONTINUATION of another stream, or too long"));
                 }
                 block.bytes.extend_from_slice(frame.payload);
                 if frame.flags & flag::END_HEADERS != 0 {
-                    self.end_block(side, ts_ns, routes, sink)?;
+                    self.end_block(side, ts_ns, names, sink)?;
                 }
             }
             kind::DATA => self.on_data(side, &frame, ts_ns, sink),
@@ -496,7 +580,7 @@ impl H2Exchange {
                     .payload
                     .get(..4)
                     .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-                    .ok_or(Desync)?;
+                    .ok_or(Desync("a short RST_STREAM"))?;
                 self.on_reset(side, frame.stream, code, ts_ns, sink);
             }
             kind::SETTINGS if frame.flags & flag::ACK == 0 => {
@@ -522,7 +606,7 @@ impl H2Exchange {
                     .payload
                     .get(..4)
                     .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) & 0x7fff_ffff)
-                    .ok_or(Desync)?;
+                    .ok_or(Desync("a short GOAWAY"))?;
                 match side {
                     Side::Client => self.asked_close = true,
                     // Streams above the last one the server will process were
@@ -532,11 +616,7 @@ impl H2Exchange {
                             self.streams.keys().copied().filter(|&s| s > last).collect();
                         for id in refused {
                             if let Some(s) = self.streams.remove(&id) {
-                                sink.request_lost(
-                                    self.port,
-                                    s.method,
-                                    s.route.as_deref().unwrap_or(UNMATCHED_ROUTE),
-                                );
+                                s.lost(self.port, sink);
                             }
                         }
                     }
@@ -590,11 +670,11 @@ impl H2Exchange {
         &mut self,
         side: Side,
         ts_ns: u64,
-        routes: Option<&RouteMatcher>,
+        names: Option<Names<'_>>,
         sink: &mut impl Sink,
     ) -> Result<(), Desync> {
         let headers = &mut self.headers[index(side)];
-        let block = headers.block.take().ok_or(Desync)?;
+        let block = headers.block.take().ok_or(Desync("no header block"))?;
         let mut fields = Fields::default();
         headers
             .decoder
@@ -608,16 +688,24 @@ impl H2Exchange {
                             .ok()
                             .and_then(|s| s.parse().ok())
                     }
+                    b"content-type" => fields.grpc = value.starts_with(b"application/grpc"),
+                    b"grpc-timeout" => fields.grpc_timeout = grpc_timeout_value(&value),
+                    b"grpc-status" => {
+                        fields.grpc_status = std::str::from_utf8(&value)
+                            .ok()
+                            .and_then(|s| s.trim().parse::<u32>().ok())
+                            .map(GrpcStatus::from_code)
+                    }
                     _ => {}
                 },
             )
-            .map_err(|_| Desync)?;
+            .map_err(|_| Desync("a header block that does not decode"))?;
         // A pushed stream is the server's: its block only keeps the table in step.
         if block.kind == kind::PUSH_PROMISE {
             return Ok(());
         }
         match side {
-            Side::Client => self.request_headers(block, fields, ts_ns, routes, sink),
+            Side::Client => self.request_headers(block, fields, ts_ns, names, sink),
             Side::Server => {
                 self.response_headers(&block, &fields, ts_ns, sink);
                 Ok(())
@@ -630,7 +718,7 @@ impl H2Exchange {
         block: Block,
         fields: Fields,
         ts_ns: u64,
-        routes: Option<&RouteMatcher>,
+        names: Option<Names<'_>>,
         sink: &mut impl Sink,
     ) -> Result<(), Desync> {
         if let Some(stream) = self.streams.get_mut(&block.stream) {
@@ -639,17 +727,33 @@ impl H2Exchange {
             return Ok(());
         }
         if self.streams.len() >= MAX_STREAMS {
-            return Err(Desync);
+            return Err(Desync("a CONTINUATION of another stream, or too long"));
         }
         let method = clientgone::method_label(&fields.method.unwrap_or(http::Method::GET));
         let path = fields.path.unwrap_or_default();
         let raw_path = path.split('?').next().unwrap_or_default();
-        let route = routes.and_then(|r| r.template_shared(raw_path));
-        sink.request_started(
-            self.port,
-            method,
-            route.as_deref().unwrap_or(UNMATCHED_ROUTE),
-        );
+        let mut route = None;
+        let call = if fields.grpc {
+            let (name, rpc_type) = names.and_then(|n| n.grpc.method_of(raw_path)).map_or_else(
+                || (Arc::from(OTHER_METHOD), RpcType::Unknown),
+                |(name, t)| (name.clone(), t),
+            );
+            sink.call_started(self.port, &name, rpc_type);
+            Some(Call {
+                method: name,
+                rpc_type,
+                timeout: fields.grpc_timeout,
+                status: None,
+            })
+        } else {
+            route = names.and_then(|n| n.routes.template_shared(raw_path));
+            sink.request_started(
+                self.port,
+                method,
+                route.as_deref().unwrap_or(UNMATCHED_ROUTE),
+            );
+            None
+        };
         self.streams.insert(
             block.stream,
             Stream {
@@ -660,6 +764,7 @@ impl H2Exchange {
                 body_done: block.end_stream,
                 status: None,
                 body_sent: 0,
+                call,
             },
         );
         Ok(())
@@ -675,6 +780,9 @@ impl H2Exchange {
         let Some(stream) = self.streams.get_mut(&block.stream) else {
             return;
         };
+        if let (Some(call), Some(status)) = (&mut stream.call, fields.grpc_status) {
+            call.status = Some(status);
+        }
         match (stream.status, fields.status) {
             // 1xx (100 Continue, 103 Early Hints): the real head follows.
             (None, Some(status)) if (100..200).contains(&status) => return,
@@ -690,6 +798,23 @@ impl H2Exchange {
     fn complete(&mut self, id: u32, ts_ns: u64, sink: &mut impl Sink) {
         if let Some(stream) = self.streams.remove(&id) {
             self.served_any = true;
+            // The server ended the call at its client's deadline: the
+            // client's patience ran out, as when its own reset comes first.
+            if stream
+                .call
+                .as_ref()
+                .is_some_and(|c| c.status == Some(GrpcStatus::DEADLINE_EXCEEDED))
+                && stream.at_deadline(ts_ns)
+            {
+                // The phase is where the client was left, as the layer has
+                // it: no message of the answer sent yet is `handler`, its
+                // head notwithstanding.
+                let mut stream = stream;
+                if stream.body_sent == 0 {
+                    stream.status = None;
+                }
+                return stream.broken(self.port, Cause::DeadlineExceeded, ts_ns, None, sink);
+            }
             let status = stream.status.unwrap_or(500);
             stream.end(self.port, status, End::Completed, ts_ns, None, sink);
         }
@@ -723,11 +848,7 @@ impl H2Exchange {
     /// Takes the streams in flight out of the gauge uncounted.
     pub(super) fn lose_requests(&mut self, sink: &mut impl Sink) {
         for (_, s) in self.streams.drain() {
-            sink.request_lost(
-                self.port,
-                s.method,
-                s.route.as_deref().unwrap_or(UNMATCHED_ROUTE),
-            );
+            s.lost(self.port, sink);
         }
     }
 

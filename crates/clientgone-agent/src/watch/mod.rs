@@ -68,6 +68,9 @@ pub struct WatchConfig {
     pub comms: Vec<String>,
     /// Route templates.
     pub routes: RouteTable,
+    /// The gRPC methods counted under their names (`--grpc-descriptor`;
+    /// empty: every call `_OTHER`).
+    pub grpc: clientgone::GrpcMethods,
     /// Address of the metrics listener.
     pub metrics_listen: String,
     /// Switch to this user after start-up.
@@ -217,7 +220,7 @@ pub async fn start(config: WatchConfig) -> Result<RunningWatch, StartError> {
     privileges::drop_privileges(config.user.as_deref()).map_err(StartError)?;
 
     let shutdown = CancellationToken::new();
-    let mut tracker = Tracker::new(config.routes.matcher());
+    let mut tracker = Tracker::with_grpc(config.routes.matcher(), config.grpc.clone());
     tracker.seed(open, &mut sink);
     let follow = tokio::spawn(follow(probe, tracker, sink, shutdown.clone()));
     let metrics_server = tokio::spawn(clientgone_exporter::serve_metrics(

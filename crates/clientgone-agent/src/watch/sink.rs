@@ -10,7 +10,7 @@ use std::time::Duration;
 use std::time::SystemTime;
 
 use clientgone::DeferredTracer;
-use clientgone::{CloseReason, End, Metrics, Record};
+use clientgone::{CallRecord, CloseReason, End, Metrics, Record, RpcType};
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::bpf::CaptureMode;
@@ -33,6 +33,12 @@ pub trait Sink {
     fn request_ended(&mut self, port: u16, record: &Record<'_>, ended: &Ended<'_>);
     /// A request in flight whose end cannot be known.
     fn request_lost(&mut self, port: u16, method: &'static str, route: &str);
+    /// A gRPC call's head was read: the call is active.
+    fn call_started(&mut self, port: u16, method: &str, rpc_type: RpcType);
+    /// A gRPC call ended, completed or broken.
+    fn call_ended(&mut self, port: u16, record: &CallRecord<'_>);
+    /// A gRPC call whose end cannot be known.
+    fn call_lost(&mut self, port: u16, method: &str, rpc_type: RpcType);
     /// A connection's requests are left out from here on.
     fn skipped(&mut self, port: u16, why: Skip);
 }
@@ -213,6 +219,24 @@ impl Sink for PortMetrics {
     fn request_lost(&mut self, port: u16, method: &'static str, route: &str) {
         if let Some(m) = self.port(port) {
             m.request_lost(method, route);
+        }
+    }
+
+    fn call_started(&mut self, port: u16, method: &str, rpc_type: RpcType) {
+        if let Some(m) = self.port(port) {
+            m.call_started(method, rpc_type);
+        }
+    }
+
+    fn call_ended(&mut self, port: u16, record: &CallRecord<'_>) {
+        if let Some(m) = self.port(port) {
+            m.call_ended(record);
+        }
+    }
+
+    fn call_lost(&mut self, port: u16, method: &str, rpc_type: RpcType) {
+        if let Some(m) = self.port(port) {
+            m.call_lost(method, rpc_type);
         }
     }
 

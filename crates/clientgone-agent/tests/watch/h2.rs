@@ -2,9 +2,14 @@
 //! knowledge, `listen … http2`) in front of the slow Python server, driven by
 //! the h2 crate's client (hyper's): streams counted under their routes, a
 //! client's `RST_STREAM` a `stream_reset` of that stream while the
-//! connection lives on, a FIN the break of the stream in flight.
+//! connection lives on, a FIN the break of the stream in flight. And an
+//! unmodified Python grpcio server driven by grpcio's client: calls counted
+//! per method from a descriptor set, a cancel, a deadline, a server stream
+//! cancelled, a client stream aborted, invented methods as `_OTHER`.
 
 use clientgone_tests::client::H2Connection;
+use clientgone_tests::grpc::{GrpcDriver, GrpcUpstream};
+use serde_json::json;
 
 use super::*;
 
@@ -79,4 +84,130 @@ async fn nginx_h2c_streams_are_requests_and_a_stream_reset_is_that_streams_break
     s.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
     w.wait(CLOSES, &[("reason", "client_abort")], 1.0).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The demo service's descriptor set, which the Python server implements.
+const DEMO_DESCRIPTOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/demo/grpc/demo.bin");
+const CALLS: &str = "rpc_server_call_duration_seconds_count";
+const CALL_BREAKS: &str = "rpc_server_client_disconnects_total";
+const WAIT: &str = "clientgone.demo.v1.Demo/Wait";
+
+both_captures!(
+    grpcio_calls_are_counted_per_method_with_their_cancels_and_deadlines,
+    cfg_attr(
+        not(ebpf),
+        ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+    ),
+    cfg_attr(
+        not(grpcio),
+        ignore = "needs Python grpcio: pip install grpcio"
+    )
+);
+async fn grpcio_calls_are_counted_per_method_with_their_cancels_and_deadlines(
+    capture: &'static str,
+) {
+    let mut server = GrpcUpstream::start().await;
+    let port = server.addr.port().to_string();
+    let w = watch(
+        capture,
+        &["--port", &port, "--grpc-descriptor", DEMO_DESCRIPTOR],
+    );
+    assert!(
+        w.startup.iter().any(|l| l.contains("4 gRPC methods")),
+        "{:?}",
+        w.startup
+    );
+    let mut client = GrpcDriver::connect(server.addr);
+    let brk = |method: &'static str, phase: &'static str, cause: &'static str| {
+        [("rpc_method", method), ("phase", phase), ("cause", cause)]
+    };
+
+    // 20 unary calls answered OK.
+    for i in 0..20 {
+        let id = format!("ok{i}");
+        client
+            .start(&id, json!({"method": "Wait", "request": {"delay_ms": 0}}))
+            .await;
+        assert_eq!(client.result(&id).await.0, "OK");
+    }
+    let ok = [
+        ("rpc_method", WAIT),
+        ("rpc_type", "unary"),
+        ("rpc_response_status_code", "OK"),
+    ];
+    w.wait(CALLS, &ok, 20.0).await;
+
+    // A cancel mid-handler, and a deadline.
+    client
+        .start(
+            "c",
+            json!({"method": "Wait", "request": {"delay_ms": 60000}}),
+        )
+        .await;
+    server.wait_for("start", "Wait").await;
+    client.cancel("c").await;
+    w.wait(CALL_BREAKS, &brk(WAIT, "handler", "stream_reset"), 1.0)
+        .await;
+    client
+        .start(
+            "d",
+            json!({"method": "Wait", "request": {"delay_ms": 60000}, "timeout": 0.3}),
+        )
+        .await;
+    assert_eq!(client.result("d").await.0, "DEADLINE_EXCEEDED");
+    w.wait(CALL_BREAKS, &brk(WAIT, "handler", "deadline_exceeded"), 1.0)
+        .await;
+
+    // A server stream cancelled after 3 messages; a client stream aborted.
+    client
+        .start(
+            "t",
+            json!({"method": "Ticks", "request": {"count": 100, "interval_ms": 50}, "cancel_after": 3}),
+        )
+        .await;
+    w.wait(
+        CALL_BREAKS,
+        &brk(
+            "clientgone.demo.v1.Demo/Ticks",
+            "response_body",
+            "stream_reset",
+        ),
+        1.0,
+    )
+    .await;
+    client
+        .start("u", json!({"method": "Upload", "chunks": 3, "hang": true}))
+        .await;
+    server.wait_for("start", "Upload").await;
+    client.cancel("u").await;
+    w.wait(
+        CALL_BREAKS,
+        &brk(
+            "clientgone.demo.v1.Demo/Upload",
+            "request_body",
+            "stream_reset",
+        ),
+        1.0,
+    )
+    .await;
+
+    // 200 invented methods: one label value, _OTHER.
+    client.send(json!({"op": "invented", "n": 200})).await;
+    let s = w.wait(CALLS, &[("rpc_method", "_OTHER")], 200.0).await;
+    assert_eq!(
+        s.label_values(CALLS, "rpc_method"),
+        [
+            "_OTHER",
+            "clientgone.demo.v1.Demo/Ticks",
+            "clientgone.demo.v1.Demo/Upload",
+            WAIT
+        ]
+        .map(String::from)
+        .into()
+    );
+    s.assert_value(CALL_BREAKS, &[], 4.0);
+    s.assert_value(DURATION_COUNT, &[], 0.0);
+    s.assert_value("rpc_server_active_calls", &[], 0.0);
+    s.assert_value(SKIPPED, &[], 0.0);
+    s.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
 }

@@ -183,6 +183,21 @@ impl GrpcMethods {
         self.methods.iter().map(|(name, t)| (&**name, *t))
     }
 
+    /// The method a request path (`/pkg.Service/Method`) calls, and how it
+    /// streams; `None` for a method not in the list (count it as
+    /// [`OTHER_METHOD`]).
+    ///
+    /// ```
+    /// use clientgone::{GrpcMethods, RpcType};
+    /// let methods = GrpcMethods::new().with("helloworld.Greeter/SayHello", RpcType::Unary);
+    /// let (name, rpc_type) = methods.method_of("/helloworld.Greeter/SayHello").unwrap();
+    /// assert_eq!((&**name, rpc_type), ("helloworld.Greeter/SayHello", RpcType::Unary));
+    /// assert!(methods.method_of("/helloworld.Greeter/Invented").is_none());
+    /// ```
+    pub fn method_of(&self, path: &str) -> Option<(&Arc<str>, RpcType)> {
+        self.lookup(path).map(|index| self.get(index))
+    }
+
     /// The index of the method a request path (`/pkg.Service/Method`) calls.
     pub(crate) fn lookup(&self, path: &str) -> Option<usize> {
         self.by_path.get(path).copied()

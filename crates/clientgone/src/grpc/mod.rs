@@ -16,8 +16,9 @@ mod timeout;
 mod tonic;
 
 pub use methods::{GrpcMethods, GrpcMethodsError, OTHER_METHOD, RpcType};
-pub use status::GrpcStatus;
-pub(crate) use timeout::{deadline_reached, parse_grpc_timeout};
+pub use status::{GrpcStatus, call_status};
+pub(crate) use timeout::parse_grpc_timeout;
+pub use timeout::{deadline_reached, grpc_timeout_value};
 
 /// The deadline a gRPC client gave its call: its `grpc-timeout` header, from
 /// the call's arrival. `None` without one, or for a malformed one.

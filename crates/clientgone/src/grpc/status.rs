@@ -2,6 +2,9 @@
 
 use http::{HeaderMap, HeaderName};
 
+use crate::classify::Cause;
+use crate::record::End;
+
 /// Built once: a `&str` name is parsed into a header name at every lookup.
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
@@ -100,6 +103,35 @@ impl GrpcStatus {
 impl std::fmt::Display for GrpcStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The status a call is recorded with: for a break, `CANCELLED` (or
+/// `DEADLINE_EXCEEDED` at the client's deadline), whatever the server was
+/// about to send; else the `grpc-status` sent, or what a client reads from
+/// an HTTP status that came without one. The one rule every source of calls
+/// (the layer, `clientgone watch`) records with.
+///
+/// ```
+/// use clientgone::{Cause, End, GrpcStatus, Phase, call_status};
+///
+/// let broken = End::Disconnect { phase: Phase::Handler, cause: Cause::StreamReset };
+/// assert_eq!(call_status(broken, Some(GrpcStatus::OK), Some(200)), GrpcStatus::CANCELLED);
+/// assert_eq!(call_status(End::Completed, None, Some(200)), GrpcStatus::UNKNOWN);
+/// assert_eq!(call_status(End::Completed, None, Some(503)), GrpcStatus::UNAVAILABLE);
+/// ```
+pub fn call_status(end: End, sent: Option<GrpcStatus>, http: Option<u16>) -> GrpcStatus {
+    match end {
+        End::Disconnect {
+            cause: Cause::DeadlineExceeded,
+            ..
+        } => GrpcStatus::DEADLINE_EXCEEDED,
+        End::Disconnect { .. } => GrpcStatus::CANCELLED,
+        _ => match (sent, http) {
+            (Some(status), _) => status,
+            (None, Some(200) | None) => GrpcStatus::UNKNOWN,
+            (None, Some(http)) => GrpcStatus::from_http(http),
+        },
     }
 }
 

@@ -9,7 +9,18 @@ use http::HeaderValue;
 /// `m`, `u`, `n`), as the gRPC over HTTP/2 specification writes it. `None`
 /// for anything else: a malformed deadline is no deadline.
 pub(crate) fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
-    let bytes = value.as_bytes();
+    grpc_timeout_value(value.as_bytes())
+}
+
+/// The deadline a `grpc-timeout` value gives (as [`grpc_timeout`](crate::grpc_timeout)
+/// reads it from headers), for sources that have the value's bytes alone.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(clientgone::grpc_timeout_value(b"250m"), Some(Duration::from_millis(250)));
+/// assert_eq!(clientgone::grpc_timeout_value(b"soon"), None);
+/// ```
+pub fn grpc_timeout_value(bytes: &[u8]) -> Option<Duration> {
     let (&unit, digits) = bytes.split_last()?;
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -29,7 +40,8 @@ pub(crate) fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
 }
 
 /// Whether a call that ended `elapsed` after it arrived had reached the
-/// client's deadline `timeout`.
+/// client's deadline `timeout`: the rule that makes a break
+/// `deadline_exceeded`, for every source of calls.
 ///
 /// The server starts its clock after the client started its own, and a
 /// client may round its timeout up when it writes it (gRPC C-core by up to
@@ -37,7 +49,14 @@ pub(crate) fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
 /// little *before* the deadline the server computed. A slack of 5 ms plus
 /// 1 % of the timeout covers both; a cancel sooner than that is the client's
 /// own choice.
-pub(crate) fn deadline_reached(elapsed: Duration, timeout: Duration) -> bool {
+///
+/// ```
+/// use std::time::Duration;
+/// let second = Duration::from_secs(1);
+/// assert!(clientgone::deadline_reached(Duration::from_millis(990), second));
+/// assert!(!clientgone::deadline_reached(Duration::from_millis(900), second));
+/// ```
+pub fn deadline_reached(elapsed: Duration, timeout: Duration) -> bool {
     let slack = Duration::from_millis(5) + timeout / 100;
     elapsed + slack >= timeout
 }

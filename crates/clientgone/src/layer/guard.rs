@@ -19,7 +19,7 @@ use crate::classify::{
     BodyProgress, Cause, Phase, break_cause, break_phase, hands_over_connection, recorded_status,
 };
 use crate::connection::{ClientLeftHook, ConnectionState, TrackedConnection};
-use crate::grpc::{GrpcStatus, deadline_reached};
+use crate::grpc::{GrpcStatus, call_status, deadline_reached};
 use crate::metrics::{RouteMetrics, RpcMethodMetrics};
 use crate::record::{CallRecord, End, Record};
 
@@ -424,25 +424,6 @@ impl RequestGuard {
         if let Some(state) = self.shared.untracked_connection() {
             state.request_ended();
         }
-    }
-}
-
-/// The status a call is recorded with: for a break, `CANCELLED` (or
-/// `DEADLINE_EXCEEDED` at the client's deadline), whatever the server was
-/// about to send; else the `grpc-status` sent, or what a client reads from
-/// an HTTP status that came without one.
-fn call_status(end: End, sent: Option<GrpcStatus>, http: Option<u16>) -> GrpcStatus {
-    match end {
-        End::Disconnect {
-            cause: Cause::DeadlineExceeded,
-            ..
-        } => GrpcStatus::DEADLINE_EXCEEDED,
-        End::Disconnect { .. } => GrpcStatus::CANCELLED,
-        _ => match (sent, http) {
-            (Some(status), _) => status,
-            (None, Some(200) | None) => GrpcStatus::UNKNOWN,
-            (None, Some(http)) => GrpcStatus::from_http(http),
-        },
     }
 }
 
