@@ -126,7 +126,7 @@ async fn grpcio_calls_are_counted_per_method_with_their_cancels_and_deadlines(
     for i in 0..20 {
         let id = format!("ok{i}");
         client
-            .start(&id, json!({"method": "Wait", "request": {"delay_ms": 0}}))
+            .start(&id, json!({"method": "Wait", "request": {"delay_ms": 1}}))
             .await;
         assert_eq!(client.result(&id).await.0, "OK");
     }
