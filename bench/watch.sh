@@ -3,6 +3,7 @@
 #
 #   sudo bash bench/watch.sh [ROUNDS] [SECONDS]      (defaults 4 rounds of 5 s)
 #   sudo TLS=1 bash bench/watch.sh ...               nginx terminating TLS
+#   sudo H2=1 bash bench/watch.sh ...                nginx serving h2c, h2load
 #
 # Throughput: nginx (Debian's, master_process off, one worker pinned to CPU 0)
 # serving a small static file, wrk on CPU 1 (1 thread, 32 keep-alive
@@ -18,6 +19,10 @@
 # maps the probed file: wrk is given its own copy of the library (another
 # inode, not probed), so the client's own calls do not trap and the figures
 # are the server's, as on a host whose clients are elsewhere.
+#
+# H2=1: nginx serves the file over HTTP/2 by prior knowledge (`listen …
+# http2`), driven by h2load on CPU 1 (1 thread, 32 connections, 10 streams in
+# flight on each): the agent follows every stream (CG_MORE captures, HPACK).
 #
 # Detection delay: a Python client sends GET /slow to Python's http.server
 # (bench runs tests/watch/server.py), closes (FIN) mid-handler, and polls
@@ -37,6 +42,7 @@ mkdir -p "$dir/www"
 printf 'hello, small file\n' > "$dir/www/index.html"
 port=18090
 scheme=http listen="" tls_conf="" client_env=()
+[ "${H2:-0}" = 1 ] && listen=http2
 if [ "${TLS:-0}" = 1 ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
     -subj /CN=localhost -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
@@ -73,10 +79,17 @@ for r in $(seq 1 "$rounds"); do
       until grep -q watching "$dir/watch.log"; do sleep 0.05; done
     fi
     n0=$(cpu_of $nginx_pid); a0=0; [ -n "$agent_pid" ] && a0=$(cpu_of $agent_pid)
-    out=$(taskset -c 1 "${client_env[@]}" wrk -t1 -c32 -d${secs}s $scheme://127.0.0.1:$port/index.html)
-    n1=$(cpu_of $nginx_pid); a1=0; [ -n "$agent_pid" ] && a1=$(cpu_of $agent_pid)
-    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    if [ "${H2:-0}" = 1 ]; then
+      out=$(taskset -c 1 h2load -t1 -c32 -m10 -D "$secs" $scheme://127.0.0.1:$port/index.html)
+      n1=$(cpu_of $nginx_pid); a1=0; [ -n "$agent_pid" ] && a1=$(cpu_of $agent_pid)
+      reqs=$(echo "$out" | awk '/^requests:/ {print $8}')
+      rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+    else
+      out=$(taskset -c 1 "${client_env[@]}" wrk -t1 -c32 -d${secs}s $scheme://127.0.0.1:$port/index.html)
+      n1=$(cpu_of $nginx_pid); a1=0; [ -n "$agent_pid" ] && a1=$(cpu_of $agent_pid)
+      reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    fi
     if [ -n "$agent_pid" ]; then
       lost=$(curl -s 127.0.0.1:19465/metrics | awk '/^clientgone_watch_events_lost_total/ {print $2}')
       done_=$(curl -s 127.0.0.1:19465/metrics | awk '/^http_server_request_duration_seconds_count/ {s+=$2} END {print s+0}')

@@ -6,7 +6,8 @@ library (hyper-h2), neither of them ours. Verifies the server against CAFILE.
       Negotiates h2 by ALPN and GETs SLOW_PATH on stream 1; prints "sent" and
       waits for a line on stdin. Then resets stream 1 (RST_STREAM, CANCEL),
       GETs FAST_PATH on stream 3 over the same connection, prints its status,
-      and closes the connection (GOAWAY, then FIN).
+      and closes the connection (GOAWAY, then FIN, reading what the server
+      sends until it closes too).
 """
 import socket
 import ssl
@@ -56,6 +57,14 @@ while True:
             print(status, flush=True)
             conn.close_connection()
             sock.sendall(conn.data_to_send())
+            # A FIN, then what the server still sends (its GOAWAY) read to
+            # its end: a close with unread bytes would be an RST.
+            socket.socket.shutdown(sock, socket.SHUT_WR)
+            try:
+                while sock.recv(65536):
+                    pass
+            except (OSError, ssl.SSLError):
+                pass
             sock.close()
             sys.exit(0)
     sock.sendall(conn.data_to_send())
