@@ -152,7 +152,7 @@ static __always_inline struct cg_event *new_event(__u64 id, __u16 port, __u8 kin
 		return 0;
 	e->conn = id;
 	e->ts_ns = bpf_ktime_get_ns();
-	e->tgid = 0;
+	e->seq = 0;
 	e->len = 0;
 	e->unacked = 0;
 	e->port = port;
@@ -181,6 +181,16 @@ static __always_inline void send(struct cg_event *e, __u64 flags)
 		*lost += 1;
 	__u8 one = 1;
 	bpf_map_update_elem(&lost_conns, &e->conn, &one, BPF_ANY);
+}
+
+/* The sequence number after the last byte the server has written to the
+ * socket (tcp_sock.write_seq): told with every SEND and every state change,
+ * so user space knows whether a client's FIN came after bytes whose SEND
+ * event is still on its way (the client can read a response and leave before
+ * the tracepoint after the write has fired). */
+static __always_inline __u32 write_seq(const struct sock *sk)
+{
+	return BPF_CORE_READ((const struct tcp_sock *)sk, write_seq);
 }
 
 static __always_inline __u32 unacked(const struct sock *sk)
@@ -271,6 +281,7 @@ static __always_inline struct conn_state *watched(struct sock *sk)
 	struct cg_event *e = new_event(cs->id, cs->port, CG_ADOPT);
 	if (!e)
 		return cs;
+	e->seq = write_seq(sk);
 	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
 	if (sock)
 		e->unacked = BPF_CORE_READ((struct socket_alloc *)sock, vfs_inode.i_ino);
@@ -410,7 +421,7 @@ static long more_step(__u32 i, void *arg)
 	if (w->piece == 0) {
 		e->conn = w->id;
 		e->ts_ns = bpf_ktime_get_ns();
-		e->tgid = 0;
+		e->seq = 0;
 		e->len = w->len;
 		e->unacked = w->off;
 		e->port = w->port;
@@ -602,6 +613,8 @@ static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 
 		return 0;
 	e->len = ret;
 	e->flags = flags;
+	if (kind == CG_SEND)
+		e->seq = write_seq(sk);
 	__u64 buf = 0, iov = 0, count = 0;
 	if (c && c->dir == dir && c->kind != CALL_NOBUF) {
 		if (c->kind == CALL_BUF) {
@@ -806,8 +819,10 @@ int BPF_PROG(cg_state, const struct sock *sk, int oldstate, int newstate)
 		cs->id = __sync_fetch_and_add(&next_conn_id, 1) + 1;
 		cs->port = port;
 		struct cg_event *e = new_event(cs->id, cs->port, CG_OPEN);
-		if (e)
+		if (e) {
+			e->seq = write_seq(s);
 			send(e, BPF_RB_NO_WAKEUP);
+		}
 		return 0;
 	}
 	/* A connection that predates the agent is adopted at its end too, so
@@ -832,6 +847,7 @@ int BPF_PROG(cg_state, const struct sock *sk, int oldstate, int newstate)
 	e->new_state = newstate;
 	e->len = BPF_CORE_READ(s, sk_err);
 	e->unacked = unacked(s);
+	e->seq = write_seq(s);
 	/* A client leaving is worth a wake-up (the detection delay); the rest waits
 	 * for the next drain. */
 	__u64 wake = newstate == TCP_CLOSE_WAIT || newstate == TCP_CLOSE ? BPF_RB_FORCE_WAKEUP
@@ -854,6 +870,7 @@ int BPF_PROG(cg_reset, struct sock *sk)
 	if (!e)
 		return 0;
 	e->unacked = unacked(sk);
+	e->seq = write_seq(sk);
 	send(e, BPF_RB_FORCE_WAKEUP);
 	return 0;
 }

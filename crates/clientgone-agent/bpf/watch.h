@@ -62,7 +62,9 @@ enum cg_kind {
 struct cg_event {
 	__u64 conn;       /*  0: connection id, given at CG_OPEN */
 	__u64 ts_ns;      /*  8: CLOCK_MONOTONIC */
-	__u32 tgid;       /* 16: unused, 0 */
+	__u32 seq;        /* 16: OPEN/ADOPT/STATE/RESET and plaintext SEND: the
+			   * socket's write_seq (the sequence number after the
+			   * last byte written); 0 elsewhere */
 	__s32 len;        /* 20: RECV/SEND bytes; STATE sk_err */
 	__u32 unacked;    /* 24: STATE/RESET: bytes written the peer never acknowledged */
 	__u16 port;       /* 28: the watched local port */

@@ -110,6 +110,8 @@ impl Tracker {
                     Conn::new(ev.port, ev.ts_ns)
                 }
             };
+            let mut conn = conn;
+            conn.sent_seq = (ev.seq != 0).then_some(ev.seq);
             if let Some(old) = self.conns.insert(ev.conn, conn) {
                 // Ids are never reused: this cannot happen, but if it did the
                 // old connection must not stay counted as open.
@@ -159,6 +161,9 @@ impl Tracker {
                 }
             }
             Kind::Send if conn.follows(ev) => {
+                if ev.seq != 0 && !ev.tls {
+                    conn.sent_seq = Some(ev.seq);
+                }
                 if conn.h2.is_some() {
                     let names = Names {
                         routes: &self.routes,
@@ -179,7 +184,7 @@ impl Tracker {
                 conn.more(offset, ev, names, sink);
             }
             Kind::Recv | Kind::Send => {}
-            Kind::Reset => conn.client_left(Cause::Reset, ev.ts_ns, ev.unacked, sink),
+            Kind::Reset => conn.client_left(Cause::Reset, ev.ts_ns, ev.unacked, ev.seq, sink),
             Kind::State { old, new, error } => {
                 conn.release(sink);
                 if conn.on_state(old, new, error, ev, sink) {
@@ -223,6 +228,10 @@ struct Conn {
     h2: Option<H2Exchange>,
     /// An HTTP/2 transfer whose further pieces (`Kind::More`) are coming.
     pending: Option<Pending>,
+    /// The socket's `write_seq` after the last write seen (plaintext):
+    /// a client's sign that comes with a later one came after bytes whose
+    /// `Send` is still on its way.
+    sent_seq: Option<u32>,
 }
 
 /// An HTTP/2 transfer being put together from its pieces.
@@ -270,6 +279,7 @@ impl Conn {
             exchange: Exchange::new(port),
             h2: None,
             pending: None,
+            sent_seq: None,
         }
     }
 
@@ -414,18 +424,32 @@ impl Conn {
     fn release(&mut self, sink: &mut impl Sink) {
         if let Some(held) = self.held.take() {
             self.writing = false;
-            self.client_left(held.cause, held.ts_ns, held.unacked, sink);
+            self.client_left(held.cause, held.ts_ns, held.unacked, 0, sink);
         }
     }
 
     /// The first sign of the client going: a break if a request is in flight.
-    fn client_left(&mut self, cause: Cause, ts_ns: u64, unacked: u32, sink: &mut impl Sink) {
+    /// `seq`: the socket's `write_seq` at that sign (0: not told).
+    fn client_left(
+        &mut self,
+        cause: Cause,
+        ts_ns: u64,
+        unacked: u32,
+        seq: u32,
+        sink: &mut impl Sink,
+    ) {
         // After the server's own close, whatever the client does is the end
         // of a connection the server gave up: not a client's event.
         if self.client_event.is_some() || self.server_closed || self.held.is_some() {
             return;
         }
-        if self.writing && self.has_request() {
+        // The server wrote more than the `Send` events seen so far: the
+        // client's sign came after bytes whose event is still on its way (a
+        // client can read a response and leave before the tracepoint after
+        // the write fires). Held until that write is seen, as for TLS.
+        let unseen_write =
+            self.tls.is_none() && seq != 0 && self.sent_seq.is_some_and(|sent| sent != seq);
+        if (self.writing || unseen_write) && self.has_request() {
             self.held = Some(Held {
                 cause,
                 ts_ns,
@@ -456,7 +480,7 @@ impl Conn {
         sink: &mut impl Sink,
     ) -> bool {
         match new {
-            tcp::CLOSE_WAIT => self.client_left(Cause::Closed, ev.ts_ns, ev.unacked, sink),
+            tcp::CLOSE_WAIT => self.client_left(Cause::Closed, ev.ts_ns, ev.unacked, ev.seq, sink),
             tcp::FIN_WAIT1 | tcp::LAST_ACK if !self.server_closed => {
                 if self.client_event.is_none() {
                     self.server_ended(ev.ts_ns, sink);
@@ -465,11 +489,12 @@ impl Conn {
             }
             tcp::CLOSE => {
                 match error {
+                    // Final: nothing follows a close, so nothing is held.
                     libc::ECONNRESET | libc::EPIPE => {
-                        self.client_left(Cause::Reset, ev.ts_ns, ev.unacked, sink)
+                        self.client_left(Cause::Reset, ev.ts_ns, ev.unacked, 0, sink)
                     }
                     libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH => {
-                        self.client_left(Cause::Timeout, ev.ts_ns, ev.unacked, sink)
+                        self.client_left(Cause::Timeout, ev.ts_ns, ev.unacked, 0, sink)
                     }
                     // A close with no error from ESTABLISHED without either
                     // side's FIN: the socket was torn down (an RST the server
@@ -599,6 +624,8 @@ mod tests {
         tls: bool,
         /// The process uses a probed TLS library.
         ssl_process: bool,
+        /// The socket's write_seq the next event tells (0: not told).
+        seq: u32,
     }
 
     impl Script {
@@ -610,6 +637,22 @@ mod tests {
                 ts: 0,
                 tls: false,
                 ssl_process: false,
+                seq: 0,
+            };
+            s.event(Kind::Open, 0, b"", b"");
+            s
+        }
+
+        /// A connection whose events tell the socket's write_seq, from `seq`.
+        fn with_seq(seq: u32) -> Self {
+            let routes = RouteTable::new(["/users/{id}".to_owned()]).unwrap();
+            let mut s = Script {
+                tracker: Tracker::new(routes.matcher()),
+                log: Log::default(),
+                ts: 0,
+                tls: false,
+                ssl_process: false,
+                seq,
             };
             s.event(Kind::Open, 0, b"", b"");
             s
@@ -624,6 +667,7 @@ mod tests {
                 ts: 0,
                 tls: false,
                 ssl_process: false,
+                seq: 0,
             };
             s.tracker.seed(HashMap::from([(5, 8080)]), &mut s.log);
             s.event(Kind::Adopt { inode }, 0, b"", b"");
@@ -633,6 +677,7 @@ mod tests {
         fn event(&mut self, kind: Kind, len: usize, data: &[u8], tail: &[u8]) -> &mut Self {
             self.ts += 1_000_000;
             let ev = Event {
+                seq: self.seq,
                 conn: 1,
                 ts_ns: self.ts,
                 port: 8080,
@@ -1226,6 +1271,7 @@ mod tests {
             };
             let tail_at = data.len().saturating_sub(rng.usize(0..9));
             let ev = Event {
+                seq: 0,
                 conn: rng.u64(0..4),
                 ts_ns: i * 1000,
                 port: 80,
@@ -1584,6 +1630,34 @@ mod tests {
                 "call _OTHER unknown",
                 "call-end _OTHER UNIMPLEMENTED completed sent=0",
             ]
+        );
+    }
+
+    #[test]
+    fn a_fin_that_overtakes_the_send_it_came_after_is_no_break() {
+        // The client read the response and left; its FIN's event (seq 1000
+        // + the response) comes before the write's: held until the write is
+        // seen, then the request completes and the close is idle.
+        let mut s = Script::with_seq(1000);
+        s.recv(GET);
+        s.seq = 1000 + OK.len() as u32;
+        s.fin().send(OK);
+        s.state(tcp::CLOSE_WAIT, tcp::LAST_ACK, 0).closed();
+        assert_eq!(
+            s.log(),
+            [
+                "open 8080",
+                "start GET /users/{id}",
+                "end GET /users/{id} 200 completed sent=5 unacked=0 ms=2",
+                "close idle"
+            ]
+        );
+        // A FIN with nothing unseen written is the break it always was.
+        let mut s = Script::with_seq(1000);
+        s.recv(GET).fin();
+        assert_eq!(
+            s.log()[2],
+            "end GET /users/{id} 499 handler closed sent=0 unacked=77 ms=1"
         );
     }
 }

@@ -88,6 +88,10 @@ pub struct Event<'a> {
     pub tail: &'a [u8],
     /// `Recv`/`Send`: plaintext, as the TLS library returned it or was given it.
     pub tls: bool,
+    /// `Open`, `Adopt`, `State`, `Reset` and a plaintext `Send`: the socket's
+    /// `write_seq` then (the sequence number after the last byte the server
+    /// wrote); 0 where not told.
+    pub seq: u32,
     /// A connection's first `Recv`/`Send`: its process has called a probed
     /// TLS library (a TLS connection of it not reported as [`Kind::Tls`]
     /// could not be tied to its SSL object).
@@ -127,6 +131,7 @@ impl<'a> Event<'a> {
     pub fn parse(b: &'a [u8]) -> Option<Event<'a>> {
         let conn = u64_at(b, 0)?;
         let ts_ns = u64_at(b, 8)?;
+        let seq = u32_at(b, 16)?;
         let len = u32_at(b, 20)?;
         let unacked = u32_at(b, 24)?;
         let port = u16_at(b, 28)?;
@@ -179,6 +184,7 @@ impl<'a> Event<'a> {
             data,
             tail,
             tls: flags & flag::TLS != 0,
+            seq,
             ssl_process: flags & flag::SSL_PROC != 0,
         })
     }
@@ -193,6 +199,7 @@ pub(crate) mod tests {
         let mut b = vec![0u8; HEADER + e.data.len()];
         b[0..8].copy_from_slice(&e.conn.to_ne_bytes());
         b[8..16].copy_from_slice(&e.ts_ns.to_ne_bytes());
+        b[16..20].copy_from_slice(&e.seq.to_ne_bytes());
         let (kind, len, old, new) = match e.kind {
             Kind::Open => (1, 0, 0, 0),
             Kind::Recv => (2, e.len, 0, 0),
@@ -235,6 +242,7 @@ pub(crate) mod tests {
     #[test]
     fn events_round_trip_and_bad_records_are_none() {
         let e = Event {
+            seq: 0,
             conn: 7,
             ts_ns: 123,
             port: 8080,
