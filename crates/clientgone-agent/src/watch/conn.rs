@@ -629,46 +629,35 @@ mod tests {
     }
 
     impl Script {
-        fn new() -> Self {
+        /// A script whose events tell `seq` as the socket's write_seq, its
+        /// tracker counting under `/users/{id}` (and `grpc`'s methods), no
+        /// event applied yet.
+        fn blank(seq: u32, grpc: clientgone::GrpcMethods) -> Self {
             let routes = RouteTable::new(["/users/{id}".to_owned()]).unwrap();
-            let mut s = Script {
-                tracker: Tracker::new(routes.matcher()),
-                log: Log::default(),
-                ts: 0,
-                tls: false,
-                ssl_process: false,
-                seq: 0,
-            };
-            s.event(Kind::Open, 0, b"", b"");
-            s
-        }
-
-        /// A connection whose events tell the socket's write_seq, from `seq`.
-        fn with_seq(seq: u32) -> Self {
-            let routes = RouteTable::new(["/users/{id}".to_owned()]).unwrap();
-            let mut s = Script {
-                tracker: Tracker::new(routes.matcher()),
+            Script {
+                tracker: Tracker::with_grpc(routes.matcher(), grpc),
                 log: Log::default(),
                 ts: 0,
                 tls: false,
                 ssl_process: false,
                 seq,
-            };
+            }
+        }
+
+        fn new() -> Self {
+            Self::with_seq(0)
+        }
+
+        /// A connection whose events tell the socket's write_seq, from `seq`.
+        fn with_seq(seq: u32) -> Self {
+            let mut s = Script::blank(seq, clientgone::GrpcMethods::new());
             s.event(Kind::Open, 0, b"", b"");
             s
         }
 
         /// A connection found open: its first event is the kernel's adoption.
         fn adopted(inode: u32) -> Self {
-            let routes = RouteTable::new(["/users/{id}".to_owned()]).unwrap();
-            let mut s = Script {
-                tracker: Tracker::new(routes.matcher()),
-                log: Log::default(),
-                ts: 0,
-                tls: false,
-                ssl_process: false,
-                seq: 0,
-            };
+            let mut s = Script::blank(0, clientgone::GrpcMethods::new());
             s.tracker.seed(HashMap::from([(5, 8080)]), &mut s.log);
             s.event(Kind::Adopt { inode }, 0, b"", b"");
             s
@@ -1570,9 +1559,7 @@ mod tests {
         let methods = clientgone::GrpcMethods::new()
             .with("demo.Svc/Wait", clientgone::RpcType::Unary)
             .with("demo.Svc/Ticks", clientgone::RpcType::ServerStreaming);
-        let routes = RouteTable::new(["/users/{id}".to_owned()]).unwrap();
-        let mut s = Script::new();
-        s.tracker = Tracker::with_grpc(routes.matcher(), methods);
+        let mut s = Script::blank(0, methods);
         s.event(Kind::Open, 0, b"", b"");
         s.log.0.clear();
         s
