@@ -139,6 +139,22 @@ impl H2Connection {
         H2Connection { sender, task }
     }
 
+    /// Opens a connection with windows of 8 MiB a stream and 64 MiB in all,
+    /// so that a server may write large bodies in large writes.
+    pub async fn open_wide(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) = h2::client::Builder::new()
+            .initial_window_size(8 << 20)
+            .initial_connection_window_size(64 << 20)
+            .handshake(stream)
+            .await
+            .expect("h2 handshake");
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        H2Connection { sender, task }
+    }
+
     /// Starts a GET; returns the response future and the stream's send half
     /// (for `send_reset`).
     pub async fn start_get(

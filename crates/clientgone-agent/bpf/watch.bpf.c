@@ -60,6 +60,17 @@ struct {
 	__type(value, __u8);
 } ports SEC(".maps");
 
+/* Where one direction of an HTTP/2 connection is in its frames, carried
+ * from one transfer to the next. */
+struct h2_frames {
+	__u32 left; /* payload bytes of the current frame still to come; 0: a
+		     * frame header is next */
+	__u8 hdr[4]; /* the header's first bytes (length, type) read so far */
+	__u8 have;   /* header bytes read so far */
+	__u8 data;   /* the current payload is DATA's: not sent */
+	__u8 pad[2];
+};
+
 /* What is known of a watched socket; lives and dies with the socket, so a
  * reused struct sock address never inherits another connection's id. */
 struct conn_state {
@@ -77,15 +88,17 @@ struct conn_state {
 	__u64 ssl;
 	__u32 tgid;
 	/* H2_UNKNOWN until the client's first bytes arrive; H2_YES when they
-	 * were the HTTP/2 preface: its transfers are then captured whole (up
-	 * to CG_H2_CAP). A server may write first (an HTTP/2 server's SETTINGS,
-	 * say): the client's first read decides, not the connection's. */
+	 * were the HTTP/2 preface: its transfers are then walked frame by
+	 * frame (fr: the client's, then the server's). A server may write first
+	 * (an HTTP/2 server's SETTINGS, say): the client's first read decides,
+	 * not the connection's. H2_LOST once a walk could not follow. */
 	__u8 h2;
 	__u8 pad[3];
+	struct h2_frames fr[2];
 };
 
 enum conn_mode { MODE_PLAIN = 0, MODE_TLS = 1 };
-enum h2_state { H2_UNKNOWN = 0, H2_YES = 1, H2_NO = 2 };
+enum h2_state { H2_UNKNOWN = 0, H2_YES = 1, H2_NO = 2, H2_LOST = 3 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -144,12 +157,9 @@ struct {
 
 __u64 next_conn_id = 0;
 
-static __always_inline struct cg_event *new_event(__u64 id, __u16 port, __u8 kind)
+/* Starts an event in `e`: every field zero but these. */
+static __always_inline void fill_header(struct cg_event *e, __u64 id, __u16 port, __u8 kind)
 {
-	__u32 zero = 0;
-	struct cg_event *e = bpf_map_lookup_elem(&scratch, &zero);
-	if (!e)
-		return 0;
 	e->conn = id;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->seq = 0;
@@ -163,6 +173,14 @@ static __always_inline struct cg_event *new_event(__u64 id, __u16 port, __u8 kin
 	e->cap_len = 0;
 	e->tail_len = 0;
 	e->pad = 0;
+}
+
+static __always_inline struct cg_event *new_event(__u64 id, __u16 port, __u8 kind)
+{
+	__u32 zero = 0;
+	struct cg_event *e = bpf_map_lookup_elem(&scratch, &zero);
+	if (e)
+		fill_header(e, id, port, kind);
 	return e;
 }
 
@@ -303,7 +321,7 @@ static __always_inline int head_run(__u32 *run, __u8 *last_dir, __u8 dir, __u32 
 	return head;
 }
 
-/* ---- HTTP/2: whole transfers ------------------------------------------- */
+/* ---- HTTP/2: frame walk ------------------------------------------------ */
 
 /* Whether an event's bytes begin with the HTTP/2 client preface ("PRI * ..."). */
 static __always_inline int starts_preface(const struct cg_event *e)
@@ -312,36 +330,53 @@ static __always_inline int starts_preface(const struct cg_event *e)
 	       e->data[3] == ' ';
 }
 
+#define H2_PREFACE_LEN 24
+#define H2_FRAME_HEADER 9
+#define H2_DATA 0
+
 /* Decides, at the client's first bytes (`e`, a RECV), whether the connection
- * speaks HTTP/2; returns whether it does. */
-static __always_inline int h2_decided(__u8 *h2, const struct cg_event *e)
+ * speaks HTTP/2; returns whether it does (and its frames are walked). The
+ * client's bytes start with the preface, which is not a frame. */
+static __always_inline int h2_decided(__u8 *h2, struct h2_frames *fr, const struct cg_event *e)
 {
-	if (*h2 == H2_UNKNOWN && e->kind == CG_RECV)
+	if (*h2 == H2_UNKNOWN && e->kind == CG_RECV) {
 		*h2 = starts_preface(e) ? H2_YES : H2_NO;
+		if (*h2 == H2_YES) {
+			fr[0].left = H2_PREFACE_LEN;
+			fr[0].data = 0;
+		}
+	}
 	return *h2 == H2_YES;
 }
 
-/* Iovecs of one transfer an HTTP/2 capture walks at most: gRPC's C core
- * writes a frame's header, its header block and each message in pieces of
- * their own, up to hundreds a sendmsg. */
-#define CG_H2_IOV 256
+/* Iovecs of one transfer an HTTP/2 walk reads at most (the kernel's own
+ * limit, UIO_MAXIOV): gRPC's C core writes a frame's header, its header block
+ * and each message in pieces of their own, hundreds a sendmsg. */
+#define CG_H2_IOV 1024
+/* Steps of one walk at most: an iovec, a frame header, a run of payload or a
+ * piece each; a 4 MiB write of 16 KiB DATA frames is some 600. */
+#define CG_H2_STEPS 8192
 
-/* An HTTP/2 transfer being cut into CG_MORE pieces: where its bytes are
- * (a contiguous buffer, or an iovec array walked one piece of user memory
- * at a time) and how far the copy got. */
+/* An HTTP/2 transfer being walked frame by frame: where its bytes are (a
+ * contiguous buffer, or an iovec array walked one piece of user memory at a
+ * time), the direction's frame state, and the piece being filled. */
 struct more_walk {
 	__u64 id;
 	__u64 buf;   /* a contiguous buffer, or 0 */
 	__u64 iov;   /* else an iovec array of count entries */
 	__u64 count;
 	__u64 base;  /* the part of the current iovec not yet walked */
+	struct h2_frames fr; /* the direction's frames, carried across transfers */
 	__u32 left;
 	__u32 iov_i; /* the next iovec to read */
-	__u32 len;   /* the transfer's length (at most CG_H2_CAP is captured) */
+	__u32 len;   /* the transfer's length */
 	__u32 start; /* the first byte not in the RECV/SEND event */
 	__u32 off;   /* the next byte to walk */
 	__u32 piece; /* bytes in the piece being filled */
+	__u32 copied; /* bytes sent in pieces (at most CG_H2_CAP) */
 	__u16 port;
+	__u8 emit;   /* pieces are sent (the RECV/SEND event said CG_F_MORE) */
+	__u8 lost;   /* the walk could not follow the frames */
 };
 
 /* The walk lives in a map, not on the stack: read back from memory at each
@@ -355,126 +390,178 @@ struct {
 	__type(value, struct more_walk);
 } walks SEC(".maps");
 
-/* Sends the piece being filled (its bytes in the per-CPU scratch event). */
-static __always_inline void more_flush(struct more_walk *w)
+/* Sends the piece being filled (its bytes in the per-CPU scratch event);
+ * `last` marks the transfer's final piece, sent even when empty so that user
+ * space knows the transfer is whole. */
+static __always_inline void more_flush(struct more_walk *w, int last)
 {
 	__u32 zero = 0;
 	struct cg_event *e = bpf_map_lookup_elem(&scratch, &zero);
-	if (!e || w->piece == 0)
+	if (!e || !w->emit || (w->piece == 0 && !last))
 		return;
+	if (w->piece == 0) {
+		fill_header(e, w->id, w->port, CG_MORE);
+		e->len = w->len;
+		e->unacked = w->off;
+	}
 	e->cap_len = w->piece;
+	if (last)
+		e->flags |= CG_F_LAST;
 	send(e, BPF_RB_NO_WAKEUP);
+	w->copied += w->piece;
 	w->piece = 0;
 }
 
 /* One step of the walk: a bpf_loop callback, so the verifier walks one step,
- * not every piece and iovec. A step reads the next iovec, skips what the
- * RECV/SEND event already holds, or copies the next run of bytes into the
- * piece being filled (sent when full). Returns 1 when the walk is over. */
+ * not every frame and iovec. A step reads the next iovec, or moves through
+ * the next run of bytes of one kind: a frame header (read, and sent), a
+ * payload to send (every frame's but DATA's, while the transfer's
+ * CG_H2_CAP lasts) or one to pass over (DATA's: user space needs only its
+ * length and flags, which the header holds). Bytes the RECV/SEND event
+ * already holds are walked, never sent again. Returns 1 when the walk is
+ * over. */
 static long more_step(__u32 i, void *arg)
 {
-	__u32 zero0 = 0;
-	struct more_walk *w = bpf_map_lookup_elem(&walks, &zero0);
+	__u32 zero = 0;
+	struct more_walk *w = bpf_map_lookup_elem(&walks, &zero);
 	if (!w)
 		return 1;
-	__u32 end = w->len < CG_H2_CAP ? w->len : CG_H2_CAP;
-	if (w->off >= end) {
-		more_flush(w);
+	if (w->off >= w->len) {
+		more_flush(w, 1);
 		return 1;
 	}
 	if (w->left == 0) {
 		if (w->buf) {
 			/* A contiguous buffer is one iovec. */
-			if (w->iov_i++ > 0) {
-				more_flush(w);
-				return 1;
-			}
+			if (w->iov_i++ > 0)
+				goto lost;
 			w->base = w->buf;
-			w->left = end;
+			w->left = w->len;
 			return 0;
 		}
-		if (w->iov_i >= w->count || w->iov_i >= CG_H2_IOV) {
-			more_flush(w);
-			return 1;
-		}
+		if (w->iov_i >= w->count || w->iov_i >= CG_H2_IOV)
+			goto lost;
 		struct cg_iovec v;
-		if (bpf_probe_read_user(&v, sizeof(v), (void *)(w->iov + w->iov_i * sizeof(v)))) {
-			more_flush(w);
-			return 1;
-		}
+		if (bpf_probe_read_user(&v, sizeof(v), (void *)(w->iov + w->iov_i * sizeof(v))))
+			goto lost;
 		w->iov_i++;
 		w->base = v.base;
-		w->left = v.len < end - w->off ? v.len : end - w->off;
+		w->left = v.len < w->len - w->off ? v.len : w->len - w->off;
 		return 0;
 	}
-	if (w->off < w->start) {
-		__u32 k = w->left < w->start - w->off ? w->left : w->start - w->off;
-		w->base += k;
-		w->left -= k;
-		w->off += k;
-		return 0;
-	}
-	__u32 zero = 0;
-	struct cg_event *e = bpf_map_lookup_elem(&scratch, &zero);
-	if (!e)
-		return 1;
-	if (w->piece == 0) {
-		e->conn = w->id;
-		e->ts_ns = bpf_ktime_get_ns();
-		e->seq = 0;
-		e->len = w->len;
-		e->unacked = w->off;
-		e->port = w->port;
-		e->kind = CG_MORE;
-		e->flags = 0;
-		e->old_state = 0;
-		e->new_state = 0;
-		e->cap_len = 0;
-		e->tail_len = 0;
-		e->pad = 0;
-	}
-	__u32 k = CG_CAP - w->piece;
+	int header = w->fr.left == 0;
+	__u32 k = header ? H2_FRAME_HEADER - w->fr.have : w->fr.left;
 	if (k > w->left)
 		k = w->left;
-	if (bpf_probe_read_user(e->data + bounded(w->piece, CG_CAP - 1), bounded(k, 2 * CG_CAP - 1),
-				(void *)w->base)) {
-		more_flush(w);
-		return 1;
+	int send_it = header || (!w->fr.data && w->copied + w->piece < CG_H2_CAP);
+	if (w->off < w->start) {
+		if (k > w->start - w->off)
+			k = w->start - w->off;
+	} else if (send_it && w->copied + w->piece < CG_H2_CAP) {
+		if (k > CG_CAP - w->piece)
+			k = CG_CAP - w->piece;
+		if (k > CG_H2_CAP - w->copied - w->piece)
+			k = CG_H2_CAP - w->copied - w->piece;
+		struct cg_event *e = bpf_map_lookup_elem(&scratch, &zero);
+		if (!e)
+			return 1;
+		if (w->piece == 0) {
+			fill_header(e, w->id, w->port, CG_MORE);
+			e->len = w->len;
+			e->unacked = w->off;
+		}
+		if (bpf_probe_read_user(e->data + bounded(w->piece, CG_CAP - 1),
+					bounded(k, 2 * CG_CAP - 1), (void *)w->base))
+			goto lost;
+		w->piece += k;
+	} else {
+		/* Passed over: the piece being filled ends here (pieces are
+		 * contiguous). */
+		more_flush(w, 0);
 	}
-	w->piece += k;
+	if (header) {
+		/* The length (3 bytes) and type (1) are all the walk needs. */
+		__u8 have = w->fr.have;
+		if (have < 4) {
+			__u32 n = k < 4u - have ? k : 4u - have;
+			if (bpf_probe_read_user(w->fr.hdr + bounded(have, 3), bounded(n, 7),
+						(void *)w->base))
+				goto lost;
+		}
+		w->fr.have = have + k;
+		if (w->fr.have >= H2_FRAME_HEADER) {
+			w->fr.have = 0;
+			w->fr.left = ((__u32)w->fr.hdr[0] << 16) | ((__u32)w->fr.hdr[1] << 8) |
+				     w->fr.hdr[2];
+			w->fr.data = w->fr.hdr[3] == H2_DATA;
+		}
+	} else {
+		w->fr.left -= k;
+	}
 	w->base += k;
 	w->left -= k;
 	w->off += k;
 	if (w->piece >= CG_CAP)
-		more_flush(w);
+		more_flush(w, 0);
 	return 0;
+lost:
+	w->lost = 1;
+	more_flush(w, 1);
+	return 1;
 }
 
-/* The rest of an HTTP/2 connection's transfer of `len` bytes after the
- * `start` its RECV/SEND event holds, up to CG_H2_CAP, in CG_MORE events of
- * CG_CAP bytes. `buf` is a contiguous buffer, or (iov, count) an iovec array. */
-static __always_inline void send_more(__u64 id, __u16 port, __u32 len, __u32 start, __u64 buf,
-				      __u64 iov, __u64 count)
+/* Walks an HTTP/2 connection's transfer of `len` bytes frame by frame,
+ * carrying the direction's frame state `fr` across transfers. With `emit`
+ * (the RECV/SEND event holds only its first `start` bytes) the rest of what
+ * user space needs is sent in CG_MORE pieces of up to CG_CAP bytes right
+ * after it: every frame header and every payload but DATA's, up to
+ * CG_H2_CAP bytes a transfer; the last piece is flagged CG_F_LAST. `buf` is
+ * a contiguous buffer, or (iov, count) an iovec array. Returns 0 when the
+ * frames could not be followed (user space then finds bytes missing outside
+ * a DATA payload and leaves the connection out, counted). */
+static __always_inline int h2_walk(struct h2_frames *fr, __u64 id, __u16 port, __u32 len,
+				   __u32 start, int emit, __u64 buf, __u64 iov, __u64 count)
 {
-	if (start >= len || start >= CG_H2_CAP)
-		return;
 	__u32 zero = 0;
 	struct more_walk *w = bpf_map_lookup_elem(&walks, &zero);
 	if (!w)
-		return;
+		return 0;
 	w->id = id;
 	w->buf = buf;
 	w->iov = iov;
 	w->count = count;
 	w->base = 0;
+	w->fr = *fr;
 	w->left = 0;
 	w->iov_i = 0;
 	w->len = len;
 	w->start = start;
 	w->off = 0;
 	w->piece = 0;
+	w->copied = 0;
 	w->port = port;
-	bpf_loop(CG_H2_IOV + 2 * (CG_H2_CAP / CG_CAP) + 4, more_step, 0, 0);
+	w->emit = emit;
+	w->lost = 0;
+	bpf_loop(CG_H2_STEPS, more_step, 0, 0);
+	if (w->off < w->len && !w->lost) {
+		/* Out of steps. */
+		w->lost = 1;
+		more_flush(w, 1);
+	}
+	*fr = w->fr;
+	return !w->lost;
+}
+
+/* After a transfer of an HTTP/2 connection (`h2` H2_YES) of `len` bytes, of
+ * which the event `e` holds the first cap_len: flags the event CG_F_MORE if
+ * pieces follow. Returns whether a walk is to follow the event. */
+static __always_inline int h2_more(struct cg_event *e, __u32 len, int can_walk)
+{
+	if (!can_walk)
+		return 0;
+	if (e->cap_len < len)
+		e->flags |= CG_F_MORE;
+	return 1;
 }
 
 /* ---- TLS (OpenSSL) ---------------------------------------------------- */
@@ -525,6 +612,7 @@ struct ssl_conn {
 	__u16 port;
 	__u8 last_dir;
 	__u8 h2; /* enum h2_state, as conn_state's, for the plaintext */
+	struct h2_frames fr[2];
 };
 
 struct {
@@ -635,11 +723,14 @@ static __always_inline int data_event(struct sock *sk, int ret, __u8 kind, __u8 
 	}
 	if (e->cap_len == 0)
 		e->flags |= CG_F_NOBUF;
-	int h2 = h2_decided(&cs->h2, e);
+	int walk = h2_more(e, ret, h2_decided(&cs->h2, cs->fr, e));
 	__u32 captured = e->cap_len;
+	int emit = e->flags & CG_F_MORE;
 	send(e, BPF_RB_NO_WAKEUP);
-	if (h2 && (buf || iov))
-		send_more(cs->id, cs->port, ret, captured, buf, iov, count);
+	/* A transfer without its buffer (sendfile, say) cannot be walked. */
+	if (walk && !((buf || iov) && h2_walk(&cs->fr[dir == DIR_SEND], cs->id, cs->port, ret,
+					       captured, emit, buf, iov, count)))
+		cs->h2 = H2_LOST;
 	return 0;
 }
 
@@ -972,11 +1063,13 @@ static __always_inline int ssl_return(struct pt_regs *ctx)
 	e->len = n;
 	e->flags = CG_F_TLS;
 	capture_buf(e, call.buf, n, head);
-	int h2 = h2_decided(&sc->h2, e);
+	int walk = h2_more(e, n, h2_decided(&sc->h2, sc->fr, e));
 	__u32 captured = e->cap_len;
+	int emit = e->flags & CG_F_MORE;
 	send(e, BPF_RB_NO_WAKEUP);
-	if (h2 && call.buf)
-		send_more(sc->id, sc->port, n, captured, call.buf, 0, 0);
+	if (walk && !(call.buf && h2_walk(&sc->fr[dir == DIR_SEND], sc->id, sc->port, n, captured,
+					  emit, call.buf, 0, 0)))
+		sc->h2 = H2_LOST;
 	return 0;
 }
 

@@ -18,10 +18,10 @@
  * captured. */
 #define CG_RUN_CAP 16384
 /* An HTTP/2 connection (its client's first bytes are the preface) needs every
- * frame header and header block: each transfer is captured whole up to this
- * many bytes — what the RECV/SEND event holds, the rest in CG_MORE events of
- * CG_CAP bytes (the last one shorter) right after it. Beyond them only DATA payloads may lie;
- * user space skips a connection where they do not. */
+ * frame header and header block, not DATA payloads: its transfers are walked
+ * frame by frame, and what the RECV/SEND event does not hold of those is sent
+ * in CG_MORE events of up to CG_CAP bytes right after it — up to this many
+ * bytes a transfer; user space skips a connection where more were needed. */
 #define CG_H2_CAP 16384
 
 enum cg_kind {
@@ -41,7 +41,8 @@ enum cg_kind {
 	CG_TLS_WRITING = 8, /* an SSL_write moved its first bytes to the socket:
 			     * its plaintext SEND comes at the call's return */
 	CG_MORE = 9,  /* more bytes of the HTTP/2 transfer just reported: len is
-		       * the transfer's, unacked the offset of data in it */
+		       * the transfer's, unacked the offset of data in it; the
+		       * bytes between pieces are DATA payloads passed over */
 };
 
 /* The bytes moved but none were captured: sendfile, splice, io_uring, or a
@@ -58,6 +59,10 @@ enum cg_kind {
 /* CG_TLS: the server runs the handshake itself (SSL_do_handshake), which has
  * not completed yet. */
 #define CG_F_EXPLICIT 16
+/* RECV/SEND of an HTTP/2 connection: CG_MORE pieces follow. */
+#define CG_F_MORE 32
+/* CG_MORE: the transfer's last piece (possibly empty). */
+#define CG_F_LAST 64
 
 struct cg_event {
 	__u64 conn;       /*  0: connection id, given at CG_OPEN */

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clientgone::{Cause, ClientEvent, CloseFacts, GrpcMethods, close_reason};
 
-use super::event::{CAPTURE, Event, H2_CAPTURE, Kind, tcp};
+use super::event::{Event, Kind, tcp};
 use super::exchange::{Adopting, Exchange};
 use super::http2::{H2Exchange, Names, PREFACE};
 use super::sink::Sink;
@@ -176,12 +176,12 @@ impl Tracker {
                     conn.release(sink);
                 }
             }
-            Kind::More { offset } => {
+            Kind::More { offset, last } => {
                 let names = Names {
                     routes: &self.routes,
                     grpc: &self.grpc,
                 };
-                conn.more(offset, ev, names, sink);
+                conn.more(offset, last, ev, names, sink);
             }
             Kind::Recv | Kind::Send => {}
             Kind::Reset => conn.client_left(Cause::Reset, ev.ts_ns, ev.unacked, ev.seq, sink),
@@ -240,7 +240,8 @@ struct Pending {
     recv: bool,
     ts_ns: u64,
     len: usize,
-    data: Vec<u8>,
+    /// What was captured: bytes from an offset, in order.
+    parts: Vec<(usize, Vec<u8>)>,
 }
 
 /// A client's first sign of leaving that came while an `SSL_write` was
@@ -325,33 +326,38 @@ impl Conn {
             && (ev.data.starts_with(PREFACE) || PREFACE.starts_with(ev.data))
     }
 
-    /// A transfer of an HTTP/2 connection: followed at once if captured
-    /// whole, else held for the pieces that follow it.
+    /// A transfer of an HTTP/2 connection: followed at once if the event
+    /// holds all that was captured of it, else held for the pieces the
+    /// kernel sends right after it (`more`).
     fn h2_transfer(&mut self, recv: bool, ev: &Event<'_>, names: Names<'_>, sink: &mut impl Sink) {
         let len = ev.len as usize;
-        // The kernel sends the rest of an HTTP/2 transfer (up to
-        // H2_CAPTURE) in pieces right after it.
-        if !ev.data.is_empty() && ev.data.len() < len.min(H2_CAPTURE) {
+        if ev.more {
             self.pending = Some(Pending {
                 recv,
                 ts_ns: ev.ts_ns,
                 len,
-                data: ev.data.to_vec(),
+                parts: vec![(0, ev.data.to_vec())],
             });
             return;
         }
-        self.h2_feed(recv, ev.data, len, ev.ts_ns, names, sink);
+        self.h2_feed(recv, &[(0, ev.data)], len, ev.ts_ns, names, sink);
     }
 
-    /// A piece of the pending transfer; the transfer is followed once all
-    /// that was captured of it is here.
-    fn more(&mut self, offset: u32, ev: &Event<'_>, names: Names<'_>, sink: &mut impl Sink) {
+    /// A piece of the pending transfer; the transfer is followed at its
+    /// last piece (or at the connection's next event, had that been lost).
+    fn more(
+        &mut self,
+        offset: u32,
+        last: bool,
+        ev: &Event<'_>,
+        names: Names<'_>,
+        sink: &mut impl Sink,
+    ) {
         let Some(p) = &mut self.pending else { return };
-        if offset as usize == p.data.len() {
-            p.data.extend_from_slice(ev.data);
+        if !ev.data.is_empty() {
+            p.parts.push((offset as usize, ev.data.to_vec()));
         }
-        // Pieces are CAPTURE bytes but the last.
-        if p.data.len() >= p.len.min(H2_CAPTURE) || ev.data.len() < CAPTURE {
+        if last {
             self.flush(names, sink);
         }
     }
@@ -359,14 +365,16 @@ impl Conn {
     /// Follows the pending transfer with what was captured of it.
     fn flush(&mut self, names: Names<'_>, sink: &mut impl Sink) {
         if let Some(p) = self.pending.take() {
-            self.h2_feed(p.recv, &p.data, p.len, p.ts_ns, names, sink);
+            let parts: Vec<(usize, &[u8])> =
+                p.parts.iter().map(|(at, b)| (*at, b.as_slice())).collect();
+            self.h2_feed(p.recv, &parts, p.len, p.ts_ns, names, sink);
         }
     }
 
     fn h2_feed(
         &mut self,
         recv: bool,
-        data: &[u8],
+        parts: &[(usize, &[u8])],
         len: usize,
         ts_ns: u64,
         names: Names<'_>,
@@ -374,9 +382,9 @@ impl Conn {
     ) {
         let Some(h2) = &mut self.h2 else { return };
         if recv {
-            h2.on_recv(data, len, ts_ns, names, sink);
+            h2.on_recv(parts, len, ts_ns, names, sink);
         } else {
-            h2.on_send(data, len, ts_ns, sink);
+            h2.on_send(parts, len, ts_ns, sink);
             self.writing = false;
             self.release(sink);
         }
@@ -677,6 +685,7 @@ mod tests {
                 tail,
                 tls: self.tls,
                 ssl_process: self.ssl_process,
+                more: false,
             };
             self.tracker.on_event(&ev, &mut self.log);
             self
@@ -712,6 +721,74 @@ mod tests {
         /// A transfer of `len` bytes of which only `head` and `tail` were captured.
         fn send_big(&mut self, len: usize, head: &[u8], tail: &[u8]) -> &mut Self {
             self.event(Kind::Send, len, head, tail)
+        }
+
+        /// A server write of whole HTTP/2 frames as the kernel reports it:
+        /// the event holds the first CAPTURE bytes, then pieces of up to
+        /// CAPTURE bytes hold every frame header and every payload but
+        /// DATA's beyond them (DATA payloads passed over), the last flagged.
+        fn send_walked(&mut self, bytes: &[u8]) -> &mut Self {
+            let cap = super::super::event::CAPTURE;
+            let head = &bytes[..bytes.len().min(cap)];
+            self.ts += 1_000_000;
+            let mut ev = Event {
+                seq: self.seq,
+                conn: 1,
+                ts_ns: self.ts,
+                port: 8080,
+                kind: Kind::Send,
+                len: bytes.len() as u32,
+                unacked: 0,
+                data: head,
+                tail: b"",
+                tls: self.tls,
+                ssl_process: false,
+                more: head.len() < bytes.len(),
+            };
+            self.tracker.on_event(&ev, &mut self.log);
+            if !ev.more {
+                return self;
+            }
+            // The runs the kernel sends: (from, to) of the transfer.
+            let (mut runs, mut at) = (Vec::new(), 0);
+            while at < bytes.len() {
+                let len = (usize::from(bytes[at]) << 16)
+                    | (usize::from(bytes[at + 1]) << 8)
+                    | usize::from(bytes[at + 2]);
+                let payload = at + 9;
+                let end = payload + len;
+                runs.push((at, if bytes[at + 3] == 0 { payload } else { end }));
+                at = end;
+            }
+            let mut pieces = Vec::new();
+            for (from, to) in runs {
+                let mut from = from.max(cap);
+                while from < to {
+                    let n = (to - from).min(cap);
+                    pieces.push((from, &bytes[from..from + n]));
+                    from += n;
+                }
+            }
+            let count = pieces.len();
+            for (i, (offset, piece)) in pieces.into_iter().enumerate() {
+                ev.kind = Kind::More {
+                    offset: offset as u32,
+                    last: i + 1 == count,
+                };
+                ev.data = piece;
+                ev.more = false;
+                self.tracker.on_event(&ev, &mut self.log);
+            }
+            if count == 0 {
+                ev.kind = Kind::More {
+                    offset: bytes.len() as u32,
+                    last: true,
+                };
+                ev.data = b"";
+                ev.more = false;
+                self.tracker.on_event(&ev, &mut self.log);
+            }
+            self
         }
 
         fn state(&mut self, old: u8, new: u8, error: i32) -> &mut Self {
@@ -1271,6 +1348,7 @@ mod tests {
                 tail: &data[tail_at..],
                 tls: rng.bool(),
                 ssl_process: rng.bool(),
+                more: false,
             };
             tracker.on_event(&ev, &mut log);
         }
@@ -1478,6 +1556,47 @@ mod tests {
                 "end GET unmatched 499 handler closed sent=0 unacked=77 ms=2",
                 "close client_abort"
             ]
+        );
+    }
+
+    #[test]
+    fn large_http2_writes_are_followed_through_pieces_that_pass_over_data_payloads() {
+        let (mut s, mut h2) = (Script::new(), H2::new());
+        let mut first = H2::preface();
+        first.extend(h2.request(1, "GET", "/users/1", true));
+        first.extend(h2.request(3, "GET", "/users/2", true));
+        s.recv(&first);
+        // One write: stream 1's head and 100 KB of DATA in 16 KiB frames,
+        // then stream 3's whole answer, its header block 100 KB in.
+        let mut big = h2.response(1, "200", false);
+        for chunk in vec![7u8; 100_000].chunks(16_384) {
+            big.extend(data(1, chunk, false));
+        }
+        big.extend(h2.response(3, "200", true));
+        s.send_walked(&big);
+        // Stream 1's body goes on in another write; the client resets it.
+        let mut more = Vec::new();
+        for chunk in vec![7u8; 50_000].chunks(16_384) {
+            more.extend(data(1, chunk, false));
+        }
+        s.send_walked(&more);
+        s.recv(&rst_stream(1, 8));
+        // The connection lives on: a later stream is followed.
+        s.recv(&h2.request(5, "GET", "/users/3", true));
+        let mut answer = h2.response(5, "200", false);
+        answer.extend(data(5, &[1; 3000], true));
+        s.send_walked(&answer);
+        let log = s.log();
+        assert!(!log.iter().any(|l| l.starts_with("skip")), "{log:?}");
+        assert_eq!(
+            log.iter().filter(|l| l.starts_with("end")).count(),
+            3,
+            "{log:?}"
+        );
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("end GET /users/{id} 200 response_body stream_reset")),
+            "{log:?}"
         );
     }
 

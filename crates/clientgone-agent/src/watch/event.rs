@@ -4,9 +4,6 @@
 
 /// Bytes the BPF side captures from the start of each transfer (`CG_CAP`).
 pub const CAPTURE: usize = 1024;
-/// Bytes of an HTTP/2 connection's transfer it captures at most, in
-/// [`CAPTURE`]-sized pieces (`CG_H2_CAP`).
-pub const H2_CAPTURE: usize = 16384;
 /// Bytes it captures from the end of each transfer (`CG_TAIL`).
 pub const TAIL: usize = 8;
 const HEADER: usize = 48;
@@ -50,11 +47,14 @@ pub enum Kind {
     /// `Send` comes at the call's return.
     TlsWriting,
     /// More bytes of the HTTP/2 connection's `Recv` or `Send` just before
-    /// it: `data` is the transfer's bytes from `offset` (`len` is the
-    /// transfer's).
+    /// it (which said `more`): `data` is the transfer's bytes from `offset`
+    /// (`len` is the transfer's). The bytes between pieces are DATA payloads
+    /// the kernel passed over.
     More {
         /// Where `data` starts in the transfer.
         offset: u32,
+        /// The transfer's last piece (possibly empty).
+        last: bool,
     },
 }
 
@@ -64,6 +64,8 @@ mod flag {
     pub const SSL_PROC: u8 = 4;
     pub const HANDSHAKE: u8 = 8;
     pub const EXPLICIT: u8 = 16;
+    pub const MORE: u8 = 32;
+    pub const LAST: u8 = 64;
 }
 
 /// One decoded event. `data` and `tail` borrow the ring buffer's record.
@@ -96,6 +98,8 @@ pub struct Event<'a> {
     /// TLS library (a TLS connection of it not reported as [`Kind::Tls`]
     /// could not be tied to its SSL object).
     pub ssl_process: bool,
+    /// `Recv`/`Send` of an HTTP/2 connection: [`Kind::More`] pieces follow.
+    pub more: bool,
 }
 
 /// TCP states, as the kernel numbers them.
@@ -151,7 +155,10 @@ impl<'a> Event<'a> {
                 explicit: *b.get(31)? & flag::EXPLICIT != 0,
             },
             8 => Kind::TlsWriting,
-            9 => Kind::More { offset: unacked },
+            9 => Kind::More {
+                offset: unacked,
+                last: *b.get(31)? & flag::LAST != 0,
+            },
             _ => return None,
         };
         let flags = *b.get(31)?;
@@ -186,6 +193,7 @@ impl<'a> Event<'a> {
             tls: flags & flag::TLS != 0,
             seq,
             ssl_process: flags & flag::SSL_PROC != 0,
+            more: matches!(kind, Kind::Recv | Kind::Send) && flags & flag::MORE != 0,
         })
     }
 }
@@ -219,9 +227,11 @@ pub(crate) mod tests {
                 (if handshake { flag::HANDSHAKE } else { 0 })
                     | if explicit { flag::EXPLICIT } else { 0 }
             }
+            Kind::More { last: true, .. } => flag::LAST,
             _ => 0,
         } | if e.tls { flag::TLS } else { 0 }
-            | if e.ssl_process { flag::SSL_PROC } else { 0 };
+            | if e.ssl_process { flag::SSL_PROC } else { 0 }
+            | if e.more { flag::MORE } else { 0 };
         b[20..24].copy_from_slice(&len.to_ne_bytes());
         let unacked = match e.kind {
             Kind::Adopt { inode } => inode,
@@ -253,6 +263,7 @@ pub(crate) mod tests {
             tail: b"\r\n\r\n",
             tls: true,
             ssl_process: false,
+            more: false,
         };
         let b = encode(&e);
         assert_eq!(Event::parse(&b), Some(e));
@@ -284,6 +295,19 @@ pub(crate) mod tests {
                 ..s
             };
             assert_eq!(Event::parse(&encode(&t)), Some(t));
+        }
+        // An HTTP/2 transfer whose pieces follow, and its last piece.
+        let h2 = Event { more: true, ..e };
+        assert_eq!(Event::parse(&encode(&h2)), Some(h2));
+        for last in [false, true] {
+            let piece = Event {
+                kind: Kind::More { offset: 9, last },
+                unacked: 9,
+                tail: b"",
+                tls: false,
+                ..e
+            };
+            assert_eq!(Event::parse(&encode(&piece)), Some(piece));
         }
         // Too short, a wrong kind, and a capture longer than the record.
         assert_eq!(Event::parse(&b[..40]), None);

@@ -478,28 +478,34 @@ impl H2Exchange {
         !self.streams.is_empty()
     }
 
-    /// The client sent `len` bytes, of which `data` were captured (from the
-    /// start); the rest were not.
+    /// The client sent `len` bytes, of which `parts` were captured: each
+    /// the bytes from an offset, in order; the bytes between them were not.
     pub(super) fn on_recv(
         &mut self,
-        data: &[u8],
+        parts: &[(usize, &[u8])],
         len: usize,
         ts_ns: u64,
         names: Names<'_>,
         sink: &mut impl Sink,
     ) {
-        self.bytes(Side::Client, data, len, ts_ns, Some(names), sink);
+        self.bytes(Side::Client, parts, len, ts_ns, Some(names), sink);
     }
 
-    /// The server sent `len` bytes, of which `data` were captured.
-    pub(super) fn on_send(&mut self, data: &[u8], len: usize, ts_ns: u64, sink: &mut impl Sink) {
-        self.bytes(Side::Server, data, len, ts_ns, None, sink);
+    /// The server sent `len` bytes, of which `parts` were captured.
+    pub(super) fn on_send(
+        &mut self,
+        parts: &[(usize, &[u8])],
+        len: usize,
+        ts_ns: u64,
+        sink: &mut impl Sink,
+    ) {
+        self.bytes(Side::Server, parts, len, ts_ns, None, sink);
     }
 
     fn bytes(
         &mut self,
         side: Side,
-        data: &[u8],
+        parts: &[(usize, &[u8])],
         len: usize,
         ts_ns: u64,
         names: Option<Names<'_>>,
@@ -508,21 +514,36 @@ impl H2Exchange {
         if self.done {
             return;
         }
-        let data = &data[..data.len().min(len)];
         let mut frames =
             std::mem::replace(&mut self.frames[index(side)], Frames::new(Side::Server));
-        let result = frames
-            .feed(data, &mut |frame| {
-                self.on_frame(side, frame, ts_ns, names, sink)
-            })
-            .and_then(|()| frames.skip(len - data.len()));
+        // What was not captured between the parts may only be DATA payloads
+        // (the kernel passes over them), never a frame header or a block.
+        let mut fed = 0;
+        let mut result = Ok(());
+        for &(offset, data) in parts {
+            let Some(gap) = offset.checked_sub(fed) else {
+                result = Err(Desync("captured pieces overlap"));
+                break;
+            };
+            let data = &data[..data.len().min(len.saturating_sub(offset))];
+            result = frames.skip(gap).and_then(|()| {
+                frames.feed(data, &mut |frame| {
+                    self.on_frame(side, frame, ts_ns, names, sink)
+                })
+            });
+            fed = offset + data.len();
+            if result.is_err() {
+                break;
+            }
+        }
+        let result = result.and_then(|()| frames.skip(len.saturating_sub(fed)));
         self.frames[index(side)] = frames;
         if let Err(Desync(why)) = result {
             tracing::debug!(
                 port = self.port,
                 from = ?side,
                 len,
-                captured = data.len(),
+                captured = fed,
                 why,
                 "HTTP/2 connection skipped"
             );

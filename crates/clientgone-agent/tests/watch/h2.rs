@@ -86,6 +86,92 @@ async fn nginx_h2c_streams_are_requests_and_a_stream_reset_is_that_streams_break
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+both_captures!(
+    large_h2c_bodies_are_followed_past_their_data_and_a_reset_mid_body_counted,
+    cfg_attr(
+        not(ebpf),
+        ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+    ),
+    cfg_attr(not(nginx), ignore = "needs nginx (Debian's nginx package)")
+);
+/// nginx writes a large body in writes of many DATA frames, with other
+/// streams' HEADERS among them: the kernel passes over DATA payloads and
+/// sends every frame header and header block, so the connection is followed
+/// however large the bodies.
+async fn large_h2c_bodies_are_followed_past_their_data_and_a_reset_mid_body_counted(
+    capture: &'static str,
+) {
+    let dir = scratch_dir("h2c-big", capture);
+    std::fs::create_dir_all(dir.join("www")).unwrap();
+    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("www/big.bin"), &big).unwrap();
+    std::fs::write(dir.join("www/small.txt"), b"small\n").unwrap();
+    let server = format!("root {}/www;", dir.display());
+    let (_nginx, addr) = nginx_listen(&dir, "http2", "keepalive_timeout 60s;", &server).await;
+    let port = addr.port().to_string();
+    let w = watch(
+        capture,
+        &[
+            "--port",
+            &port,
+            "--route",
+            "/big.bin",
+            "--route",
+            "/small.txt",
+        ],
+    );
+
+    // Four large bodies and eight small ones at once on one connection.
+    let mut c = H2Connection::open_wide(addr).await;
+    let mut pending = Vec::new();
+    for i in 0..12 {
+        let path = if i % 3 == 0 { "/big.bin" } else { "/small.txt" };
+        pending.push(c.start_get(path).await);
+    }
+    for (i, (response, _send)) in pending.into_iter().enumerate() {
+        let response = response.await.expect("h2 response");
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        let mut got = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("h2 body");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            got += chunk.len();
+        }
+        assert_eq!(got, if i % 3 == 0 { big.len() } else { 6 });
+    }
+    let done = |route| [("http_route", route), ("outcome", "completed")];
+    w.wait(DURATION_COUNT, &done("/big.bin"), 4.0).await;
+    w.wait(DURATION_COUNT, &done("/small.txt"), 8.0).await;
+
+    c.close();
+
+    // The client resets a body it has begun to read (on a connection of the
+    // default 64 KiB window, so nginx still has most of it to write).
+    let mut c = H2Connection::open(addr).await;
+    let (response, mut send) = c.start_get("/big.bin").await;
+    let mut body = response.await.expect("h2 response").into_body();
+    body.data().await.expect("a first chunk").expect("h2 body");
+    send.send_reset(::h2::Reason::CANCEL);
+    drop(body);
+    w.wait(
+        DISCONNECTS,
+        &brk("/big.bin", "response_body", "stream_reset"),
+        1.0,
+    )
+    .await;
+    // The connection lives on.
+    let (status, body) = c.get("/small.txt").await;
+    assert_eq!((status, &body[..]), (200, &b"small\n"[..]));
+    let s = w.wait(DURATION_COUNT, &done("/small.txt"), 9.0).await;
+    s.assert_value(SKIPPED, &[], 0.0);
+    s.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
+    s.assert_value(DISCONNECTS, &[], 1.0);
+    s.assert_value(DURATION_COUNT, &done("/big.bin"), 4.0);
+    c.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The demo service's descriptor set, which the Python server implements.
 const DEMO_DESCRIPTOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/demo/grpc/demo.bin");
 const CALLS: &str = "rpc_server_call_duration_seconds_count";
