@@ -4,6 +4,7 @@
 #   sudo bash bench/watch.sh [ROUNDS] [SECONDS]      (defaults 4 rounds of 5 s)
 #   sudo TLS=1 bash bench/watch.sh ...               nginx terminating TLS
 #   sudo H2=1 bash bench/watch.sh ...                nginx serving h2c, h2load
+#   sudo GRPC=1 bash bench/watch.sh ...              a Python grpcio server, h2load
 #
 # Throughput: nginx (Debian's, master_process off, one worker pinned to CPU 0)
 # serving a small static file, wrk on CPU 1 (1 thread, 32 keep-alive
@@ -23,6 +24,13 @@
 # H2=1: nginx serves the file over HTTP/2 by prior knowledge (`listen …
 # http2`), driven by h2load on CPU 1 (1 thread, 32 connections, 10 streams in
 # flight on each): the agent follows every stream (CG_MORE captures, HPACK).
+#
+# GRPC=1: an unmodified Python grpcio server (bench/tools/grpc_server.py, all
+# its threads on CPU 0) answers unary calls of clientgone.demo.v1.Demo/Wait,
+# driven by h2load on CPU 1 (1 thread, 8 connections, 10 calls in flight on
+# each; each call a gRPC request message, `te: trailers`); the agent follows
+# every call with the demo's descriptor set (rpc_server_* per method). CPU per
+# call is the server's (all threads) plus the agent's.
 #
 # Detection delay: a Python client sends GET /slow to Python's http.server
 # (bench runs tests/watch/server.py), closes (FIN) mid-handler, and polls
@@ -61,9 +69,16 @@ http { access_log off; keepalive_requests 1000000;
   uwsgi_temp_path $dir/u; scgi_temp_path $dir/s;
   server { listen 127.0.0.1:$port $listen; $tls_conf root $dir/www; } }
 CONF
-taskset -c 0 nginx -c "$dir/nginx.conf" &
-nginx_pid=$!
-sleep 0.5
+if [ "${GRPC:-0}" = 1 ]; then
+  printf '\0\0\0\0\0' > "$dir/call"   # one empty gRPC message
+  taskset -c 0 python3 bench/tools/grpc_server.py $port > "$dir/grpc.log" &
+  nginx_pid=$!
+  until grep -q listening "$dir/grpc.log" 2>/dev/null; do sleep 0.05; done
+else
+  taskset -c 0 nginx -c "$dir/nginx.conf" &
+  nginx_pid=$!
+  sleep 0.5
+fi
 cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # clock ticks
 tick=$(getconf CLK_TCK)
 sysctl -qw kernel.bpf_stats_enabled=1
@@ -74,12 +89,20 @@ for r in $(seq 1 "$rounds"); do
     agent_pid=""
     if [ $mode != off ]; then
       : > "$dir/watch.log"
-      taskset -c 0 "$bin" watch --port $port --capture $mode --metrics-listen 127.0.0.1:19465 2>"$dir/watch.log" &
+      taskset -c 0 "$bin" watch --port $port --capture $mode --metrics-listen 127.0.0.1:19465 \
+        --grpc-descriptor crates/clientgone-agent/src/demo/grpc/demo.bin 2>"$dir/watch.log" &
       agent_pid=$!
       until grep -q watching "$dir/watch.log"; do sleep 0.05; done
     fi
     n0=$(cpu_of $nginx_pid); a0=0; [ -n "$agent_pid" ] && a0=$(cpu_of $agent_pid)
-    if [ "${H2:-0}" = 1 ]; then
+    if [ "${GRPC:-0}" = 1 ]; then
+      out=$(taskset -c 1 h2load -t1 -c8 -m10 -D "$secs" -d "$dir/call" \
+        -H 'content-type: application/grpc' -H 'te: trailers' \
+        http://127.0.0.1:$port/clientgone.demo.v1.Demo/Wait)
+      n1=$(cpu_of $nginx_pid); a1=0; [ -n "$agent_pid" ] && a1=$(cpu_of $agent_pid)
+      reqs=$(echo "$out" | awk '/^requests:/ {print $8}')
+      rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+    elif [ "${H2:-0}" = 1 ]; then
       out=$(taskset -c 1 h2load -t1 -c32 -m10 -D "$secs" $scheme://127.0.0.1:$port/index.html)
       n1=$(cpu_of $nginx_pid); a1=0; [ -n "$agent_pid" ] && a1=$(cpu_of $agent_pid)
       reqs=$(echo "$out" | awk '/^requests:/ {print $8}')
@@ -92,7 +115,7 @@ for r in $(seq 1 "$rounds"); do
     fi
     if [ -n "$agent_pid" ]; then
       lost=$(curl -s 127.0.0.1:19465/metrics | awk '/^clientgone_watch_events_lost_total/ {print $2}')
-      done_=$(curl -s 127.0.0.1:19465/metrics | awk '/^http_server_request_duration_seconds_count/ {s+=$2} END {print s+0}')
+      done_=$(curl -s 127.0.0.1:19465/metrics | awk '/^(http_server_request|rpc_server_call)_duration_seconds_count/ {s+=$2} END {print s+0}')
       [ -n "$agent_pid" ] && grep -h 'TLS' "$dir/watch.log" | head -1 >&2
       bpftool prog show 2>/dev/null | awk '/name cg_/ {n=$4} /run_time_ns/ {for(i=1;i<=NF;i++){if($i=="run_time_ns")t=$(i+1); if($i=="run_cnt")c=$(i+1)} if(n!="") printf "  %s: %d runs, %.0f ns/run\n", n, c, (c>0?t/c:0) > "/dev/stderr"; n=""}'
       kill $agent_pid; wait $agent_pid 2>/dev/null || true

@@ -165,3 +165,56 @@ impl Drop for GrpcUpstream {
         let _ = self.child.start_kill();
     }
 }
+
+/// A gRPC call sent with the `h2` crate over a socket the test can reset.
+pub struct RawCall {
+    socket: std::net::TcpStream,
+    task: tokio::task::JoinHandle<()>,
+    /// The call's response.
+    pub response: h2::client::ResponseFuture,
+}
+
+impl RawCall {
+    /// Opens a connection to `addr` and sends one request message (framed
+    /// here) to `path`, ending the request stream.
+    pub async fn start(addr: SocketAddr, path: &str, message: &[u8]) -> Self {
+        let socket = std::net::TcpStream::connect(addr).expect("connect");
+        let keep = socket.try_clone().expect("dup the socket");
+        socket.set_nonblocking(true).expect("non-blocking");
+        let stream = tokio::net::TcpStream::from_std(socket).expect("tokio stream");
+        let (sender, conn) = h2::client::handshake(stream).await.expect("h2 handshake");
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut sender = sender.ready().await.expect("h2 ready");
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://test{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("valid request");
+        let (response, mut send) = sender.send_request(req, false).expect("send request");
+        let mut framed = vec![0u8];
+        framed.extend((message.len() as u32).to_be_bytes());
+        framed.extend(message);
+        send.send_data(bytes::Bytes::from(framed), true)
+            .expect("send message");
+        RawCall {
+            socket: keep,
+            task,
+            response,
+        }
+    }
+
+    /// Resets the TCP connection: `SO_LINGER` 0 on the socket, and the last
+    /// descriptor of it closed.
+    pub async fn reset(self) {
+        socket2::SockRef::from(&self.socket)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .expect("SO_LINGER 0");
+        self.task.abort();
+        let _ = self.task.await;
+        drop(self.socket);
+    }
+}

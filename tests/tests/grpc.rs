@@ -7,10 +7,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use clientgone::{ClientGone, DisconnectLayer, Metrics, TrackedListener};
 use clientgone_agent::demo::grpc::{self, DemoService, pb};
-use clientgone_tests::grpc::GrpcDriver;
+use clientgone_tests::grpc::{GrpcDriver, RawCall};
 use clientgone_tests::{
     DEADLINE, Scrape, serve_app, start_demo, wait_for_registry_value, wait_for_value, wait_until,
 };
@@ -169,56 +168,14 @@ async fn a_client_stream_aborted_breaks_in_the_request_body() {
     assert_eq!(client.result("u").await.0, "CANCELLED");
 }
 
-/// A gRPC request sent with the `h2` crate over a socket the test can reset.
-async fn start_raw_call(
-    addr: SocketAddr,
-    path: &str,
-    message: &[u8],
-) -> (
-    std::net::TcpStream,
-    tokio::task::JoinHandle<()>,
-    h2::client::ResponseFuture,
-) {
-    let socket = std::net::TcpStream::connect(addr).expect("connect");
-    let keep = socket.try_clone().expect("dup the socket");
-    socket.set_nonblocking(true).expect("non-blocking");
-    let stream = tokio::net::TcpStream::from_std(socket).expect("tokio stream");
-    let (sender, conn) = h2::client::handshake(stream).await.expect("h2 handshake");
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let mut sender = sender.ready().await.expect("h2 ready");
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://test{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .expect("valid request");
-    let (response, mut send) = sender.send_request(req, false).expect("send request");
-    let mut framed = vec![0u8];
-    framed.extend((message.len() as u32).to_be_bytes());
-    framed.extend(message);
-    send.send_data(Bytes::from(framed), true)
-        .expect("send message");
-    (keep, task, response)
-}
-
 #[tokio::test]
 async fn a_connection_reset_mid_call_is_reset() {
     let demo = start_demo().await;
     let m = demo.metrics_addr;
     // WaitRequest { delay_ms: 60000 }
-    let (socket, task, _response) =
-        start_raw_call(demo.addr, &format!("/{WAIT}"), &[0x08, 0xe0, 0xd4, 0x03]).await;
+    let call = RawCall::start(demo.addr, &format!("/{WAIT}"), &[0x08, 0xe0, 0xd4, 0x03]).await;
     wait_for_value(m, "rpc_server_active_calls", &[("rpc_method", WAIT)], 1.0).await;
-    // SO_LINGER 0 on the socket, and the last descriptor of it closed: RST.
-    socket2::SockRef::from(&socket)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER 0");
-    task.abort();
-    let _ = task.await;
-    drop(socket);
+    call.reset().await;
     let broken = [
         ("rpc_method", WAIT),
         ("phase", "handler"),

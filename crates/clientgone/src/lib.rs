@@ -68,7 +68,7 @@ pub use grpc::{
 };
 pub use layer::{
     DISCONNECT_EVENT, DeferredTracer, DisconnectLayer, DisconnectService, RequestBody,
-    ResponseBody, ResponseFuture, StartSampler, export_request_span,
+    ResponseBody, ResponseFuture, StartSampler, export_call_span, export_request_span,
 };
 pub use metrics::{Buckets, Metrics, MetricsBuilder, UNMATCHED_ROUTE, check_buckets};
 pub use record::{CallRecord, End, Record};

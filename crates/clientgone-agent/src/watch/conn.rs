@@ -600,7 +600,7 @@ mod tests {
         fn call_started(&mut self, _: u16, method: &str, rpc_type: clientgone::RpcType) {
             self.0.push(format!("call {method} {}", rpc_type.as_str()));
         }
-        fn call_ended(&mut self, _: u16, r: &clientgone::CallRecord<'_>) {
+        fn call_ended(&mut self, _: u16, r: &clientgone::CallRecord<'_>, _: &Ended<'_>) {
             let end = match r.end {
                 End::Completed => "completed".to_owned(),
                 End::Disconnect { phase, cause } => {

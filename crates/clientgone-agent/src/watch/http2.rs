@@ -350,6 +350,12 @@ impl Stream {
         sink: &mut impl Sink,
     ) {
         let elapsed = nanos(ts_ns.saturating_sub(self.start_ns));
+        let ended = Ended {
+            path: &self.path,
+            version: "2",
+            start_ns: self.start_ns,
+            unacked,
+        };
         if let Some(call) = &self.call {
             sink.call_ended(
                 port,
@@ -361,6 +367,7 @@ impl Stream {
                     elapsed,
                     body_bytes_sent: self.body_sent,
                 },
+                &ended,
             );
             return;
         }
@@ -374,12 +381,7 @@ impl Stream {
                 elapsed,
                 body_bytes_sent: self.body_sent,
             },
-            &Ended {
-                path: &self.path,
-                version: "2",
-                start_ns: self.start_ns,
-                unacked,
-            },
+            &ended,
         );
     }
 

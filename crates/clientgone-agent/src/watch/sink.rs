@@ -36,14 +36,15 @@ pub trait Sink {
     /// A gRPC call's head was read: the call is active.
     fn call_started(&mut self, port: u16, method: &str, rpc_type: RpcType);
     /// A gRPC call ended, completed or broken.
-    fn call_ended(&mut self, port: u16, record: &CallRecord<'_>);
+    fn call_ended(&mut self, port: u16, record: &CallRecord<'_>, ended: &Ended<'_>);
     /// A gRPC call whose end cannot be known.
     fn call_lost(&mut self, port: u16, method: &str, rpc_type: RpcType);
     /// A connection's requests are left out from here on.
     fn skipped(&mut self, port: u16, why: Skip);
 }
 
-/// What a span needs of an ended request beside its [`Record`].
+/// What a span needs of an ended request or call beside its [`Record`] or
+/// [`CallRecord`].
 #[derive(Debug)]
 pub struct Ended<'a> {
     /// The raw path, without the query.
@@ -77,6 +78,21 @@ fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| (t.tv_sec() as u64).saturating_mul(1_000_000_000) + t.tv_nsec() as u64)
         .unwrap_or(0)
+}
+
+/// When an ended request or call started, on the wall clock: the kernel's
+/// clock tells how long ago.
+fn started(ended: &Ended<'_>) -> SystemTime {
+    let ago = Duration::from_nanos(monotonic_ns().saturating_sub(ended.start_ns));
+    SystemTime::now() - ago
+}
+
+/// The response bytes a client never acknowledged, told of a break only.
+fn unacked_at_break(end: End, ended: &Ended<'_>) -> Option<u64> {
+    match end {
+        End::Disconnect { .. } => ended.unacked.map(u64::from),
+        _ => None,
+    }
 }
 
 impl PortMetrics {
@@ -204,15 +220,8 @@ impl Sink for PortMetrics {
             m.request_ended(record);
         }
         if let Some(tracer) = &self.tracer {
-            // The kernel's clock to the wall clock: how long ago it started.
-            let ago =
-                std::time::Duration::from_nanos(monotonic_ns().saturating_sub(ended.start_ns));
-            let started = SystemTime::now() - ago;
-            let unacked = match record.end {
-                End::Disconnect { .. } => ended.unacked.map(u64::from),
-                _ => None,
-            };
-            tracer.export_request_span(record, ended.path, ended.version, started, unacked);
+            let unacked = unacked_at_break(record.end, ended);
+            tracer.export_request_span(record, ended.path, ended.version, started(ended), unacked);
         }
     }
 
@@ -228,9 +237,13 @@ impl Sink for PortMetrics {
         }
     }
 
-    fn call_ended(&mut self, port: u16, record: &CallRecord<'_>) {
+    fn call_ended(&mut self, port: u16, record: &CallRecord<'_>, ended: &Ended<'_>) {
         if let Some(m) = self.port(port) {
             m.call_ended(record);
+        }
+        if let Some(tracer) = &self.tracer {
+            let unacked = unacked_at_break(record.end, ended);
+            tracer.export_call_span(record, started(ended), unacked);
         }
     }
 

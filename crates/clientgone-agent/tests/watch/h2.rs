@@ -5,10 +5,11 @@
 //! connection lives on, a FIN the break of the stream in flight. And an
 //! unmodified Python grpcio server driven by grpcio's client: calls counted
 //! per method from a descriptor set, a cancel, a deadline, a server stream
-//! cancelled, a client stream aborted, invented methods as `_OTHER`.
+//! cancelled, a client stream aborted, a TCP reset mid-call, invented
+//! methods as `_OTHER`.
 
 use clientgone_tests::client::H2Connection;
-use clientgone_tests::grpc::{GrpcDriver, GrpcUpstream};
+use clientgone_tests::grpc::{GrpcDriver, GrpcUpstream, RawCall};
 use serde_json::json;
 
 use super::*;
@@ -277,6 +278,14 @@ async fn grpcio_calls_are_counted_per_method_with_their_cancels_and_deadlines(
     )
     .await;
 
+    // The TCP connection reset mid-call (WaitRequest { delay_ms: 60000 }).
+    let call = RawCall::start(server.addr, &format!("/{WAIT}"), &[0x08, 0xe0, 0xd4, 0x03]).await;
+    w.wait("rpc_server_active_calls", &[("rpc_method", WAIT)], 1.0)
+        .await;
+    call.reset().await;
+    w.wait(CALL_BREAKS, &brk(WAIT, "handler", "reset"), 1.0)
+        .await;
+
     // 200 invented methods: one label value, _OTHER.
     client.send(json!({"op": "invented", "n": 200})).await;
     let s = w.wait(CALLS, &[("rpc_method", "_OTHER")], 200.0).await;
@@ -291,9 +300,106 @@ async fn grpcio_calls_are_counted_per_method_with_their_cancels_and_deadlines(
         .map(String::from)
         .into()
     );
-    s.assert_value(CALL_BREAKS, &[], 4.0);
+    s.assert_value(CALL_BREAKS, &[], 5.0);
     s.assert_value(DURATION_COUNT, &[], 0.0);
     s.assert_value("rpc_server_active_calls", &[], 0.0);
     s.assert_value(SKIPPED, &[], 0.0);
     s.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
+}
+
+both_captures!(
+    every_broken_grpc_call_gets_a_span,
+    cfg_attr(
+        not(ebpf),
+        ignore = "needs root and kernel BTF (/sys/kernel/btf/vmlinux)"
+    ),
+    cfg_attr(
+        not(grpcio),
+        ignore = "needs Python grpcio: pip install grpcio"
+    )
+);
+/// With OTLP on and a sampling ratio of 0, a completed call exports no span
+/// and a cancelled one does, named by its method, with the layer's call
+/// attributes and `client.disconnect` event.
+async fn every_broken_grpc_call_gets_a_span(capture: &'static str) {
+    use clientgone_tests::otlp::{double_attr, grpc_receiver, string_attr};
+    let (endpoint, mut received) = grpc_receiver().await;
+    let server = GrpcUpstream::start().await;
+    let port = server.addr.port().to_string();
+    let w = watch_with_env(
+        capture,
+        &["--port", &port, "--grpc-descriptor", DEMO_DESCRIPTOR],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    );
+    let mut client = GrpcDriver::connect(server.addr);
+    client
+        .start("ok", json!({"method": "Wait", "request": {"delay_ms": 1}}))
+        .await;
+    assert_eq!(client.result("ok").await.0, "OK");
+    client
+        .start(
+            "c",
+            json!({"method": "Wait", "request": {"delay_ms": 60000}}),
+        )
+        .await;
+    w.wait("rpc_server_active_calls", &[("rpc_method", WAIT)], 1.0)
+        .await;
+    client.cancel("c").await;
+    let s = w
+        .wait(
+            CALL_BREAKS,
+            &[
+                ("rpc_method", WAIT),
+                ("phase", "handler"),
+                ("cause", "stream_reset"),
+            ],
+            1.0,
+        )
+        .await;
+    s.assert_value(CALLS, &[("rpc_response_status_code", "OK")], 1.0);
+    let mut seen = Vec::new();
+    let span = received
+        .wait_for(clientgone_tests::DEADLINE, &mut seen, |s| {
+            s.span.name == WAIT
+        })
+        .await
+        .expect("the cancelled call's span");
+    let attrs = &span.span.attributes;
+    assert_eq!(string_attr(attrs, "rpc.method").as_deref(), Some(WAIT));
+    assert_eq!(
+        string_attr(attrs, "rpc.response.status_code").as_deref(),
+        Some("CANCELLED")
+    );
+    assert_eq!(
+        string_attr(attrs, "network.protocol.version").as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        string_attr(attrs, "error.type").as_deref(),
+        Some("client_disconnect")
+    );
+    let event = span
+        .span
+        .events
+        .iter()
+        .find(|e| e.name == "client.disconnect")
+        .expect("the client.disconnect event");
+    assert_eq!(
+        string_attr(&event.attributes, "disconnect.cause").as_deref(),
+        Some("stream_reset")
+    );
+    let elapsed = double_attr(&event.attributes, "disconnect.elapsed_s").unwrap();
+    let span_s = (span.span.end_time_unix_nano - span.span.start_time_unix_nano) as f64 / 1e9;
+    assert!((elapsed - span_s).abs() < 0.001, "{elapsed} vs {span_s}");
+    // One span: the completed call, at ratio 0, was not exported.
+    assert!(
+        seen.iter().all(|s| s.span.name == WAIT) && seen.len() == 1,
+        "{:?}",
+        seen.iter().map(|s| &s.span.name).collect::<Vec<_>>()
+    );
 }

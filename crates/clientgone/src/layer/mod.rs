@@ -16,4 +16,6 @@ pub use layer::DisconnectLayer;
 pub use request_body::RequestBody;
 pub use service::DisconnectService;
 pub(crate) use service::RequestHandle;
-pub use span::{DISCONNECT_EVENT, DeferredTracer, StartSampler, export_request_span};
+pub use span::{
+    DISCONNECT_EVENT, DeferredTracer, StartSampler, export_call_span, export_request_span,
+};

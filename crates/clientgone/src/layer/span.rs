@@ -204,6 +204,24 @@ impl DeferredTracer {
         export_request_span(self, record, path, protocol_version, started, unacked_bytes);
         PRESET.with(|p| p.set((None, None)));
     }
+
+    /// [`export_call_span`], deciding first: a call that was not sampled
+    /// and neither broke nor failed builds no span at all.
+    pub fn export_call_span(
+        &self,
+        record: &CallRecord<'_>,
+        started: SystemTime,
+        unacked_bytes: Option<u64>,
+    ) {
+        let trace_id = TraceId::from_bytes(random_nonzero(|| fastrand::u128(..).to_be_bytes()));
+        if !call_must_keep(record) && !self.sampler.sampled(&Context::new(), trace_id) {
+            self.sampler.sampled_out();
+            return;
+        }
+        PRESET.with(|p| p.set((Some(trace_id), None)));
+        export_call_span(self, record, started, unacked_bytes);
+        PRESET.with(|p| p.set((None, None)));
+    }
 }
 
 impl Tracer for DeferredTracer {
@@ -400,32 +418,15 @@ impl RequestSpan {
 
     /// Writes the end of a gRPC call onto the span and ends it.
     pub(crate) fn finish_call(mut self, record: &CallRecord<'_>, unacked_bytes: Option<u64>) {
-        let broken = matches!(record.end, End::Disconnect { .. });
-        let failed = is_server_error(record.status);
-        let at_end = self.at_end(broken || failed);
+        let at_end = self.at_end(call_must_keep(record));
         if matches!(at_end, AtEnd::Nothing) {
             return;
         }
-        let attributes = vec![
-            KeyValue::new("rpc.system.name", "grpc"),
-            KeyValue::new("rpc.method", record.method.to_owned()),
-            KeyValue::new("rpc.response.status_code", record.status.as_str()),
-            KeyValue::new("network.protocol.version", self.facts.version),
-        ];
-        let failure = failed.then(|| record.status.as_str().into());
-        let disconnect = |phase, cause| Disconnect {
-            phase,
-            cause,
-            elapsed: record.elapsed,
-            body_bytes_sent: record.body_bytes_sent,
-            unacked_bytes,
-        };
-        let ending = Ending::new(
-            attributes,
+        let ending = call_ending(
+            record,
+            self.facts.version,
             self.facts.client.take(),
-            record.end,
-            failure,
-            disconnect,
+            unacked_bytes,
         );
         self.end_with(at_end, || record.method.to_owned(), ending);
     }
@@ -506,6 +507,36 @@ fn write_end(span: SpanRef<'_>, route: &Arc<str>, record: &Record<'_>, facts: Sp
     }
     request_ending(route, record, facts).write(&span, at);
     end(span)
+}
+
+/// Whether a call's span is exported whatever the sampler said: it broke,
+/// or the server failed it.
+fn call_must_keep(record: &CallRecord<'_>) -> bool {
+    matches!(record.end, End::Disconnect { .. }) || is_server_error(record.status)
+}
+
+/// The end of a call's span: its attributes, status and event.
+fn call_ending(
+    record: &CallRecord<'_>,
+    version: &'static str,
+    client: Option<Arc<str>>,
+    unacked_bytes: Option<u64>,
+) -> Ending {
+    let attributes = vec![
+        KeyValue::new("rpc.system.name", "grpc"),
+        KeyValue::new("rpc.method", record.method.to_owned()),
+        KeyValue::new("rpc.response.status_code", record.status.as_str()),
+        KeyValue::new("network.protocol.version", version),
+    ];
+    let failure = is_server_error(record.status).then(|| record.status.as_str().into());
+    let disconnect = |phase, cause| Disconnect {
+        phase,
+        cause,
+        elapsed: record.elapsed,
+        body_bytes_sent: record.body_bytes_sent,
+        unacked_bytes,
+    };
+    Ending::new(attributes, client, record.end, failure, disconnect)
 }
 
 /// Whether a request's span is exported whatever the sampler said: it broke
@@ -689,6 +720,49 @@ pub fn export_request_span<T>(
         at: Some(started + record.elapsed),
     };
     write_end(context.span(), &route, record, facts);
+}
+
+/// Exports the server span of a gRPC call another source saw whole —
+/// `clientgone watch` learns of each call from kernel events — with the same
+/// name (the method), attributes and `client.disconnect` event as the
+/// layer's call spans, started at `started` and ended at
+/// `started + record.elapsed`. With the exporter's tail sampling, a broken
+/// call's span is kept whatever the ratio.
+///
+/// ```
+/// use clientgone::{CallRecord, Cause, End, GrpcStatus, Phase, RpcType, export_call_span};
+/// use opentelemetry::trace::noop::NoopTracer;
+/// use std::time::{Duration, SystemTime};
+///
+/// let record = CallRecord {
+///     method: "shop.v1.Shop/Checkout",
+///     rpc_type: RpcType::Unary,
+///     status: GrpcStatus::CANCELLED,
+///     end: End::Disconnect { phase: Phase::Handler, cause: Cause::StreamReset },
+///     elapsed: Duration::from_millis(250),
+///     body_bytes_sent: 0,
+/// };
+/// export_call_span(&NoopTracer::new(), &record, SystemTime::now(), None);
+/// ```
+pub fn export_call_span<T>(
+    tracer: &T,
+    record: &CallRecord<'_>,
+    started: SystemTime,
+    unacked_bytes: Option<u64>,
+) where
+    T: Tracer,
+    T::Span: Send + Sync + 'static,
+{
+    let builder = SpanBuilder::from_name(record.method.to_owned())
+        .with_kind(SpanKind::Server)
+        .with_start_time(started);
+    let context = Context::new().with_span(tracer.build(builder));
+    let span = context.span();
+    let at = started + record.elapsed;
+    if span.span_context().is_sampled() || call_must_keep(record) {
+        call_ending(record, "2", None, unacked_bytes).write(&span, Some(at));
+    }
+    span.end_with_timestamp(at);
 }
 
 fn protocol_version(version: Version) -> &'static str {
