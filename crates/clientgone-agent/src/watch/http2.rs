@@ -15,7 +15,6 @@
 //! wrongly. DATA payloads are not needed — only their lengths and flags —
 //! and may be missing from the capture.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -28,6 +27,7 @@ use clientgone::{
 };
 
 use super::conn::nanos;
+use super::hpack;
 use super::sink::{Ended, Sink};
 use super::skip::Skip;
 use crate::routes::RouteMatcher;
@@ -270,26 +270,17 @@ struct Block {
 
 /// One direction's header state: the block being gathered and the HPACK
 /// table the peer's encoder keeps in step with.
+#[derive(Debug)]
 struct Headers {
     block: Option<Block>,
-    decoder: loona_hpack::Decoder<'static>,
-}
-
-impl std::fmt::Debug for Headers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Headers")
-            .field("block", &self.block)
-            .finish_non_exhaustive()
-    }
+    decoder: hpack::Decoder,
 }
 
 impl Headers {
     fn new() -> Self {
-        let mut decoder = loona_hpack::Decoder::new();
-        decoder.set_max_allowed_table_size(4096);
         Headers {
             block: None,
-            decoder,
+            decoder: hpack::Decoder::new(4096),
         }
     }
 }
@@ -620,7 +611,7 @@ impl H2Exchange {
                         let size = (size as usize).min(MAX_TABLE);
                         self.headers[index(other)]
                             .decoder
-                            .set_max_allowed_table_size(size.max(4096));
+                            .set_allowed(size.max(4096));
                     }
                 }
             }
@@ -701,28 +692,25 @@ impl H2Exchange {
         let mut fields = Fields::default();
         headers
             .decoder
-            .decode_with_cb(
-                &block.bytes,
-                |name: Cow<'_, [u8]>, value: Cow<'_, [u8]>| match &*name {
-                    b":method" => fields.method = http::Method::from_bytes(&value).ok(),
-                    b":path" => fields.path = Some(String::from_utf8_lossy(&value).into_owned()),
-                    b":status" => {
-                        fields.status = std::str::from_utf8(&value)
-                            .ok()
-                            .and_then(|s| s.parse().ok())
-                    }
-                    b"content-type" => fields.grpc = value.starts_with(b"application/grpc"),
-                    b"grpc-timeout" => fields.grpc_timeout = grpc_timeout_value(&value),
-                    b"grpc-status" => {
-                        fields.grpc_status = std::str::from_utf8(&value)
-                            .ok()
-                            .and_then(|s| s.trim().parse::<u32>().ok())
-                            .map(GrpcStatus::from_code)
-                    }
-                    _ => {}
-                },
-            )
-            .map_err(|_| Desync("a header block that does not decode"))?;
+            .decode(&block.bytes, |name, value| match name {
+                b":method" => fields.method = http::Method::from_bytes(value).ok(),
+                b":path" => fields.path = Some(String::from_utf8_lossy(value).into_owned()),
+                b":status" => {
+                    fields.status = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                }
+                b"content-type" => fields.grpc = value.starts_with(b"application/grpc"),
+                b"grpc-timeout" => fields.grpc_timeout = grpc_timeout_value(value),
+                b"grpc-status" => {
+                    fields.grpc_status = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok())
+                        .map(GrpcStatus::from_code)
+                }
+                _ => {}
+            })
+            .map_err(Desync)?;
         // A pushed stream is the server's: its block only keeps the table in step.
         if block.kind == kind::PUSH_PROMISE {
             return Ok(());

@@ -27,6 +27,7 @@ pub mod bpf;
 pub mod conn;
 pub mod event;
 mod exchange;
+mod hpack;
 pub mod http1;
 mod http2;
 pub mod openssl;
