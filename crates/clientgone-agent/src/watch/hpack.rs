@@ -22,8 +22,27 @@ use std::collections::VecDeque;
 /// What a block that cannot be decoded fails on.
 pub type Error = &'static str;
 
-/// A dynamic table entry: name and value.
-type Entry = (Box<[u8]>, Box<[u8]>);
+/// A dynamic table entry: its name and value in one allocation.
+#[derive(Debug)]
+struct Entry {
+    bytes: Box<[u8]>,
+    name_len: usize,
+}
+
+impl Entry {
+    fn name(&self) -> &[u8] {
+        &self.bytes[..self.name_len]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.bytes[self.name_len..]
+    }
+
+    /// Its size in the table (RFC 7541, 4.1).
+    fn size(&self) -> usize {
+        self.bytes.len() + 32
+    }
+}
 
 /// The decoding side of one direction's HPACK context.
 #[derive(Debug)]
@@ -36,8 +55,9 @@ pub struct Decoder {
     max: usize,
     /// The most the decoding side allowed (`SETTINGS_HEADER_TABLE_SIZE`).
     allowed: usize,
-    /// A Huffman-decoded string (reused).
-    scratch: Vec<u8>,
+    /// The field being decoded: its name and value (reused).
+    name: Vec<u8>,
+    value: Vec<u8>,
 }
 
 /// The static table (RFC 7541, Appendix A): index 1 is `STATIC[0]`.
@@ -105,11 +125,6 @@ const STATIC: [(&[u8], &[u8]); 61] = [
     (b"www-authenticate", b""),
 ];
 
-/// An entry's size in the table (RFC 7541, 4.1).
-fn entry_size(name: &[u8], value: &[u8]) -> usize {
-    name.len() + value.len() + 32
-}
-
 /// Where a block is being read.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -165,7 +180,8 @@ impl Decoder {
             size: 0,
             max: allowed,
             allowed,
-            scratch: Vec::new(),
+            name: Vec::new(),
+            value: Vec::new(),
         }
     }
 
@@ -181,7 +197,7 @@ impl Decoder {
             _ => self
                 .table
                 .get(index - 62)
-                .map(|(n, v)| (&n[..], &v[..]))
+                .map(|e| (e.name(), e.value()))
                 .ok_or("an index beyond the table"),
         }
     }
@@ -189,27 +205,37 @@ impl Decoder {
     fn evict_to(&mut self, max: usize) {
         while self.size > max {
             match self.table.pop_back() {
-                Some((n, v)) => self.size -= entry_size(&n, &v),
+                Some(e) => self.size -= e.size(),
                 None => self.size = 0,
             }
         }
     }
 
-    fn insert(&mut self, name: Box<[u8]>, value: Box<[u8]>) {
-        let size = entry_size(&name, &value);
+    /// Adds the field being decoded to the table.
+    fn insert(&mut self) {
+        let size = self.name.len() + self.value.len() + 32;
         // An entry larger than the table empties it (RFC 7541, 4.4).
         self.evict_to(self.max.saturating_sub(size));
         if size <= self.max {
+            let mut bytes = Vec::with_capacity(self.name.len() + self.value.len());
+            bytes.extend_from_slice(&self.name);
+            bytes.extend_from_slice(&self.value);
             self.size += size;
-            self.table.push_front((name, value));
+            self.table.push_front(Entry {
+                bytes: bytes.into_boxed_slice(),
+                name_len: self.name.len(),
+            });
         }
     }
 
     /// Decodes one header block, calling `field(name, value)` for each field
-    /// in order; the table is updated as the encoder's was.
+    /// whose name is `wanted`, in order; the table is updated as the
+    /// encoder's was. The value of a field that is neither wanted nor
+    /// indexed is passed over undecoded.
     pub fn decode(
         &mut self,
         block: &[u8],
+        wanted: impl Fn(&[u8]) -> bool,
         mut field: impl FnMut(&[u8], &[u8]),
     ) -> Result<(), Error> {
         let mut r = Reader {
@@ -222,7 +248,9 @@ impl Decoder {
                 // Indexed field (6.1).
                 let index = r.integer(7)?;
                 let (name, value) = self.entry(index)?;
-                field(name, value);
+                if wanted(name) {
+                    field(name, value);
+                }
             } else if b & 0xe0 == 0x20 {
                 // Dynamic table size update (6.3).
                 let max = r.integer(5)?;
@@ -236,36 +264,44 @@ impl Decoder {
                 // indexing (6.2.2) or never indexed (6.2.3).
                 let indexing = b & 0xc0 == 0x40;
                 let index = r.integer(if indexing { 6 } else { 4 })?;
-                let name: Box<[u8]> = if index == 0 {
-                    self.string(&mut r)?
+                let mut name = std::mem::take(&mut self.name);
+                name.clear();
+                let named = if index == 0 {
+                    string_into(&mut r, &mut name)
                 } else {
-                    self.entry(index)?.0.into()
+                    self.entry(index).map(|(n, _)| name.extend_from_slice(n))
                 };
-                let value = self.string(&mut r)?;
-                field(&name, &value);
+                self.name = name;
+                named?;
+                let want = wanted(&self.name);
+                if !(indexing || want) {
+                    r.string()?;
+                    continue;
+                }
+                self.value.clear();
+                string_into(&mut r, &mut self.value)?;
+                if want {
+                    field(&self.name, &self.value);
+                }
                 if indexing {
-                    self.insert(name, value);
+                    self.insert();
                 }
             }
         }
         Ok(())
     }
+}
 
-    /// A string literal, Huffman-decoded if it is coded.
-    fn string(&mut self, r: &mut Reader<'_>) -> Result<Box<[u8]>, Error> {
-        let (bytes, huffman) = r.string()?;
-        if !huffman {
-            return Ok(bytes.into());
-        }
-        self.scratch.clear();
-        httlib_huffman::decode(
-            bytes,
-            &mut self.scratch,
-            httlib_huffman::DecoderSpeed::FourBits,
-        )
-        .map_err(|_| "a Huffman string that does not decode")?;
-        Ok(self.scratch.as_slice().into())
+/// Appends a string literal to `out`, Huffman-decoded if it is coded.
+fn string_into(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
+    let (bytes, huffman) = r.string()?;
+    if !huffman {
+        out.extend_from_slice(bytes);
+        return Ok(());
     }
+    // Five bits at a time: the fastest of the crate's tables.
+    httlib_huffman::decode(bytes, out, httlib_huffman::DecoderSpeed::FiveBits)
+        .map_err(|_| "a Huffman string that does not decode")
 }
 
 #[cfg(test)]
@@ -274,12 +310,16 @@ mod tests {
 
     fn decode(d: &mut Decoder, block: &[u8]) -> Result<Vec<(String, String)>, Error> {
         let mut out = Vec::new();
-        d.decode(block, |n, v| {
-            out.push((
-                String::from_utf8_lossy(n).into_owned(),
-                String::from_utf8_lossy(v).into_owned(),
-            ))
-        })?;
+        d.decode(
+            block,
+            |_| true,
+            |n, v| {
+                out.push((
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                ))
+            },
+        )?;
         Ok(out)
     }
 
@@ -376,6 +416,32 @@ mod tests {
         );
         assert_eq!(d.size, 215);
         assert_eq!(d.table.len(), 3);
+    }
+
+    #[test]
+    fn only_wanted_fields_are_told_and_the_table_stays_in_step() {
+        // RFC 7541, C.4.1 to C.4.3, wanting :path alone.
+        let mut d = Decoder::new(4096);
+        let mut paths = Vec::new();
+        for block in [
+            "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff",
+            "8286 84be 5886 a8eb 1064 9cbf",
+            "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf",
+        ] {
+            d.decode(
+                &hex(block),
+                |n| n == b":path",
+                |_, v| paths.push(v.to_vec()),
+            )
+            .unwrap();
+        }
+        assert_eq!(paths, [&b"/"[..], b"/", b"/index.html"]);
+        assert_eq!(d.size, 164);
+        // A literal without indexing whose value is not wanted is passed
+        // over, even one that would not decode.
+        let block = [0x0f, 0x10, 0x82, 0xff, 0xff];
+        assert!(d.decode(&block, |_| false, |_, _| {}).is_ok());
+        assert!(d.decode(&block, |_| true, |_, _| {}).is_err());
     }
 
     #[test]

@@ -692,13 +692,11 @@ impl H2Exchange {
         let mut fields = Fields::default();
         headers
             .decoder
-            .decode(&block.bytes, |name, value| match name {
+            .decode(&block.bytes, wanted, |name, value| match name {
                 b":method" => fields.method = http::Method::from_bytes(value).ok(),
                 b":path" => fields.path = Some(String::from_utf8_lossy(value).into_owned()),
                 b":status" => {
-                    fields.status = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
+                    fields.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
                 }
                 b"content-type" => fields.grpc = value.starts_with(b"application/grpc"),
                 b"grpc-timeout" => fields.grpc_timeout = grpc_timeout_value(value),
@@ -875,6 +873,15 @@ impl H2Exchange {
 
 /// A HEADERS or PUSH_PROMISE payload without its padding, priority or
 /// promised stream id: the header block fragment.
+/// The header fields the follower reads; the values of others are passed
+/// over (decoded only when the table needs them).
+fn wanted(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b":method" | b":path" | b":status" | b"content-type" | b"grpc-timeout" | b"grpc-status"
+    )
+}
+
 fn header_fragment<'a>(frame: &Frame<'a>) -> Option<&'a [u8]> {
     let mut p = frame.payload;
     let mut pad = 0usize;
