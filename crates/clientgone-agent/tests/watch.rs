@@ -575,8 +575,10 @@ both_captures!(
     )
 );
 /// The cross-check: `clientgone watch` on `clientgone demo`'s port while
-/// `clientgone traffic` (its HTTP/1 kinds) runs against it — the layer's
-/// `/metrics` and the watch's agree per route, phase and cause.
+/// `clientgone traffic` runs every kind against it — HTTP/1 breaks, HTTP/2
+/// stream resets, gRPC calls completed, cancelled, past their deadline,
+/// streams dropped — the layer's `/metrics` and the watch's agree on every
+/// request and call count, per route or method, phase, cause and status.
 async fn watch_agrees_with_the_layer_on_the_demo_under_traffic(capture: &'static str) {
     let mut demo = Command::new(BIN)
         .args([
@@ -606,6 +608,7 @@ async fn watch_agrees_with_the_layer_on_the_demo_under_traffic(capture: &'static
         .collect();
     let (app, demo_metrics) = (addrs[0], addrs[1]);
     let port = app.port().to_string();
+    let descriptor = concat!(env!("CARGO_MANIFEST_DIR"), "/src/demo/grpc/demo.bin");
     let w = watch(
         capture,
         &[
@@ -619,32 +622,15 @@ async fn watch_agrees_with_the_layer_on_the_demo_under_traffic(capture: &'static
             "/upload",
             "--route",
             "/items/{id}",
+            "--grpc-descriptor",
+            descriptor,
         ],
     );
 
+    const REQUESTS: f64 = 160.0;
     let traffic = Command::new(BIN)
         .args(["traffic", "--target", &format!("http://{app}")])
-        .args([
-            "--requests",
-            "120",
-            "--rate",
-            "300",
-            // HTTP/1 only: watch skips HTTP/2 and h2c (gRPC) connections.
-            "--h2-reset",
-            "0",
-            "--grpc-completed",
-            "0",
-            "--grpc-cancel",
-            "0",
-            "--grpc-deadline",
-            "0",
-            "--grpc-stream-cancel",
-            "0",
-            "--grpc-upload-abort",
-            "0",
-            "--seed",
-            "5",
-        ])
+        .args(["--requests", "160", "--rate", "300", "--seed", "5"])
         .stdin(Stdio::null())
         .output()
         .expect("run traffic");
@@ -654,43 +640,53 @@ async fn watch_agrees_with_the_layer_on_the_demo_under_traffic(capture: &'static
         String::from_utf8_lossy(&traffic.stdout)
     );
 
-    // Both have seen all 120 requests end.
-    wait_for_value(demo_metrics, DURATION_COUNT, &[], 120.0).await;
-    w.wait(DURATION_COUNT, &[], 120.0).await;
+    // Both have seen every request and call end.
+    let ended = |s: &Scrape| s.value(DURATION_COUNT, &[]) + s.value(CALLS, &[]);
+    wait_until("the layer counts every request and call", || async {
+        ended(&scrape(demo_metrics).await) == REQUESTS
+    })
+    .await;
+    wait_until("the watch counts every request and call", || async {
+        ended(&scrape(w.metrics).await) == REQUESTS
+    })
+    .await;
     let layer = scrape(demo_metrics).await;
-    let watched = w
-        .wait(DISCONNECTS, &[], layer.value(DISCONNECTS, &[]))
-        .await;
-    assert!(layer.value(DISCONNECTS, &[]) > 0.0, "{}", layer.text);
-    for route in ["/hello", "/stream", "/upload", "/items/{id}", "unmatched"] {
-        for phase in ["request_body", "handler", "response_body"] {
-            for cause in [
-                "closed",
-                "reset",
-                "stream_reset",
-                "timeout",
-                "write_error",
-                "unknown",
-            ] {
-                let labels = brk(route, phase, cause);
-                assert_eq!(
-                    watched.value(DISCONNECTS, &labels),
-                    layer.value(DISCONNECTS, &labels),
-                    "{labels:?}\nlayer:\n{}\nwatch:\n{}",
-                    layer.text,
-                    watched.text
-                );
-            }
-        }
-        for outcome in ["completed", "client_disconnect"] {
-            let labels = [("http_route", route), ("outcome", outcome)];
-            assert_eq!(
-                watched.value(DURATION_COUNT, &labels),
-                layer.value(DURATION_COUNT, &labels),
-                "{labels:?}"
-            );
-        }
+    let watched = scrape(w.metrics).await;
+    for kind in [DISCONNECTS, CALL_BREAKS] {
+        assert!(layer.value(kind, &[]) > 0.0, "{kind}: {}", layer.text);
     }
+    assert!(layer.value(CALLS, &[]) > 0.0, "{}", layer.text);
+    for name in [DURATION_COUNT, DISCONNECTS, CALLS, CALL_BREAKS] {
+        assert_eq!(
+            counts(&watched, name),
+            counts(&layer, name),
+            "{name}\nlayer:\n{}\nwatch:\n{}",
+            layer.text,
+            watched.text
+        );
+    }
+    watched.assert_value("clientgone_watch_events_lost_total", &[], 0.0);
+    watched.assert_value("clientgone_watch_connections_skipped_total", &[], 0.0);
+}
+
+const CALLS: &str = "rpc_server_call_duration_seconds_count";
+const CALL_BREAKS: &str = "rpc_server_client_disconnects_total";
+
+/// The non-zero samples of `name`, by their labels but `server_port` (the
+/// watch's own).
+fn counts(s: &Scrape, name: &str) -> std::collections::BTreeMap<String, f64> {
+    s.samples
+        .iter()
+        .filter(|(n, _, v)| n == name && *v > 0.0)
+        .map(|(_, labels, v)| {
+            let key: Vec<String> = labels
+                .iter()
+                .filter(|(k, _)| *k != "server_port")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            (key.join(","), *v)
+        })
+        .collect()
 }
 
 both_captures!(

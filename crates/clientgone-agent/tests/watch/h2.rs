@@ -175,8 +175,6 @@ async fn large_h2c_bodies_are_followed_past_their_data_and_a_reset_mid_body_coun
 
 /// The demo service's descriptor set, which the Python server implements.
 const DEMO_DESCRIPTOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/demo/grpc/demo.bin");
-const CALLS: &str = "rpc_server_call_duration_seconds_count";
-const CALL_BREAKS: &str = "rpc_server_client_disconnects_total";
 const WAIT: &str = "clientgone.demo.v1.Demo/Wait";
 
 both_captures!(
