@@ -510,6 +510,46 @@ lost:
 	return 1;
 }
 
+/* Frames of a transfer the fast walk follows at most. */
+#define CG_H2_FAST_FRAMES 16
+
+/* The walk of a transfer the RECV/SEND event `e` holds whole (at most
+ * CG_CAP bytes): its frame headers are read where they already are, in the
+ * event, with no copy from user memory and no bpf_loop. Returns 0, leaving
+ * `fr` as it was, when it cannot (a frame header cut by the transfer's
+ * start or end, or more frames than CG_H2_FAST_FRAMES): the full walk then
+ * runs. */
+static __always_inline int h2_walk_captured(struct h2_frames *fr, const struct cg_event *e,
+					    __u32 len)
+{
+	if (fr->have != 0 || len > CG_CAP)
+		return 0;
+	if (fr->left >= len) {
+		fr->left -= len;
+		return 1;
+	}
+	__u32 off = fr->left;
+	for (int i = 0; i < CG_H2_FAST_FRAMES; i++) {
+		if (off == len) {
+			fr->left = 0;
+			return 1;
+		}
+		if (off + H2_FRAME_HEADER > len)
+			return 0;
+		__u32 o = bounded(off, CG_CAP - 1);
+		__u32 flen = ((__u32)e->data[o] << 16) | ((__u32)e->data[o + 1] << 8) |
+			     e->data[o + 2];
+		__u8 type = e->data[o + 3];
+		off += H2_FRAME_HEADER + flen;
+		if (off > len) {
+			fr->left = off - len;
+			fr->data = type == H2_DATA;
+			return 1;
+		}
+	}
+	return 0;
+}
+
 /* Walks an HTTP/2 connection's transfer of `len` bytes frame by frame,
  * carrying the direction's frame state `fr` across transfers. With `emit`
  * (the RECV/SEND event holds only its first `start` bytes) the rest of what
@@ -523,6 +563,11 @@ static __always_inline int h2_walk(struct h2_frames *fr, __u64 id, __u16 port, _
 				   __u32 start, int emit, __u64 buf, __u64 iov, __u64 count)
 {
 	__u32 zero = 0;
+	if (!emit && start == len) {
+		struct cg_event *e = bpf_map_lookup_elem(&scratch, &zero);
+		if (e && e->cap_len == len && h2_walk_captured(fr, e, len))
+			return 1;
+	}
 	struct more_walk *w = bpf_map_lookup_elem(&walks, &zero);
 	if (!w)
 		return 0;
