@@ -70,6 +70,75 @@ struct Req {
     body_sent: u64,
 }
 
+/// What a follower (HTTP/1 here, HTTP/2 in `http2.rs`) knows of a request
+/// at its end: the one place a completion or a break of either becomes a
+/// [`Record`] and the span's [`Ended`].
+pub(super) struct Facts<'a> {
+    pub(super) method: &'static str,
+    pub(super) route: &'a str,
+    pub(super) path: &'a str,
+    pub(super) version: &'static str,
+    pub(super) start_ns: u64,
+    pub(super) body_sent: u64,
+}
+
+impl Facts<'_> {
+    /// From its head to `ts_ns`.
+    pub(super) fn elapsed(&self, ts_ns: u64) -> std::time::Duration {
+        nanos(ts_ns.saturating_sub(self.start_ns))
+    }
+
+    /// What its span needs beside the record.
+    pub(super) fn ended(&self, unacked: Option<u32>) -> Ended<'_> {
+        Ended {
+            path: self.path,
+            version: self.version,
+            start_ns: self.start_ns,
+            unacked,
+        }
+    }
+
+    /// Reports the request's end at `ts_ns` to the sink.
+    pub(super) fn report(
+        &self,
+        port: u16,
+        status: u16,
+        end: End,
+        ts_ns: u64,
+        unacked: Option<u32>,
+        sink: &mut impl Sink,
+    ) {
+        sink.request_ended(
+            port,
+            &Record {
+                method: self.method,
+                route: self.route,
+                status,
+                end,
+                elapsed: self.elapsed(ts_ns),
+                body_bytes_sent: self.body_sent,
+            },
+            &self.ended(unacked),
+        );
+    }
+}
+
+/// How a request the client broke off ends: its phase from how far its body
+/// (`body_done`) and the response (`status`, once its head was sent) got,
+/// and the status it is recorded with.
+pub(super) fn broken(body_done: bool, status: Option<u16>, cause: Cause) -> (u16, End) {
+    let body = if body_done {
+        BodyProgress::Done
+    } else {
+        BodyProgress::Failed
+    };
+    let phase = break_phase(body, status.is_some());
+    (
+        recorded_status(Some(phase), status),
+        End::Disconnect { phase, cause },
+    )
+}
+
 impl Req {
     fn route(&self) -> &str {
         self.route.as_deref().unwrap_or(UNMATCHED_ROUTE)
@@ -86,23 +155,15 @@ impl Req {
         unacked: Option<u32>,
         sink: &mut impl Sink,
     ) {
-        sink.request_ended(
-            port,
-            &Record {
-                method: self.method,
-                route: self.route(),
-                status,
-                end,
-                elapsed: nanos(ts_ns.saturating_sub(self.start_ns)),
-                body_bytes_sent: self.body_sent,
-            },
-            &Ended {
-                path: &self.path,
-                version: self.version,
-                start_ns: self.start_ns,
-                unacked,
-            },
-        );
+        let facts = Facts {
+            method: self.method,
+            route: self.route(),
+            path: &self.path,
+            version: self.version,
+            start_ns: self.start_ns,
+            body_sent: self.body_sent,
+        };
+        facts.report(port, status, end, ts_ns, unacked, sink);
     }
 }
 
@@ -142,14 +203,7 @@ impl Exchange {
     ) {
         let Some(req) = self.req.take() else { return };
         self.done = true;
-        let body = if req.body_read {
-            BodyProgress::Done
-        } else {
-            BodyProgress::Failed
-        };
-        let phase = break_phase(body, req.resp.is_some());
-        let status = recorded_status(Some(phase), req.resp.map(|(s, _)| s));
-        let end = End::Disconnect { phase, cause };
+        let (status, end) = broken(req.body_read, req.resp.map(|(s, _)| s), cause);
         req.end(self.port, status, end, ts_ns, Some(unacked), sink);
     }
 

@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clientgone::{
-    BodyProgress, CallRecord, Cause, End, GrpcMethods, GrpcStatus, OTHER_METHOD, Record, RpcType,
-    UNMATCHED_ROUTE, break_phase, call_status, deadline_reached, grpc_timeout_value,
-    recorded_status,
+    CallRecord, Cause, End, GrpcMethods, GrpcStatus, OTHER_METHOD, RpcType, UNMATCHED_ROUTE,
+    call_status, deadline_reached, grpc_timeout_value,
 };
 
 use super::conn::nanos;
+use super::exchange::{Facts, broken};
 use super::hpack;
-use super::sink::{Ended, Sink};
+use super::sink::Sink;
 use super::skip::Skip;
 use crate::routes::RouteMatcher;
 
@@ -340,39 +340,28 @@ impl Stream {
         unacked: Option<u32>,
         sink: &mut impl Sink,
     ) {
-        let elapsed = nanos(ts_ns.saturating_sub(self.start_ns));
-        let ended = Ended {
+        let facts = Facts {
+            method: self.method,
+            route: self.route.as_deref().unwrap_or(UNMATCHED_ROUTE),
             path: &self.path,
             version: "2",
             start_ns: self.start_ns,
-            unacked,
+            body_sent: self.body_sent,
         };
-        if let Some(call) = &self.call {
-            sink.call_ended(
-                port,
-                &CallRecord {
-                    method: &call.method,
-                    rpc_type: call.rpc_type,
-                    status: call_status(end, call.status, self.status),
-                    end,
-                    elapsed,
-                    body_bytes_sent: self.body_sent,
-                },
-                &ended,
-            );
-            return;
-        }
-        sink.request_ended(
+        let Some(call) = &self.call else {
+            return facts.report(port, status, end, ts_ns, unacked, sink);
+        };
+        sink.call_ended(
             port,
-            &Record {
-                method: self.method,
-                route: self.route.as_deref().unwrap_or(UNMATCHED_ROUTE),
-                status,
+            &CallRecord {
+                method: &call.method,
+                rpc_type: call.rpc_type,
+                status: call_status(end, call.status, self.status),
                 end,
-                elapsed,
+                elapsed: facts.elapsed(ts_ns),
                 body_bytes_sent: self.body_sent,
             },
-            &ended,
+            &facts.ended(unacked),
         );
     }
 
@@ -413,21 +402,8 @@ impl Stream {
         } else {
             cause
         };
-        let body = if self.body_done {
-            BodyProgress::Done
-        } else {
-            BodyProgress::Failed
-        };
-        let phase = break_phase(body, self.status.is_some());
-        let status = recorded_status(Some(phase), self.status);
-        self.end(
-            port,
-            status,
-            End::Disconnect { phase, cause },
-            ts_ns,
-            unacked,
-            sink,
-        );
+        let (status, end) = broken(self.body_done, self.status, cause);
+        self.end(port, status, end, ts_ns, unacked, sink);
     }
 }
 
