@@ -219,6 +219,46 @@ pub async fn black_hole() -> String {
 }
 
 /// An endpoint on a port nothing listens on.
+/// Checks the span of a request or call the client broke off: a server
+/// span with an error status, `error.type` `client_disconnect`, and a
+/// `client.disconnect` event saying `phase` and `cause`. Returns the
+/// event's attributes.
+pub fn assert_broken_span<'a>(span: &'a Span, phase: &str, cause: &str) -> &'a [KeyValue] {
+    assert_eq!(
+        span.kind,
+        v1::span::SpanKind::Server as i32,
+        "{}",
+        span.name
+    );
+    assert_eq!(
+        span.status.as_ref().map(|s| s.code),
+        Some(v1::status::StatusCode::Error as i32),
+        "{}",
+        span.name
+    );
+    assert_eq!(
+        string_attr(&span.attributes, "error.type").as_deref(),
+        Some("client_disconnect")
+    );
+    let event = span
+        .events
+        .iter()
+        .find(|e| e.name == "client.disconnect")
+        .expect("a client.disconnect event");
+    let e = &event.attributes;
+    assert_eq!(string_attr(e, "disconnect.phase").as_deref(), Some(phase));
+    assert_eq!(string_attr(e, "disconnect.cause").as_deref(), Some(cause));
+    e
+}
+
+/// For a source that learns of a request whole (`clientgone watch`): the
+/// span lasts exactly the event's `disconnect.elapsed_s` (within 1 ms).
+pub fn assert_span_lasts_its_elapsed(span: &Span, event: &[KeyValue]) {
+    let elapsed = double_attr(event, "disconnect.elapsed_s").expect("disconnect.elapsed_s");
+    let span_s = (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e9;
+    assert!((elapsed - span_s).abs() < 0.001, "{elapsed} vs {span_s}");
+}
+
 pub fn closed_port_endpoint() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
