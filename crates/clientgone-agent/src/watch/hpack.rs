@@ -274,8 +274,15 @@ impl Decoder {
                 self.name = name;
                 named?;
                 let want = wanted(&self.name);
-                if !(indexing || want) {
+                // An entry that cannot fit however short its value (nginx
+                // sets its table to 0 bytes and still indexes every field)
+                // only empties the table: its value need not be decoded.
+                let fits = indexing && self.name.len() + 32 <= self.max;
+                if !(fits || want) {
                     r.string()?;
+                    if indexing {
+                        self.evict_to(0);
+                    }
                     continue;
                 }
                 self.value.clear();
@@ -506,6 +513,21 @@ mod tests {
             let _ = decode(&mut d, &block);
             assert!(d.size <= d.max.max(d.allowed));
         }
+    }
+
+    #[test]
+    fn fields_indexed_into_a_table_too_small_for_them_empty_it_undecoded() {
+        let mut d = Decoder::new(4096);
+        decode(&mut d, &hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff")).unwrap();
+        assert_eq!(d.table.len(), 1);
+        // nginx's way: the table set to 0 bytes, then `server` (index 54)
+        // with incremental indexing, its value not wanted (and here not even
+        // valid Huffman): passed over, the table emptied.
+        let block = [0x20, 0x76, 0x82, 0xff, 0xff];
+        assert!(d.decode(&block, |_| false, |_, _| {}).is_ok());
+        assert_eq!((d.table.len(), d.size), (0, 0));
+        // Wanted, it is decoded (and fails).
+        assert!(d.decode(&block, |_| true, |_, _| {}).is_err());
     }
 
     #[test]
