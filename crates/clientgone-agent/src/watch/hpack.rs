@@ -58,6 +58,56 @@ pub struct Decoder {
     /// The field being decoded: its name and value (reused).
     name: Vec<u8>,
     value: Vec<u8>,
+    /// Huffman strings decoded lately.
+    huffman: Recent,
+}
+
+/// The last few short Huffman-coded strings and what they decode to: a peer
+/// codes the same names and values again and again (nginx: `etag`,
+/// `accept-ranges`, `text/html` in every response), and the code is
+/// canonical, so equal coded bytes are an equal string.
+#[derive(Debug, Default)]
+struct Recent {
+    entries: Vec<Decoded>,
+    next: usize,
+}
+
+#[derive(Debug)]
+struct Decoded {
+    coded: Box<[u8]>,
+    decoded: Box<[u8]>,
+}
+
+/// Strings of the table a connection keeps, and their longest coded form.
+const RECENT: usize = 16;
+const RECENT_LEN: usize = 64;
+
+impl Recent {
+    /// Appends what `coded` decodes to to `out`.
+    fn decode_into(&mut self, coded: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
+        let short = coded.len() <= RECENT_LEN;
+        if short && let Some(d) = self.entries.iter().find(|d| *d.coded == *coded) {
+            out.extend_from_slice(&d.decoded);
+            return Ok(());
+        }
+        let start = out.len();
+        // Five bits at a time: the fastest of the crate's tables.
+        httlib_huffman::decode(coded, out, httlib_huffman::DecoderSpeed::FiveBits)
+            .map_err(|_| "a Huffman string that does not decode")?;
+        if short {
+            let entry = Decoded {
+                coded: coded.into(),
+                decoded: out[start..].into(),
+            };
+            if self.entries.len() < RECENT {
+                self.entries.push(entry);
+            } else {
+                self.entries[self.next] = entry;
+                self.next = (self.next + 1) % RECENT;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The static table (RFC 7541, Appendix A): index 1 is `STATIC[0]`.
@@ -182,6 +232,7 @@ impl Decoder {
             allowed,
             name: Vec::new(),
             value: Vec::new(),
+            huffman: Recent::default(),
         }
     }
 
@@ -267,7 +318,7 @@ impl Decoder {
                 let mut name = std::mem::take(&mut self.name);
                 name.clear();
                 let named = if index == 0 {
-                    string_into(&mut r, &mut name)
+                    string_into(&mut r, &mut self.huffman, &mut name)
                 } else {
                     self.entry(index).map(|(n, _)| name.extend_from_slice(n))
                 };
@@ -286,7 +337,7 @@ impl Decoder {
                     continue;
                 }
                 self.value.clear();
-                string_into(&mut r, &mut self.value)?;
+                string_into(&mut r, &mut self.huffman, &mut self.value)?;
                 if want {
                     field(&self.name, &self.value);
                 }
@@ -300,15 +351,13 @@ impl Decoder {
 }
 
 /// Appends a string literal to `out`, Huffman-decoded if it is coded.
-fn string_into(r: &mut Reader<'_>, out: &mut Vec<u8>) -> Result<(), Error> {
+fn string_into(r: &mut Reader<'_>, recent: &mut Recent, out: &mut Vec<u8>) -> Result<(), Error> {
     let (bytes, huffman) = r.string()?;
     if !huffman {
         out.extend_from_slice(bytes);
         return Ok(());
     }
-    // Five bits at a time: the fastest of the crate's tables.
-    httlib_huffman::decode(bytes, out, httlib_huffman::DecoderSpeed::FiveBits)
-        .map_err(|_| "a Huffman string that does not decode")
+    recent.decode_into(bytes, out)
 }
 
 #[cfg(test)]
@@ -528,6 +577,25 @@ mod tests {
         assert_eq!((d.table.len(), d.size), (0, 0));
         // Wanted, it is decoded (and fails).
         assert!(d.decode(&block, |_| true, |_, _| {}).is_err());
+    }
+
+    #[test]
+    fn recent_huffman_strings_decode_as_the_first_time() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut recent = Recent::default();
+        let strings: Vec<Vec<u8>> = (0..40)
+            .map(|_| (0..rng.usize(0..30)).map(|_| rng.u8(..)).collect())
+            .collect();
+        for _ in 0..3 {
+            for s in &strings {
+                let mut coded = Vec::new();
+                httlib_huffman::encode(s, &mut coded).unwrap();
+                let mut out = b"x".to_vec();
+                recent.decode_into(&coded, &mut out).unwrap();
+                assert_eq!(&out[1..], &s[..]);
+            }
+        }
+        assert_eq!(recent.entries.len(), RECENT);
     }
 
     #[test]
