@@ -240,12 +240,17 @@ static __always_inline void capture_iov(struct cg_event *e, __u64 iov, __u64 cou
 					int head)
 {
 	__u32 copied = 0, seen = 0;
+	/* The entries that can matter, in one read of user memory. */
+	struct cg_iovec vs[MAX_IOV];
+	__u32 n = count < MAX_IOV ? count : MAX_IOV;
+	__u32 size = n * sizeof(vs[0]);
+	barrier_var(size);
+	if (size == 0 || size > sizeof(vs) || bpf_probe_read_user(vs, size, (void *)iov))
+		return;
 	for (int i = 0; i < MAX_IOV; i++) {
-		if (i >= count || seen >= len)
+		if (i >= n || seen >= len)
 			break;
-		struct cg_iovec v;
-		if (bpf_probe_read_user(&v, sizeof(v), (void *)(iov + i * sizeof(v))))
-			break;
+		struct cg_iovec v = vs[i];
 		__u32 used = v.len < len - seen ? v.len : len - seen;
 		if (head && copied == seen && copied < CG_CAP) {
 			__u32 n = used < CG_CAP - copied ? used : CG_CAP - copied;
