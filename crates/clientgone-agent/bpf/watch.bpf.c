@@ -458,11 +458,13 @@ static long more_step(__u32 i, void *arg)
 	__u32 k = header ? H2_FRAME_HEADER - w->fr.have : w->fr.left;
 	if (k > w->left)
 		k = w->left;
-	int send_it = header || (!w->fr.data && w->copied + w->piece < CG_H2_CAP);
+	/* Frame headers and every payload but DATA's are sent, while the
+	 * transfer's CG_H2_CAP lasts. */
+	int send_it = (header || !w->fr.data) && w->copied + w->piece < CG_H2_CAP;
 	if (w->off < w->start) {
 		if (k > w->start - w->off)
 			k = w->start - w->off;
-	} else if (send_it && w->copied + w->piece < CG_H2_CAP) {
+	} else if (send_it) {
 		if (k > CG_CAP - w->piece)
 			k = CG_CAP - w->piece;
 		if (k > CG_H2_CAP - w->copied - w->piece)

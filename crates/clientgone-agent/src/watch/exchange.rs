@@ -144,26 +144,16 @@ impl Req {
         self.route.as_deref().unwrap_or(UNMATCHED_ROUTE)
     }
 
-    /// Reports this request's end (at `ts_ns`) to the sink: the one place
-    /// both a completion and a break build their record.
-    fn end(
-        &self,
-        port: u16,
-        status: u16,
-        end: End,
-        ts_ns: u64,
-        unacked: Option<u32>,
-        sink: &mut impl Sink,
-    ) {
-        let facts = Facts {
+    /// What its end is reported with, completed or broken.
+    fn facts(&self) -> Facts<'_> {
+        Facts {
             method: self.method,
             route: self.route(),
             path: &self.path,
             version: self.version,
             start_ns: self.start_ns,
             body_sent: self.body_sent,
-        };
-        facts.report(port, status, end, ts_ns, unacked, sink);
+        }
     }
 }
 
@@ -204,7 +194,8 @@ impl Exchange {
         let Some(req) = self.req.take() else { return };
         self.done = true;
         let (status, end) = broken(req.body_read, req.resp.map(|(s, _)| s), cause);
-        req.end(self.port, status, end, ts_ns, Some(unacked), sink);
+        req.facts()
+            .report(self.port, status, end, ts_ns, Some(unacked), sink);
     }
 
     /// Leaves this connection's requests out from now on.
@@ -387,7 +378,8 @@ impl Exchange {
         let Some(req) = self.req.take() else { return };
         let status = req.resp.map_or(500, |(s, _)| s);
         self.served_any = true;
-        req.end(self.port, status, End::Completed, ts_ns, None, sink);
+        req.facts()
+            .report(self.port, status, End::Completed, ts_ns, None, sink);
     }
 
     /// The server gave the connection up with a request in flight: its own
